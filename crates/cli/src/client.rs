@@ -1,0 +1,101 @@
+//! A small HTTP/1.1 client of the worker's API, keeping one connection open across requests
+//! (benchmarks measure with it, so it must not add a connection setup to every call).
+
+use anyhow::{anyhow, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use std::net::SocketAddr;
+
+/// A response: status, headers and the whole body.
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Fails with the body as the message unless the status is 2xx.
+    pub fn ok(self) -> Result<Self> {
+        if self.status.is_success() {
+            Ok(self)
+        } else {
+            Err(anyhow!("{}: {}", self.status, self.text().trim_end()))
+        }
+    }
+}
+
+/// A connection to the worker.
+pub struct Client {
+    addr: SocketAddr,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, sender: None }
+    }
+
+    async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| {
+                anyhow!(
+                    "cannot reach the Kindling worker at {} ({e}); is it running? Start it with `kindling up`",
+                    self.addr
+                )
+            })?;
+            stream.set_nodelay(true)?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.sender = Some(sender);
+        }
+        self.sender.as_mut().ok_or_else(|| anyhow!("no connection"))
+    }
+
+    /// Sends one request.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Response> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, self.addr.to_string());
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let req = builder.body(Full::new(body.into()))?;
+        let sender = self.connect().await?;
+        sender.ready().await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .with_context(|| format!("request to {path} failed"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<Response> {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+}

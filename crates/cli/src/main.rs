@@ -1,0 +1,344 @@
+//! `kindling`: the worker daemon, its command-line client, and the benchmarks.
+
+mod bench;
+mod client;
+mod examples;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use client::Client;
+use hyper::Method;
+use kindling_worker::config::Config;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "kindling", version, about = "Serverless functions with millisecond cold starts")]
+struct Cli {
+    /// Address of the worker's API (for client commands).
+    #[arg(long, global = true, env = "KINDLING_ADDR", default_value = "127.0.0.1:5000")]
+    addr: SocketAddr,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a worker (in the foreground unless --detach).
+    Up(UpArgs),
+    /// Stop a detached worker.
+    Down {
+        /// Worker root (where its pid file is).
+        #[arg(long, default_value = "/var/lib/kindling")]
+        root: PathBuf,
+    },
+    /// Deploy a function directory (OpenLambda f.py or SeBS function.py).
+    Deploy {
+        dir: PathBuf,
+        /// Function name (default: the directory's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Invoke a function and print its result.
+    Invoke {
+        name: String,
+        /// JSON event.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// Force a start method (cold).
+        #[arg(long)]
+        start: Option<String>,
+        /// Print the start method and timing breakdown to stderr.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// List deployed functions.
+    Ls,
+    /// Remove a function.
+    Rm { name: String },
+    /// Show the worker's status and counters.
+    Status,
+    /// Base root filesystems.
+    Base {
+        #[command(subcommand)]
+        command: BaseCommand,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+    /// Internal: the sandbox spawner (started by the worker).
+    #[command(name = "__spawner", hide = true)]
+    Spawner,
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Listen address (default 127.0.0.1:5000).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Worker root (default /var/lib/kindling).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// TOML config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run in the background; logs go to <root>/worker.log.
+    #[arg(long)]
+    detach: bool,
+    /// Deploy the example functions at start.
+    #[arg(long)]
+    examples: bool,
+}
+
+#[derive(Subcommand)]
+enum BaseCommand {
+    /// Build a base root filesystem (default debian-python) if it is missing.
+    Build {
+        #[arg(default_value = kindling_worker::base::DEFAULT_BASE)]
+        name: String,
+        /// Worker root (default /var/lib/kindling); the base goes to <root>/base/<name>.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Config file (for `root` and `base_dir`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Command::Spawner = cli.command {
+        kindling_sandbox::spawner::serve_stdin();
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KINDLING_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("kindling: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Up(args) => up(args),
+        Command::Down { root } => down(&root),
+        Command::Base { command: BaseCommand::Build { name, root, config } } => {
+            let cfg = load_config(config.as_deref(), root, None)?;
+            let base = kindling_worker::base::build(&cfg.base_dir(), &name)?;
+            println!(
+                "base {} ready at {} (python {}, {})",
+                base.info.name,
+                base.rootfs.display(),
+                base.info.python_version,
+                base.info.platform
+            );
+            Ok(())
+        }
+        Command::Spawner => unreachable!("handled in main"),
+        command => runtime()?.block_on(client_command(cli.addr, command)),
+    }
+}
+
+fn load_config(path: Option<&Path>, root: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<Config> {
+    let mut cfg = match path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(r) = root {
+        cfg.root = std::path::absolute(r)?;
+    }
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn up(args: UpArgs) -> Result<()> {
+    let cfg = load_config(args.config.as_deref(), args.root.clone(), args.listen)?;
+    if args.detach {
+        return detach(&cfg, &args);
+    }
+    let program = std::env::current_exe().context("cannot find the kindling binary")?;
+    let worker = kindling_worker::daemon::Worker::start(cfg.clone(), &program)?;
+    let pidfile = cfg.root.join("worker.pid");
+    std::fs::write(&pidfile, std::process::id().to_string())
+        .with_context(|| format!("cannot write {}", pidfile.display()))?;
+    if args.examples {
+        for (name, files) in examples::EXAMPLES {
+            let packed = examples::pack(files)?;
+            let d = worker.registry.deploy(name, &packed)?;
+            tracing::info!(function = name, changed = d.changed, "example deployed");
+        }
+    }
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        tracing::info!(listen = %cfg.listen, "serving the API");
+        tokio::spawn(worker.clone().housekeeping());
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            tracing::info!("shutting down");
+        };
+        kindling_worker::api::serve(worker.clone(), listener, shutdown).await;
+        Ok::<(), anyhow::Error>(())
+    });
+    let w = worker.clone();
+    rt.block_on(async { tokio::task::spawn_blocking(move || w.shutdown()).await })?;
+    let _ = std::fs::remove_file(&pidfile);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Starts `kindling up` again in the background and waits until it answers.
+fn detach(cfg: &Config, args: &UpArgs) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(&cfg.root)?;
+    let log_path = cfg.root.join("worker.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("up").arg("--root").arg(&cfg.root).arg("--listen").arg(cfg.listen.to_string());
+    if let Some(c) = &args.config {
+        cmd.arg("--config").arg(c);
+    }
+    if args.examples {
+        cmd.arg("--examples");
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let rt = runtime()?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the worker exited ({status}); see {}", log_path.display());
+        }
+        let ready = rt.block_on(async {
+            let mut c = Client::new(cfg.listen);
+            c.get("/status").await.map(|r| r.status.is_success()).unwrap_or(false)
+        });
+        if ready {
+            println!("worker running (pid {}) on {}; logs in {}", child.id(), cfg.listen, log_path.display());
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the worker did not become ready; see {}", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn down(root: &Path) -> Result<()> {
+    let pidfile = root.join("worker.pid");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .with_context(|| format!("no worker pid file at {}; is a worker running?", pidfile.display()))?
+        .trim()
+        .parse()
+        .context("malformed pid file")?;
+    kindling_sandbox::sys::kill(pid, 15).with_context(|| format!("cannot signal worker {pid}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if Instant::now() > deadline {
+            bail!("worker {pid} did not stop within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("worker {pid} stopped");
+    Ok(())
+}
+
+async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
+    let mut c = Client::new(addr);
+    match command {
+        Command::Deploy { dir, name } => {
+            let name = match name {
+                Some(n) => n,
+                None => std::path::absolute(&dir)?
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("cannot derive a name from {}; use --name", dir.display()))?,
+            };
+            if !dir.is_dir() {
+                bail!("{} is not a directory", dir.display());
+            }
+            let packed = kindling_worker::archive::pack_dir(&dir)
+                .with_context(|| format!("cannot pack {}", dir.display()))?;
+            let r = c
+                .request(Method::POST, &format!("/registry/{name}"), &[("content-type", "application/gzip")], packed)
+                .await?
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+            let hash = v["hash"].as_str().unwrap_or("");
+            let what = if v["changed"].as_bool() == Some(true) { "deployed" } else { "unchanged" };
+            println!("{name}: {what} ({} format, version {})", v["format"].as_str().unwrap_or("?"), &hash[..hash.len().min(12)]);
+        }
+        Command::Invoke { name, data, start, verbose } => {
+            let mut headers = Vec::new();
+            if let Some(s) = &start {
+                headers.push(("x-kindling-start", s.as_str()));
+            }
+            let r = c.request(Method::POST, &format!("/run/{name}"), &headers, data.into_bytes()).await?;
+            if verbose {
+                eprintln!(
+                    "start={} timing={}",
+                    r.header("x-kindling-start").unwrap_or("-"),
+                    r.header("x-kindling-timing").unwrap_or("-")
+                );
+            }
+            let r = r.ok()?;
+            println!("{}", r.text());
+        }
+        Command::Ls => {
+            let r = c.get("/registry").await?.ok()?;
+            let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body)?;
+            println!("{:<24} {:<10} {:<14}", "NAME", "FORMAT", "VERSION");
+            for f in list {
+                let hash = f["hash"].as_str().unwrap_or("");
+                println!(
+                    "{:<24} {:<10} {:<14}",
+                    f["name"].as_str().unwrap_or("?"),
+                    f["format"].as_str().unwrap_or("?"),
+                    &hash[..hash.len().min(12)]
+                );
+            }
+        }
+        Command::Rm { name } => {
+            c.request(Method::DELETE, &format!("/registry/{name}"), &[], Vec::new()).await?.ok()?;
+            println!("{name}: removed");
+        }
+        Command::Status => {
+            let s = c.get("/status").await?.ok()?;
+            let st = c.get("/stats").await?.ok()?;
+            let s: serde_json::Value = serde_json::from_slice(&s.body)?;
+            let st: serde_json::Value = serde_json::from_slice(&st.body)?;
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"status": s, "stats": st}))?);
+        }
+        Command::Bench { command } => bench::run(addr, command).await?,
+        Command::Up(_) | Command::Down { .. } | Command::Base { .. } | Command::Spawner => unreachable!(),
+    }
+    Ok(())
+}

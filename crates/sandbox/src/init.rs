@@ -1,0 +1,219 @@
+//! The per-sandbox init: pid 1 of the sandbox's pid namespace.
+//!
+//! It joins the cgroup, builds the root filesystem, starts instances, reaps every process of the
+//! sandbox and carries out the worker's control requests (more instances, mount changes) for as
+//! long as the sandbox lives. When the worker closes the control channel, init exits, and the
+//! kernel kills whatever else still runs in the namespace.
+
+use crate::control::{ControlChannel, ControlEvent, ControlRequest};
+use crate::spec::{InstanceSpec, SandboxSpec};
+use crate::{rootfs, seccomp, sys};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+/// Descriptor number an instance finds its invocation socket on.
+pub const INSTANCE_FD: RawFd = 3;
+
+/// Runs the init of a freshly cloned sandbox. Never returns.
+pub fn run(spec: &SandboxSpec, control: ControlChannel, instance: Option<OwnedFd>) -> ! {
+    // If the spawner dies, so does the sandbox.
+    let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    let ready = setup(spec).and_then(|()| match (&spec.instance, instance) {
+        (Some(inst), Some(sock)) => spawn_instance(inst, sock).map(Some),
+        _ => Ok(None),
+    });
+    match ready {
+        Ok(instance_pid) => {
+            let _ = control.send(&ControlEvent::Ready { instance_pid }, &[]);
+        }
+        Err(message) => {
+            let _ = control.send(&ControlEvent::SetupFailed { message }, &[]);
+            sys::exit_now(1);
+        }
+    }
+    serve(&control)
+}
+
+fn setup(spec: &SandboxSpec) -> Result<(), String> {
+    for procs in &spec.cgroup_procs {
+        std::fs::write(procs, "0")
+            .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
+    }
+    rootfs::enter(spec).map_err(|e| error_chain(&e))?;
+    if !spec.network {
+        sys::loopback_up().map_err(|e| format!("bringing loopback up: {e}"))?;
+    }
+    sys::sethostname(&spec.id).map_err(|e| format!("setting hostname: {e}"))?;
+    // Children must not be reaped behind our back, and SIGCHLD arrives through a signalfd.
+    sys::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
+    sys::set_sigmask(&[libc::SIGCHLD], libc::SIG_BLOCK)
+        .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
+    Ok(())
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        msg.push_str(": ");
+        msg.push_str(&e.to_string());
+        cur = e.source();
+    }
+    msg
+}
+
+/// Forks an instance; the child becomes `spec`'s program with `sock` on [`INSTANCE_FD`].
+fn spawn_instance(spec: &InstanceSpec, sock: OwnedFd) -> Result<i32, String> {
+    let prepared = Prepared::new(spec)?;
+    // SAFETY: init is single-threaded.
+    match unsafe { sys::fork() } {
+        Err(e) => Err(format!("forking instance: {e}")),
+        Ok(0) => {
+            let err = prepared.exec(sock.as_raw_fd());
+            let _ = sys::write_all_raw(2, format!("kindling: starting instance: {err}\n").as_bytes());
+            sys::exit_now(127)
+        }
+        Ok(pid) => Ok(pid),
+    }
+}
+
+/// Everything an instance needs, allocated before fork so the child only makes system calls.
+struct Prepared<'a> {
+    spec: &'a InstanceSpec,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    filter: Vec<libc::sock_filter>,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(spec: &'a InstanceSpec) -> Result<Self, String> {
+        let cs = |s: String| CString::new(s).map_err(|_| "NUL byte in instance spec".to_string());
+        let argv = spec.argv.iter().cloned().map(cs).collect::<Result<Vec<_>, _>>()?;
+        if argv.is_empty() {
+            return Err("instance has no program".into());
+        }
+        let envp = spec
+            .env
+            .iter()
+            .map(|(k, v)| cs(format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            spec,
+            argv,
+            envp,
+            filter: seccomp::instance_filter(),
+        })
+    }
+
+    /// In the forked child: drop every privilege and exec. Returns only on failure.
+    fn exec(&self, sock: RawFd) -> String {
+        let step = |what: &str, r: std::io::Result<()>| r.map_err(|e| format!("{what}: {e}"));
+        let result = (|| {
+            step("resetting signals", sys::reset_signals())?;
+            step("dup2", sys::dup2(sock, INSTANCE_FD))?;
+            if self.spec.stdio_to_socket {
+                step("dup2", sys::dup2(sock, 1))?;
+                step("dup2", sys::dup2(sock, 2))?;
+            }
+            sys::close_fds_from(INSTANCE_FD + 1, &[]);
+            step("chdir", sys::chdir(&self.spec.cwd))?;
+            step("rlimit", sys::setrlimit(libc::RLIMIT_CORE, 0, 0))?;
+            let nofile = self.spec.max_open_files;
+            step("rlimit", sys::setrlimit(libc::RLIMIT_NOFILE, nofile, nofile))?;
+            step("dropping bounding set", sys::drop_bounding_set())?;
+            step("dropping to user", sys::become_user(self.spec.uid, self.spec.gid))?;
+            step("no_new_privs", sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1))?;
+            step("seccomp", sys::seccomp_install(&self.filter))?;
+            Ok::<(), String>(())
+        })();
+        if let Err(e) = result {
+            return e;
+        }
+        let err = sys::execve(&self.argv[0], &self.argv, &self.envp);
+        format!("exec {}: {err}", self.spec.argv[0])
+    }
+}
+
+/// The init's main loop: control requests in, events out, zombies reaped.
+fn serve(control: &ControlChannel) -> ! {
+    let sigfd = match sys::signalfd(&[libc::SIGCHLD]) {
+        Ok(fd) => fd,
+        Err(_) => sys::exit_now(1),
+    };
+    loop {
+        let ready = match sys::poll_readable(&[control.as_raw_fd(), sigfd.as_raw_fd()], -1) {
+            Ok(r) => r,
+            Err(_) => sys::exit_now(1),
+        };
+        if ready[1] {
+            sys::drain_signalfd(sigfd.as_raw_fd());
+            reap(control);
+        }
+        if ready[0] {
+            match control.recv::<ControlRequest>(true) {
+                Ok(Some((req, fds))) => {
+                    let event = handle(req, fds);
+                    let _ = control.send(&event, &[]);
+                }
+                Ok(None) => sys::exit_now(0),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    let message = format!("malformed control request: {e}");
+                    let _ = control.send(&ControlEvent::Failed { message }, &[]);
+                }
+                Err(_) => sys::exit_now(1),
+            }
+        }
+    }
+}
+
+fn reap(control: &ControlChannel) {
+    while let Ok(Some((pid, how))) = sys::try_wait(-1) {
+        let (code, signal) = match how {
+            sys::ExitStatus::Exited(c) => (Some(c), None),
+            sys::ExitStatus::Signaled(s) => (None, Some(s)),
+        };
+        let _ = control.send(&ControlEvent::Exited { pid, code, signal }, &[]);
+    }
+}
+
+fn handle(req: ControlRequest, mut fds: Vec<OwnedFd>) -> ControlEvent {
+    let failed = |message: String| ControlEvent::Failed { message };
+    match req {
+        ControlRequest::Spawn { instance } => match fds.pop() {
+            None => failed("spawn request carries no socket".into()),
+            Some(sock) => match spawn_instance(&instance, sock) {
+                Ok(pid) => ControlEvent::Spawned { pid },
+                Err(e) => failed(e),
+            },
+        },
+        ControlRequest::Mount { target } => match fds.pop() {
+            None => failed("mount request carries no mount tree".into()),
+            Some(tree) => match replace_mount(&tree, &target) {
+                Ok(()) => ControlEvent::Mounted { target },
+                Err(e) => failed(format!("mounting on {}: {e}", target.display())),
+            },
+        },
+        ControlRequest::KillInstances => {
+            // From pid 1, kill(-1) reaches every other process of the namespace.
+            match sys::kill(-1, libc::SIGKILL) {
+                Ok(()) => ControlEvent::Killed,
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => ControlEvent::Killed,
+                Err(e) => failed(format!("killing instances: {e}")),
+            }
+        }
+    }
+}
+
+fn replace_mount(tree: &OwnedFd, target: &Path) -> std::io::Result<()> {
+    // Peel off whatever is mounted there now (EINVAL: nothing is).
+    loop {
+        match sys::umount2(target, libc::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    sys::move_mount_to(tree.as_raw_fd(), target)
+}

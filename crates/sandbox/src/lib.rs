@@ -1,0 +1,14 @@
+//! Kindling's sandbox library: namespaces, cgroups, mounts, seccomp and the processes that hold
+//! them (the spawner and the per-sandbox init). It knows nothing of HTTP or functions; the worker
+//! describes a sandbox with a [`spec::SandboxSpec`] and gets back descriptors to talk to it.
+//!
+//! All of Kindling's `unsafe` code lives in this crate, most of it in [`sys`].
+
+pub mod cgroup;
+pub mod control;
+pub mod init;
+pub mod rootfs;
+pub mod seccomp;
+pub mod spawner;
+pub mod spec;
+pub mod sys;

@@ -1,0 +1,369 @@
+//! The HTTP API: routes only. Each handler parses the request, calls the registry or the pool,
+//! and turns the result into a response. OpenLambda-compatible paths (`/run/<name>`,
+//! `/registry/<name>`, `/status`, `/stats`) plus `/metrics`.
+
+use crate::daemon::Worker;
+use crate::instance::InvokeError;
+use crate::pool::{PoolError, StartPolicy};
+use crate::registry::{validate_name, RegistryError};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+type Reply = Response<Full<Bytes>>;
+
+/// Largest upload (function archive) accepted by `POST /registry/<name>`.
+pub const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
+
+static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Reply {
+    let mut msg = message.into();
+    if !msg.ends_with('\n') {
+        msg.push('\n');
+    }
+    let mut r = text(status, msg);
+    r.headers_mut()
+        .insert("x-kindling-error", HeaderValue::from_static(kind));
+    r
+}
+
+/// Prints an error with its sources, for response bodies.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}
+
+/// Handles one HTTP request.
+pub async fn handle(worker: Arc<Worker>, req: Request<Incoming>) -> Result<Reply, std::convert::Infallible> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let reply = match (segments.as_slice(), &method) {
+        (["run", name], _) => run(&worker, name, req).await,
+        (["run", ..], _) => error(StatusCode::BAD_REQUEST, "invalid-name", "use /run/<name>"),
+        (["registry"], &Method::GET) => list(&worker),
+        (["registry", name], &Method::POST) | (["registry", name], &Method::PUT) => {
+            deploy(&worker, name, req).await
+        }
+        (["registry", name], &Method::GET) => info(&worker, name),
+        (["registry", name], &Method::DELETE) => remove(&worker, name),
+        (["status"], &Method::GET) => status(&worker),
+        (["stats"], &Method::GET) => stats(&worker),
+        (["metrics"], &Method::GET) => metrics(&worker),
+        (["registry" | "status" | "stats" | "metrics", ..], _) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method", format!("{method} is not allowed on {path}"))
+        }
+        _ => error(StatusCode::NOT_FOUND, "not-found", format!("no such endpoint: {path}")),
+    };
+    Ok(reply)
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reply> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, "body", format!("cannot read request body: {e}"))),
+    }
+}
+
+async fn run(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply {
+    let mut reply = run_inner(worker, name, req).await;
+    if !reply.headers().contains_key("x-kindling-start") {
+        reply
+            .headers_mut()
+            .insert("x-kindling-start", HeaderValue::from_static("none"));
+    }
+    reply
+}
+
+async fn run_inner(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply {
+    if let Err(e) = validate_name(name) {
+        worker.metrics.add("errors.bad-request", 1);
+        return error(StatusCode::BAD_REQUEST, "invalid-name", e.to_string());
+    }
+    let Some(function) = worker.registry.get(name) else {
+        worker.metrics.add("errors.not-found", 1);
+        return error(StatusCode::NOT_FOUND, "not-found", format!("no function named `{name}`"));
+    };
+    if !function.config.methods.is_empty()
+        && !function.config.methods.iter().any(|m| m == req.method().as_str())
+    {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+            format!("function `{name}` accepts {}", function.config.methods.join(", ")),
+        );
+    }
+    let policy = match req.headers().get("x-kindling-start").map(|v| v.to_str()) {
+        None => StartPolicy::Any,
+        Some(Ok(v)) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "any" | "warm" => StartPolicy::Any,
+            "cold" => StartPolicy::Cold,
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "start-method",
+                    format!("unknown start method `{other}` in X-Kindling-Start; valid: cold, warm, any"),
+                )
+            }
+        },
+        Some(Err(_)) => {
+            return error(StatusCode::BAD_REQUEST, "start-method", "X-Kindling-Start is not ASCII")
+        }
+    };
+    let body = match read_body(req, worker.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => {
+            worker.metrics.add("errors.too-large", 1);
+            return r;
+        }
+    };
+    let event: Bytes = if body.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"null")
+    } else {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            worker.metrics.add("errors.bad-request", 1);
+            return error(StatusCode::BAD_REQUEST, "malformed-json", format!("request body is not valid JSON: {e}"));
+        }
+        body
+    };
+    let request_id = format!(
+        "{:x}-{:x}",
+        worker.started.elapsed().as_micros() & 0xffff_ffff,
+        REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let limits = worker.limits_for(&function);
+    let outcome = match worker
+        .pool
+        .invoke(&function, &limits, &request_id, &event, policy)
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            let (status, kind) = match &e {
+                PoolError::QueueFull(_) | PoolError::NoCapacity(_) => (StatusCode::TOO_MANY_REQUESTS, "busy"),
+                PoolError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting-down"),
+                PoolError::Start(_) => (StatusCode::INTERNAL_SERVER_ERROR, "sandbox"),
+            };
+            worker.metrics.add(&format!("errors.{kind}"), 1);
+            if matches!(e, PoolError::Start(_)) {
+                tracing::error!(function = name, "cannot start sandbox: {}", chain(&e));
+            }
+            return error(status, kind, chain(&e));
+        }
+    };
+    let mut reply = match outcome.result {
+        Ok(r) => {
+            let mut resp = Response::new(Full::new(Bytes::from(r.body)));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(e) => {
+            let (status, kind) = match &e {
+                InvokeError::Handler(_) => (StatusCode::INTERNAL_SERVER_ERROR, "exception"),
+                InvokeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                InvokeError::OutOfMemory(_) => (StatusCode::INTERNAL_SERVER_ERROR, "out-of-memory"),
+                InvokeError::Setup(_) => (StatusCode::INTERNAL_SERVER_ERROR, "sandbox"),
+                InvokeError::Died(_) | InvokeError::Protocol => (StatusCode::BAD_GATEWAY, "instance-died"),
+            };
+            worker.metrics.add(&format!("errors.{kind}"), 1);
+            error(status, kind, e.to_string())
+        }
+    };
+    let h = reply.headers_mut();
+    h.insert("x-kindling-start", HeaderValue::from_static(outcome.start.as_str()));
+    if let Ok(v) = HeaderValue::from_str(&outcome.timing.header()) {
+        h.insert("x-kindling-timing", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&outcome.instance_id) {
+        h.insert("x-kindling-sandbox", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-kindling-request", v);
+    }
+    reply
+}
+
+async fn deploy(worker: &Arc<Worker>, name: &str, req: Request<Incoming>) -> Reply {
+    if let Err(e) = validate_name(name) {
+        return error(StatusCode::BAD_REQUEST, "invalid-name", e.to_string());
+    }
+    let body = match read_body(req, MAX_UPLOAD_BYTES).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let w = worker.clone();
+    let n = name.to_string();
+    let result = tokio::task::spawn_blocking(move || w.registry.deploy(&n, &body)).await;
+    match result {
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("deploy task failed: {e}")),
+        Ok(Err(e)) => {
+            let status = match e {
+                RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            worker.metrics.add("deploys.failed", 1);
+            error(status, "deploy", chain(&e))
+        }
+        Ok(Ok(d)) => {
+            if d.changed {
+                worker.pool.invalidate(name);
+                worker.metrics.add("deploys", 1);
+                tracing::info!(function = name, hash = %&d.version.hash[..12], "deployed");
+            }
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "name": d.version.name,
+                    "hash": d.version.hash,
+                    "format": d.version.format,
+                    "changed": d.changed,
+                }),
+            )
+        }
+    }
+}
+
+fn list(worker: &Worker) -> Reply {
+    let all: Vec<_> = worker
+        .registry
+        .list()
+        .iter()
+        .map(|v| serde_json::to_value(v.as_ref()).unwrap_or_default())
+        .collect();
+    json(StatusCode::OK, &serde_json::Value::Array(all))
+}
+
+fn info(worker: &Worker, name: &str) -> Reply {
+    match worker.registry.get(name) {
+        Some(v) => json(StatusCode::OK, &serde_json::to_value(v.as_ref()).unwrap_or_default()),
+        None => error(StatusCode::NOT_FOUND, "not-found", format!("no function named `{name}`")),
+    }
+}
+
+fn remove(worker: &Worker, name: &str) -> Reply {
+    match worker.registry.remove(name) {
+        Ok(_) => {
+            worker.pool.invalidate(name);
+            json(StatusCode::OK, &serde_json::json!({ "removed": name }))
+        }
+        Err(e @ RegistryError::NotFound(_)) => error(StatusCode::NOT_FOUND, "not-found", e.to_string()),
+        Err(e @ RegistryError::InvalidName(_)) => error(StatusCode::BAD_REQUEST, "invalid-name", e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "registry", chain(&e)),
+    }
+}
+
+fn gauges(worker: &Worker) -> Vec<(&'static str, u64)> {
+    vec![
+        ("sandboxes.live", worker.pool.live_sandboxes() as u64),
+        ("instances.idle", worker.pool.idle_instances() as u64),
+        ("functions", worker.registry.list().len() as u64),
+    ]
+}
+
+fn status(worker: &Worker) -> Reply {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "status": "ready",
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": worker.started.elapsed().as_secs(),
+            "root": worker.config.root,
+            "base": worker.base.info,
+            "rootfs": worker.base.rootfs,
+            "cgroups": worker.cgroup_layout,
+            "functions": worker.registry.list().len(),
+            "sandboxes": worker.pool.live_sandboxes(),
+            "idle_instances": worker.pool.idle_instances(),
+        }),
+    )
+}
+
+fn stats(worker: &Worker) -> Reply {
+    json(StatusCode::OK, &worker.metrics.stats_json(&gauges(worker)))
+}
+
+fn metrics(worker: &Worker) -> Reply {
+    let mut r = text(StatusCode::OK, worker.metrics.prometheus(&gauges(worker)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    worker: Arc<Worker>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let w = worker.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(w.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,205 @@
+//! Worker configuration: one TOML file, every key optional, every key documented here.
+//!
+//! ```toml
+//! listen = "127.0.0.1:5000"       # HTTP address of the API
+//! root = "/var/lib/kindling"       # worker root: bases, functions, sandboxes, state
+//! base = "debian-python"           # default base root filesystem (a directory under <root>/base)
+//! base_dir = "/var/lib/kindling/base"  # where bases live (default <root>/base)
+//! max_body_bytes = 6291456         # largest request body (invocations and uploads) -> 413
+//! keep_alive_secs = 600            # how long an idle instance stays warm
+//! max_instances_per_function = 8   # concurrent instances of one function
+//! max_queue_per_function = 64      # waiting calls beyond that -> 429
+//! max_sandboxes = 256              # sandboxes on the worker (idle ones are evicted first)
+//! sandbox_uid = 65534              # unprivileged uid/gid function code runs as
+//! sandbox_gid = 65534
+//! max_open_files = 1024            # RLIMIT_NOFILE of instances
+//!
+//! [defaults]                       # per-function limits unless the function's config says otherwise
+//! memory_mb = 256                  # memory limit of the sandbox's cgroup
+//! timeout_secs = 30                # handler time limit -> 504
+//! cpu_cores = 1.0                  # CPU quota (cores)
+//! pids = 64                        # pids limit (fork bombs)
+//! tmp_mb = 64                      # size of the sandbox's /tmp
+//! network = false                  # give functions the host's network
+//!
+//! [archive]                        # limits on uploaded function archives -> 400
+//! max_unpacked_bytes = 268435456
+//! max_entries = 100000
+//! ```
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Errors loading a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The worker's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub root: PathBuf,
+    pub base: String,
+    pub base_dir: Option<PathBuf>,
+    pub max_body_bytes: usize,
+    pub keep_alive_secs: u64,
+    pub max_instances_per_function: usize,
+    pub max_queue_per_function: usize,
+    pub max_sandboxes: usize,
+    pub sandbox_uid: u32,
+    pub sandbox_gid: u32,
+    pub max_open_files: u64,
+    pub defaults: Limits,
+    pub archive: ArchiveConfig,
+}
+
+/// Per-function limits (worker-wide defaults; functions may override memory, timeout, network).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub memory_mb: u64,
+    pub timeout_secs: f64,
+    pub cpu_cores: f64,
+    pub pids: u64,
+    pub tmp_mb: u64,
+    pub network: bool,
+}
+
+/// Limits on uploaded archives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    pub max_unpacked_bytes: u64,
+    pub max_entries: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            root: PathBuf::from("/var/lib/kindling"),
+            base: "debian-python".into(),
+            base_dir: None,
+            max_body_bytes: 6 * 1024 * 1024,
+            keep_alive_secs: 600,
+            max_instances_per_function: 8,
+            max_queue_per_function: 64,
+            max_sandboxes: 256,
+            sandbox_uid: 65534,
+            sandbox_gid: 65534,
+            max_open_files: 1024,
+            defaults: Limits::default(),
+            archive: ArchiveConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_mb: 256,
+            timeout_secs: 30.0,
+            cpu_cores: 1.0,
+            pids: 64,
+            tmp_mb: 64,
+            network: false,
+        }
+    }
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            max_unpacked_bytes: 256 * 1024 * 1024,
+            max_entries: 100_000,
+        }
+    }
+}
+
+impl Config {
+    /// Loads a TOML file; missing keys take their defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.sandbox_uid == 0 || self.sandbox_gid == 0 {
+            return bad("sandbox_uid and sandbox_gid must not be 0 (root)");
+        }
+        if self.max_instances_per_function == 0 {
+            return bad("max_instances_per_function must be at least 1");
+        }
+        if self.defaults.memory_mb < 16 {
+            return bad("defaults.memory_mb must be at least 16");
+        }
+        if self.defaults.timeout_secs <= 0.0 {
+            return bad("defaults.timeout_secs must be positive");
+        }
+        if !self.root.is_absolute() {
+            return bad("root must be an absolute path");
+        }
+        Ok(())
+    }
+
+    /// Directory holding base root filesystems.
+    pub fn base_dir(&self) -> PathBuf {
+        self.base_dir.clone().unwrap_or_else(|| self.root.join("base"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert_eq!(cfg.listen.port(), 5000);
+        assert_eq!(cfg.defaults, Limits::default());
+        assert_eq!(cfg.base_dir(), PathBuf::from("/var/lib/kindling/base"));
+    }
+
+    #[test]
+    fn overrides_and_unknown_keys() {
+        let cfg: Config = toml::from_str("keep_alive_secs = 5\n[defaults]\nmemory_mb = 64\n").unwrap();
+        assert_eq!(cfg.keep_alive_secs, 5);
+        assert_eq!(cfg.defaults.memory_mb, 64);
+        assert_eq!(cfg.defaults.pids, 64);
+        assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+    }
+
+    #[test]
+    fn rejects_root_uid() {
+        let cfg: Config = toml::from_str("sandbox_uid = 0").unwrap();
+        assert!(cfg.validate().is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! The worker daemon's lifecycle: start (clean up after a crashed predecessor, make sure the
+//! base and runtime exist, start the spawner), serve, and shut down leaving nothing behind.
+
+use crate::archive::ArchiveLimits;
+use crate::base::{self, Base};
+use crate::config::Config;
+use crate::instance::{Factory, FunctionLimits};
+use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolConfig};
+use crate::registry::{FunctionVersion, Registry};
+use kindling_sandbox::cgroup::CgroupManager;
+use kindling_sandbox::spawner::Spawner;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Name of the directory Kindling owns in each cgroup hierarchy.
+pub const CGROUP_PARENT: &str = "kindling";
+
+/// Errors starting the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot create {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cgroups are not usable")]
+    Cgroups(#[from] kindling_sandbox::cgroup::CgroupError),
+    #[error("base root filesystem")]
+    Base(#[from] base::BaseError),
+    #[error("cannot start the sandbox spawner")]
+    Spawner(#[from] kindling_sandbox::spawner::SpawnerError),
+    #[error("runtime")]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("function registry")]
+    Registry(#[from] crate::registry::RegistryError),
+}
+
+/// A running worker: everything the API needs.
+pub struct Worker {
+    pub config: Config,
+    pub registry: Registry,
+    pub pool: Arc<Pool>,
+    pub metrics: Arc<Metrics>,
+    pub base: Base,
+    pub cgroup_layout: String,
+    pub started: Instant,
+    factory: Arc<Factory>,
+}
+
+fn mkdir(path: &Path) -> Result<(), StartupError> {
+    std::fs::create_dir_all(path).map_err(|source| StartupError::Dir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Worker {
+    /// Starts a worker. `program` is the `kindling` binary, run again as the spawner.
+    /// Blocking: may build the base (about a minute) on first use.
+    pub fn start(config: Config, program: &Path) -> Result<Arc<Self>, StartupError> {
+        let root = config.root.clone();
+        mkdir(&root)?;
+        let mountpoint = root.join("sandboxes").join("root");
+        mkdir(&mountpoint)?;
+        let cgroups = CgroupManager::detect(CGROUP_PARENT)?;
+        let stale = cgroups.remove_stale()?;
+        if stale > 0 {
+            tracing::warn!(count = stale, "removed sandboxes left behind by a previous worker");
+        }
+        let base = base::ensure(&config.base_dir(), &config.base)?;
+        let spawner = Spawner::start(program)?;
+        let mut factory = Factory::new(
+            spawner,
+            cgroups.clone(),
+            base.rootfs.clone(),
+            base.info.python.clone(),
+            PathBuf::new(),
+            mountpoint,
+            config.sandbox_uid,
+            config.sandbox_gid,
+            config.max_open_files,
+        );
+        factory.runtime_dir = crate::runtime::install(&root, &base, &factory)?;
+        let factory = Arc::new(factory);
+        let registry = Registry::open(
+            &root.join("functions"),
+            ArchiveLimits {
+                max_unpacked_bytes: config.archive.max_unpacked_bytes,
+                max_entries: config.archive.max_entries,
+            },
+        )?;
+        let metrics = Arc::new(Metrics::default());
+        let pool = Pool::new(
+            factory.clone(),
+            PoolConfig {
+                keep_alive: Duration::from_secs(config.keep_alive_secs),
+                max_instances_per_function: config.max_instances_per_function,
+                max_queue_per_function: config.max_queue_per_function,
+                max_sandboxes: config.max_sandboxes,
+            },
+            metrics.clone(),
+        );
+        tracing::info!(
+            root = %root.display(),
+            base = %base.info.name,
+            python = %base.info.python_version,
+            cgroups = %cgroups.version_summary(),
+            functions = registry.list().len(),
+            "worker ready"
+        );
+        Ok(Arc::new(Self {
+            cgroup_layout: cgroups.version_summary(),
+            config,
+            registry,
+            pool,
+            metrics,
+            base,
+            started: Instant::now(),
+            factory,
+        }))
+    }
+
+    /// The limits a function runs under: its own config over the worker's defaults.
+    pub fn limits_for(&self, f: &FunctionVersion) -> FunctionLimits {
+        let d = &self.config.defaults;
+        FunctionLimits {
+            memory_mb: f.config.memory_mb.unwrap_or(d.memory_mb),
+            timeout: Duration::from_secs_f64(f.config.timeout_secs.unwrap_or(d.timeout_secs)),
+            cpu_cores: d.cpu_cores,
+            pids: d.pids,
+            tmp_mb: d.tmp_mb,
+            network: f.config.network.unwrap_or(d.network),
+        }
+    }
+
+    /// Periodic housekeeping: expire idle instances past their keep-alive.
+    pub async fn housekeeping(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            self.pool.expire_idle();
+        }
+    }
+
+    /// Destroys every sandbox this worker made (blocking).
+    pub fn shutdown(&self) {
+        self.pool.shutdown();
+        if let Err(e) = self.factory.cgroups.remove_stale() {
+            tracing::warn!("cleaning cgroups at shutdown: {e}");
+        }
+        tracing::info!("worker stopped");
+    }
+}

@@ -1,0 +1,526 @@
+//! Instances as the worker sees them: a sandbox (init, cgroup, control channel) with one
+//! running interpreter that serves one function version, and the framed protocol to invoke it.
+//!
+//! Creating one is a cold start: a cgroup, a sandbox from the spawner, and a fresh interpreter
+//! running the runtime. The first request is written at once; the kernel buffers it until the
+//! interpreter has loaded the function and reads it.
+
+use crate::registry::FunctionVersion;
+use kindling_sandbox::cgroup::{Cgroup, CgroupManager, Limits as CgroupLimits};
+use kindling_sandbox::control::{ControlChannel, ControlEvent};
+use kindling_sandbox::spawner::Spawner;
+use kindling_sandbox::spec::{InstanceSpec, MountSpec, SandboxSpec};
+use kindling_sandbox::sys;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// Largest response an instance may send.
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// Why an invocation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The handler raised; the body is its traceback.
+    #[error("{0}")]
+    Handler(String),
+    #[error("function did not finish within its timeout of {0:.1} s")]
+    Timeout(f64),
+    #[error("function exceeded its memory limit of {0} MB and was killed")]
+    OutOfMemory(u64),
+    #[error("sandbox could not start: {0}")]
+    Setup(String),
+    #[error("instance died: {0}")]
+    Died(String),
+    #[error("instance sent a malformed response")]
+    Protocol,
+}
+
+impl InvokeError {
+    /// Whether the instance is unusable afterwards (the sandbox must go).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, InvokeError::Handler(_))
+    }
+}
+
+/// Errors creating a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create cgroup")]
+    Cgroup(#[from] kindling_sandbox::cgroup::CgroupError),
+    #[error("cannot create sandbox")]
+    Spawn(#[from] kindling_sandbox::spawner::SpawnerError),
+    #[error("sandbox socket setup failed")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the worker needs to create sandboxes: shared by every instance.
+pub struct Factory {
+    pub spawner: Spawner,
+    pub cgroups: CgroupManager,
+    pub rootfs: PathBuf,
+    pub python: String,
+    pub runtime_dir: PathBuf,
+    pub mountpoint: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub max_open_files: u64,
+    counter: AtomicU64,
+    prefix: String,
+}
+
+/// Effective limits of one function (worker defaults overridden by its config).
+#[derive(Debug, Clone)]
+pub struct FunctionLimits {
+    pub memory_mb: u64,
+    pub timeout: Duration,
+    pub cpu_cores: f64,
+    pub pids: u64,
+    pub tmp_mb: u64,
+    pub network: bool,
+}
+
+impl Factory {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        spawner: Spawner,
+        cgroups: CgroupManager,
+        rootfs: PathBuf,
+        python: String,
+        runtime_dir: PathBuf,
+        mountpoint: PathBuf,
+        uid: u32,
+        gid: u32,
+        max_open_files: u64,
+    ) -> Self {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self {
+            spawner,
+            cgroups,
+            rootfs,
+            python,
+            runtime_dir,
+            mountpoint,
+            uid,
+            gid,
+            max_open_files,
+            counter: AtomicU64::new(0),
+            prefix: format!("{:x}", secs & 0xfffff),
+        }
+    }
+
+    /// A fresh sandbox id: unique for this worker, short enough for a hostname.
+    pub fn next_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("sb-{}-{n}", self.prefix)
+    }
+
+    /// Cold start: a new sandbox running a fresh interpreter for `function`.
+    pub fn cold_start(
+        &self,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<Instance, StartError> {
+        let id = self.next_id();
+        let cgroup = self.cgroups.create(
+            &id,
+            &CgroupLimits {
+                memory_bytes: Some(limits.memory_mb * 1024 * 1024),
+                cpu_cores: Some(limits.cpu_cores),
+                pids: Some(limits.pids),
+            },
+        )?;
+        let spec = SandboxSpec {
+            id: id.clone(),
+            rootfs: self.rootfs.clone(),
+            mountpoint: self.mountpoint.clone(),
+            mounts: vec![
+                MountSpec::Bind {
+                    source: function.dir.clone(),
+                    target: "/handler".into(),
+                    writable: false,
+                },
+                MountSpec::Bind {
+                    source: self.runtime_dir.clone(),
+                    target: "/kindling".into(),
+                    writable: false,
+                },
+                MountSpec::Tmpfs {
+                    target: "/tmp".into(),
+                    size_bytes: limits.tmp_mb * 1024 * 1024,
+                },
+                MountSpec::Proc {
+                    target: "/proc".into(),
+                },
+                MountSpec::Dev {
+                    target: "/dev".into(),
+                },
+            ],
+            network: limits.network,
+            cgroup_procs: cgroup.procs_files(),
+            instance: Some(self.instance_spec(function, &id)),
+        };
+        let spawned = match self.spawner.spawn(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e.into());
+            }
+        };
+        let Some(sock) = spawned.instance else {
+            return Err(StartError::Io(std::io::Error::other("no instance socket")));
+        };
+        let stream = std::os::unix::net::UnixStream::from(sock);
+        stream.set_nonblocking(true)?;
+        spawned.control.set_nonblocking()?;
+        Ok(Instance {
+            id,
+            function: function.clone(),
+            memory_mb: limits.memory_mb,
+            sandbox: Some(SandboxHandle {
+                pidfd: spawned.pidfd,
+                control: spawned.control,
+                cgroup,
+            }),
+            stream: UnixStream::from_std(stream)?,
+            created: Instant::now(),
+            last_used: Instant::now(),
+            invocations: 0,
+        })
+    }
+
+    fn instance_spec(&self, function: &FunctionVersion, id: &str) -> InstanceSpec {
+        let mut env: Vec<(String, String)> = function
+            .config
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.extend(
+            [
+                ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+                ("HOME", "/tmp"),
+                ("LANG", "C.UTF-8"),
+                ("KINDLING_FORMAT", function.format.runtime_name()),
+                ("KINDLING_SANDBOX", id),
+                ("KINDLING_FUNCTION", &function.name),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        InstanceSpec {
+            argv: vec![
+                self.python.clone(),
+                "-S".into(),
+                "-E".into(),
+                "-c".into(),
+                "import sys; sys.path.insert(0, '/kindling'); import kindling_runtime; kindling_runtime.main()".into(),
+            ],
+            env,
+            cwd: "/handler".into(),
+            uid: self.uid,
+            gid: self.gid,
+            max_open_files: self.max_open_files,
+            stdio_to_socket: false,
+        }
+    }
+}
+
+/// The sandbox under an instance; destroying it kills every process and removes the cgroup.
+struct SandboxHandle {
+    pidfd: OwnedFd,
+    control: ControlChannel,
+    cgroup: Cgroup,
+}
+
+impl SandboxHandle {
+    /// Kills the sandbox and removes its cgroup. Blocking (waits for the processes to exit).
+    fn destroy(self) {
+        let _ = sys::pidfd_kill(self.pidfd.as_raw_fd());
+        drop(self.control);
+        if let Err(e) = self.cgroup.kill_all() {
+            tracing::warn!(cgroup = self.cgroup.name(), "killing sandbox processes: {e}");
+        }
+        if let Err(e) = self.cgroup.remove() {
+            tracing::warn!(cgroup = self.cgroup.name(), "removing sandbox cgroup: {e}");
+        }
+    }
+
+    /// Why the sandbox stopped serving: a setup failure or an out-of-memory kill, if either.
+    fn post_mortem(&self, memory_mb: u64) -> Option<InvokeError> {
+        if self.cgroup.oom_kills().unwrap_or(0) > 0 {
+            return Some(InvokeError::OutOfMemory(memory_mb));
+        }
+        while let Ok(Some((event, _))) = self.control.recv::<ControlEvent>(true) {
+            if let ControlEvent::SetupFailed { message } = event {
+                return Some(InvokeError::Setup(message));
+            }
+        }
+        None
+    }
+}
+
+/// Result of one invocation.
+#[derive(Debug)]
+pub struct Reply {
+    /// The JSON body.
+    pub body: Vec<u8>,
+    /// Handler time measured inside the sandbox, in milliseconds.
+    pub handler_ms: f64,
+}
+
+/// A running instance of one function version.
+pub struct Instance {
+    pub id: String,
+    pub function: Arc<FunctionVersion>,
+    memory_mb: u64,
+    sandbox: Option<SandboxHandle>,
+    stream: UnixStream,
+    pub created: Instant,
+    pub last_used: Instant,
+    pub invocations: u64,
+}
+
+impl Instance {
+    /// Sends one event and waits for the reply, up to `timeout`.
+    pub async fn invoke(
+        &mut self,
+        request_id: &str,
+        event: &[u8],
+        timeout: Duration,
+    ) -> Result<Reply, InvokeError> {
+        self.invocations += 1;
+        let result = tokio::time::timeout(timeout, self.exchange(request_id, event)).await;
+        self.last_used = Instant::now();
+        match result {
+            Err(_) => Err(InvokeError::Timeout(timeout.as_secs_f64())),
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                // The connection broke: find out why from the sandbox.
+                let reason = self
+                    .sandbox
+                    .as_ref()
+                    .and_then(|s| s.post_mortem(self.memory_mb));
+                Err(reason.unwrap_or_else(|| InvokeError::Died(e.to_string())))
+            }
+        }
+    }
+
+    async fn exchange(
+        &mut self,
+        request_id: &str,
+        event: &[u8],
+    ) -> std::io::Result<Result<Reply, InvokeError>> {
+        let len = (request_id.len() + 1 + event.len()) as u32;
+        let mut frame = Vec::with_capacity(len as usize + 4);
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(request_id.as_bytes());
+        frame.push(b'\n');
+        frame.extend_from_slice(event);
+        self.stream.write_all(&frame).await?;
+        let mut head = [0u8; 4];
+        self.stream.read_exact(&mut head).await?;
+        let n = u32::from_be_bytes(head) as usize;
+        if n > MAX_RESPONSE {
+            return Ok(Err(InvokeError::Protocol));
+        }
+        let mut payload = vec![0u8; n];
+        self.stream.read_exact(&mut payload).await?;
+        Ok(parse_reply(payload))
+    }
+
+    /// Destroys the sandbox (blocking: call from a blocking context).
+    pub fn destroy(mut self) {
+        if let Some(s) = self.sandbox.take() {
+            s.destroy();
+        }
+    }
+
+    /// Memory the sandbox's cgroup charges now, in bytes.
+    pub fn memory_usage(&self) -> Option<u64> {
+        self.sandbox.as_ref()?.cgroup.memory_usage().ok()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // Dropped without destroy(): still never leak the sandbox.
+        if let Some(s) = self.sandbox.take() {
+            s.destroy();
+        }
+    }
+}
+
+/// Parses `<status> <ms>\n<body>`.
+fn parse_reply(payload: Vec<u8>) -> Result<Reply, InvokeError> {
+    let nl = payload
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or(InvokeError::Protocol)?;
+    let head = std::str::from_utf8(&payload[..nl]).map_err(|_| InvokeError::Protocol)?;
+    let (status, ms) = head.split_once(' ').ok_or(InvokeError::Protocol)?;
+    let handler_ms: f64 = ms.parse().map_err(|_| InvokeError::Protocol)?;
+    let body = payload[nl + 1..].to_vec();
+    match status {
+        "ok" => Ok(Reply { body, handler_ms }),
+        "error" => Err(InvokeError::Handler(
+            String::from_utf8_lossy(&body).into_owned(),
+        )),
+        _ => Err(InvokeError::Protocol),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies() {
+        let r = parse_reply(b"ok 1.500\n{\"a\": 1}".to_vec()).unwrap();
+        assert_eq!(r.body, b"{\"a\": 1}");
+        assert_eq!(r.handler_ms, 1.5);
+        match parse_reply(b"error 0.1\nTraceback".to_vec()) {
+            Err(InvokeError::Handler(t)) => assert_eq!(t, "Traceback"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_reply(b"garbage".to_vec()), Err(InvokeError::Protocol)));
+        assert!(matches!(parse_reply(b"ok x\n".to_vec()), Err(InvokeError::Protocol)));
+    }
+}
+
+/// The outcome of a job (a one-off program in a sandbox, such as compiling the runtime).
+#[derive(Debug)]
+pub struct JobOutput {
+    /// Exit code, or None when killed by a signal or the timeout.
+    pub code: Option<i32>,
+    /// Standard output and error, interleaved.
+    pub output: String,
+    pub timed_out: bool,
+}
+
+/// A job: what runs, with which extra mounts and limits.
+pub struct Job {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<MountSpec>,
+    pub network: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub limits: CgroupLimits,
+    pub timeout: Duration,
+    pub cwd: PathBuf,
+}
+
+impl Factory {
+    /// Runs a job to completion in a fresh sandbox on the base (blocking).
+    pub fn run_job(&self, job: Job) -> Result<JobOutput, StartError> {
+        use std::io::Read;
+        let id = self.next_id();
+        let cgroup = self.cgroups.create(&id, &job.limits)?;
+        let mut mounts = vec![
+            MountSpec::Tmpfs {
+                target: "/tmp".into(),
+                size_bytes: 256 * 1024 * 1024,
+            },
+            MountSpec::Proc {
+                target: "/proc".into(),
+            },
+            MountSpec::Dev {
+                target: "/dev".into(),
+            },
+        ];
+        mounts.extend(job.mounts);
+        let spec = SandboxSpec {
+            id: id.clone(),
+            rootfs: self.rootfs.clone(),
+            mountpoint: self.mountpoint.clone(),
+            mounts,
+            network: job.network,
+            cgroup_procs: cgroup.procs_files(),
+            instance: Some(InstanceSpec {
+                argv: job.argv,
+                env: job.env,
+                cwd: job.cwd,
+                uid: job.uid,
+                gid: job.gid,
+                max_open_files: self.max_open_files,
+                stdio_to_socket: true,
+            }),
+        };
+        let spawned = match self.spawner.spawn(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e.into());
+            }
+        };
+        let handle = SandboxHandle {
+            pidfd: spawned.pidfd,
+            control: spawned.control,
+            cgroup,
+        };
+        let deadline = Instant::now() + job.timeout;
+        let mut output = Vec::new();
+        let mut timed_out = false;
+        if let Some(sock) = spawned.instance {
+            let mut stream = std::os::unix::net::UnixStream::from(sock);
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    timed_out = true;
+                    break;
+                }
+                stream.set_read_timeout(Some(left))?;
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => output.extend_from_slice(&buf[..n]),
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        timed_out = true;
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let mut code = None;
+        if !timed_out {
+            // The socket closed: the program ended (or closed its output). Wait for init's report.
+            let mut instance_pid = None;
+            while let Ok(Some((event, _))) = handle.control.recv::<ControlEvent>(false) {
+                match event {
+                    ControlEvent::Ready { instance_pid: p } => instance_pid = p,
+                    ControlEvent::SetupFailed { message } => {
+                        output.extend_from_slice(format!("sandbox setup failed: {message}\n").as_bytes());
+                        break;
+                    }
+                    ControlEvent::Exited { pid, code: c, .. } if Some(pid) == instance_pid => {
+                        code = c;
+                        break;
+                    }
+                    _ => {}
+                }
+                if Instant::now() > deadline {
+                    timed_out = true;
+                    break;
+                }
+            }
+        }
+        handle.destroy();
+        Ok(JobOutput {
+            code,
+            output: String::from_utf8_lossy(&output).into_owned(),
+            timed_out,
+        })
+    }
+}

@@ -1,0 +1,394 @@
+//! The pool: idle instances kept warm per function, and the scheduling of each invocation onto
+//! an instance — warm when an idle instance of the same function version exists, cold otherwise
+//! — within the per-function instance limit, a bounded wait queue, and the worker-wide sandbox
+//! limit (idle instances of other functions are evicted, least recently used first).
+
+use crate::instance::{Factory, FunctionLimits, Instance, InvokeError, Reply, StartError};
+use crate::metrics::Metrics;
+use crate::registry::FunctionVersion;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// How an invocation got its instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMethod {
+    Warm,
+    Cold,
+}
+
+impl StartMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMethod::Warm => "warm",
+            StartMethod::Cold => "cold",
+        }
+    }
+}
+
+/// What the caller asked for (`X-Kindling-Start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartPolicy {
+    /// Warm if possible, else cold.
+    #[default]
+    Any,
+    /// Always a new sandbox (benchmarks).
+    Cold,
+}
+
+/// Milliseconds spent in each phase of an invocation.
+#[derive(Debug, Clone, Default)]
+pub struct Timing {
+    pub queue_ms: f64,
+    pub sandbox_ms: f64,
+    pub instance_ms: f64,
+    pub handler_ms: f64,
+    pub total_ms: f64,
+}
+
+impl Timing {
+    /// The `X-Kindling-Timing` header value.
+    pub fn header(&self) -> String {
+        format!(
+            "queue={:.3};sandbox={:.3};instance={:.3};handler={:.3};total={:.3}",
+            self.queue_ms, self.sandbox_ms, self.instance_ms, self.handler_ms, self.total_ms
+        )
+    }
+}
+
+/// An invocation that reached an instance.
+#[derive(Debug)]
+pub struct Outcome {
+    pub start: StartMethod,
+    pub timing: Timing,
+    pub instance_id: String,
+    pub result: Result<Reply, InvokeError>,
+}
+
+/// Why an invocation never reached an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("too many requests for function `{0}`: its queue is full")]
+    QueueFull(String),
+    #[error("the worker is at its limit of {0} sandboxes, all busy")]
+    NoCapacity(usize),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+}
+
+/// Pool limits.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub keep_alive: Duration,
+    pub max_instances_per_function: usize,
+    pub max_queue_per_function: usize,
+    pub max_sandboxes: usize,
+}
+
+struct FunctionPool {
+    busy: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    idle: Mutex<Vec<Instance>>,
+}
+
+/// Instances of every function.
+pub struct Pool {
+    factory: Arc<Factory>,
+    config: PoolConfig,
+    metrics: Arc<Metrics>,
+    functions: Mutex<HashMap<String, Arc<FunctionPool>>>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    pub fn new(factory: Arc<Factory>, config: PoolConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            factory,
+            config,
+            metrics,
+            functions: Mutex::new(HashMap::new()),
+            live: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    fn function_pool(&self, name: &str) -> Arc<FunctionPool> {
+        let mut map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(FunctionPool {
+                    busy: Arc::new(Semaphore::new(self.config.max_instances_per_function)),
+                    waiting: AtomicUsize::new(0),
+                    idle: Mutex::new(Vec::new()),
+                })
+            })
+            .clone()
+    }
+
+    /// Sandboxes alive now (idle and busy).
+    pub fn live_sandboxes(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Idle instances now.
+    pub fn idle_instances(&self) -> usize {
+        let map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .map(|f| f.idle.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    /// Runs one invocation of `function`.
+    pub async fn invoke(
+        &self,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+        request_id: &str,
+        event: &[u8],
+        policy: StartPolicy,
+    ) -> Result<Outcome, PoolError> {
+        let t0 = Instant::now();
+        let fp = self.function_pool(&function.name);
+        let permit = match fp.busy.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if fp.waiting.fetch_add(1, Ordering::SeqCst) >= self.config.max_queue_per_function
+                {
+                    fp.waiting.fetch_sub(1, Ordering::SeqCst);
+                    return Err(PoolError::QueueFull(function.name.clone()));
+                }
+                let p = fp.busy.clone().acquire_owned().await;
+                fp.waiting.fetch_sub(1, Ordering::SeqCst);
+                p.map_err(|_| PoolError::ShuttingDown)?
+            }
+        };
+        let mut timing = Timing {
+            queue_ms: ms(t0.elapsed()),
+            ..Timing::default()
+        };
+        let warm = match policy {
+            StartPolicy::Cold => None,
+            StartPolicy::Any => self.take_idle(&fp, function),
+        };
+        let (mut instance, start) = match warm {
+            Some(i) => (i, StartMethod::Warm),
+            None => {
+                let t = Instant::now();
+                self.reserve_sandbox()?;
+                let factory = self.factory.clone();
+                let (f, l) = (function.clone(), limits.clone());
+                let made = tokio::task::spawn_blocking(move || factory.cold_start(&f, &l))
+                    .await
+                    .map_err(|e| StartError::Io(std::io::Error::other(e)))
+                    .and_then(|r| r);
+                let instance = match made {
+                    Ok(i) => i,
+                    Err(e) => {
+                        self.live.fetch_sub(1, Ordering::SeqCst);
+                        return Err(e.into());
+                    }
+                };
+                timing.sandbox_ms = ms(t.elapsed());
+                (instance, StartMethod::Cold)
+            }
+        };
+        let t = Instant::now();
+        let result = instance.invoke(request_id, event, limits.timeout).await;
+        let in_instance = ms(t.elapsed());
+        timing.handler_ms = result.as_ref().map(|r| r.handler_ms).unwrap_or(0.0);
+        timing.instance_ms = (in_instance - timing.handler_ms).max(0.0);
+        timing.total_ms = ms(t0.elapsed());
+        let instance_id = instance.id.clone();
+        let keep = match &result {
+            Ok(_) => true,
+            Err(e) => !e.is_fatal(),
+        };
+        if keep {
+            fp.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(instance);
+        } else {
+            self.destroy(instance);
+        }
+        drop(permit);
+        self.metrics.add("invocations", 1);
+        self.metrics.add(&format!("start.{}", start.as_str()), 1);
+        self.metrics.observe_latency(start.as_str(), timing.total_ms);
+        Ok(Outcome {
+            start,
+            timing,
+            instance_id,
+            result,
+        })
+    }
+
+    /// Takes the most recently used idle instance of this exact version; idle instances of an
+    /// older version are destroyed on the way.
+    fn take_idle(&self, fp: &FunctionPool, function: &FunctionVersion) -> Option<Instance> {
+        let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(i) = idle.pop() {
+            if i.function.hash == function.hash {
+                return Some(i);
+            }
+            self.destroy(i);
+        }
+        None
+    }
+
+    /// Counts one more sandbox, evicting an idle one anywhere if the worker is full.
+    fn reserve_sandbox(&self) -> Result<(), PoolError> {
+        loop {
+            let live = self.live.load(Ordering::SeqCst);
+            if live < self.config.max_sandboxes {
+                if self
+                    .live
+                    .compare_exchange(live, live + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+            if !self.evict_lru() {
+                return Err(PoolError::NoCapacity(self.config.max_sandboxes));
+            }
+        }
+    }
+
+    /// Destroys the least recently used idle instance; false if there is none.
+    fn evict_lru(&self) -> bool {
+        let map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut best: Option<(Instant, &Arc<FunctionPool>)> = None;
+        for fp in map.values() {
+            let idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(oldest) = idle.iter().map(|i| i.last_used).min() {
+                if best.is_none_or(|(t, _)| oldest < t) {
+                    best = Some((oldest, fp));
+                }
+            }
+        }
+        let Some((_, fp)) = best else { return false };
+        let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(pos) = idle
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, i)| i.last_used)
+            .map(|(n, _)| n)
+        else {
+            return false;
+        };
+        let victim = idle.remove(pos);
+        drop(idle);
+        self.metrics.add("evictions", 1);
+        self.destroy(victim);
+        true
+    }
+
+    /// Destroys an instance's sandbox in the background.
+    fn destroy(&self, instance: Instance) {
+        let live = self.live.clone();
+        let metrics = self.metrics.clone();
+        let work = move || {
+            instance.destroy();
+            live.fetch_sub(1, Ordering::SeqCst);
+            metrics.add("sandboxes.destroyed", 1);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(work);
+            }
+            Err(_) => work(),
+        }
+    }
+
+    /// Destroys idle instances of `name` (after a redeploy or removal).
+    pub fn invalidate(&self, name: &str) {
+        let fp = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        if let Some(fp) = fp {
+            let drained: Vec<_> = fp
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+                .collect();
+            for i in drained {
+                self.destroy(i);
+            }
+        }
+    }
+
+    /// Destroys idle instances unused for longer than the keep-alive.
+    pub fn expire_idle(&self) {
+        let now = Instant::now();
+        let pools: Vec<_> = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for fp in pools {
+            let expired: Vec<_> = {
+                let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let (old, keep): (Vec<_>, Vec<_>) = idle
+                    .drain(..)
+                    .partition(|i| now.duration_since(i.last_used) >= self.config.keep_alive);
+                *idle = keep;
+                old
+            };
+            for i in expired {
+                self.metrics.add("expired", 1);
+                self.destroy(i);
+            }
+        }
+    }
+
+    /// Destroys every idle instance and refuses new work (shutdown). Blocking.
+    pub fn shutdown(&self) {
+        let pools: Vec<_> = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for fp in pools {
+            fp.busy.close();
+            let drained: Vec<_> = fp
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+                .collect();
+            for i in drained {
+                i.destroy();
+                self.live.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Memory charged to the idle instances' cgroups, per instance id.
+    pub fn idle_memory(&self) -> Vec<(String, String, u64)> {
+        let map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (name, fp) in map.iter() {
+            for i in fp.idle.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                out.push((name.clone(), i.id.clone(), i.memory_usage().unwrap_or(0)));
+            }
+        }
+        out
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

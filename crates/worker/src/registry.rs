@@ -1,0 +1,456 @@
+//! The function registry: deployed functions, their code versions and their configuration.
+//!
+//! On disk, `functions/<name>/<hash>/` holds one version's code and `functions/<name>/current`
+//! names the version in service. A version's hash is the content hash of its files, so
+//! redeploying unchanged code changes nothing.
+
+use crate::archive::{self, ArchiveError, ArchiveLimits};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Errors of registry operations; the API maps them to HTTP statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid function name `{0}`: use 1-63 letters, digits, `_`, `-` or `.`, starting with a letter or digit")]
+    InvalidName(String),
+    #[error("no function named `{0}`")]
+    NotFound(String),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error("invalid function: {0}")]
+    InvalidFunction(String),
+    #[error("registry storage failed at {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
+    move |source| RegistryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Which function format a version uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `f.py` with `def f(event)`; the return value is the response body.
+    OpenLambda,
+    /// `function.py` with `def handler(event)`; the response is SeBS's wrapper envelope.
+    Sebs,
+}
+
+impl Format {
+    /// Name passed to the runtime.
+    pub fn runtime_name(self) -> &'static str {
+        match self {
+            Format::OpenLambda => "ol",
+            Format::Sebs => "sebs",
+        }
+    }
+}
+
+/// A function's own configuration, from SeBS `config.json` or OpenLambda `ol.yaml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FunctionConfig {
+    pub memory_mb: Option<u64>,
+    pub timeout_secs: Option<f64>,
+    pub network: Option<bool>,
+    pub environment: BTreeMap<String, String>,
+    /// HTTP methods `/run/<name>` accepts; empty means any.
+    pub methods: Vec<String>,
+}
+
+/// One deployed version of a function.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionVersion {
+    pub name: String,
+    pub hash: String,
+    pub format: Format,
+    #[serde(skip)]
+    pub dir: PathBuf,
+    pub config: FunctionConfig,
+}
+
+/// The outcome of a deploy.
+#[derive(Debug)]
+pub struct Deployed {
+    pub version: Arc<FunctionVersion>,
+    /// False when the same code was already in service.
+    pub changed: bool,
+}
+
+/// Deployed functions.
+pub struct Registry {
+    dir: PathBuf,
+    limits: ArchiveLimits,
+    current: RwLock<HashMap<String, Arc<FunctionVersion>>>,
+    deploy_lock: Mutex<()>,
+}
+
+/// Checks a function name: it becomes a directory name and a URL path segment.
+pub fn validate_name(name: &str) -> Result<(), RegistryError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::InvalidName(name.chars().take(80).collect()))
+    }
+}
+
+impl Registry {
+    /// Opens (or creates) the registry at `dir` and loads the versions in service.
+    pub fn open(dir: &Path, limits: ArchiveLimits) -> Result<Self, RegistryError> {
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let mut current = HashMap::new();
+        for entry in std::fs::read_dir(dir).map_err(io_at(dir))? {
+            let entry = entry.map_err(io_at(dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if validate_name(&name).is_err() {
+                continue;
+            }
+            let fdir = entry.path();
+            // Leftovers of an interrupted deploy.
+            remove_temporaries(&fdir);
+            let Ok(hash) = std::fs::read_to_string(fdir.join("current")) else {
+                continue;
+            };
+            let hash = hash.trim().to_string();
+            match load_version(&name, &hash, &fdir.join(&hash)) {
+                Ok(v) => {
+                    current.insert(name, Arc::new(v));
+                }
+                Err(e) => tracing::warn!(function = %name, "skipping unloadable function: {e}"),
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            limits,
+            current: RwLock::new(current),
+            deploy_lock: Mutex::new(()),
+        })
+    }
+
+    /// Deploys a .tar.gz of a function's directory under `name`.
+    pub fn deploy(&self, name: &str, tar_gz: &[u8]) -> Result<Deployed, RegistryError> {
+        validate_name(name)?;
+        let _guard = self.deploy_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let fdir = self.dir.join(name);
+        std::fs::create_dir_all(&fdir).map_err(io_at(&fdir))?;
+        let tmp = fdir.join(format!(".deploy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).map_err(io_at(&tmp))?;
+        let staged = (|| {
+            archive::extract(tar_gz, &tmp, &self.limits)?;
+            let hash = archive::tree_hash(&tmp).map_err(io_at(&tmp))?;
+            let version = load_version(name, &hash, &tmp)?;
+            Ok::<_, RegistryError>((hash, version))
+        })();
+        let (hash, mut version) = match staged {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                self.forget_if_empty(&fdir);
+                return Err(e);
+            }
+        };
+        if let Some(cur) = self.get(name) {
+            if cur.hash == hash {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Ok(Deployed {
+                    version: cur,
+                    changed: false,
+                });
+            }
+        }
+        let vdir = fdir.join(&hash);
+        if vdir.exists() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        } else {
+            std::fs::rename(&tmp, &vdir).map_err(io_at(&vdir))?;
+        }
+        let pointer = fdir.join("current");
+        let pointer_tmp = fdir.join(".current.tmp");
+        std::fs::write(&pointer_tmp, &hash).map_err(io_at(&pointer_tmp))?;
+        std::fs::rename(&pointer_tmp, &pointer).map_err(io_at(&pointer))?;
+        version.dir = vdir;
+        let version = Arc::new(version);
+        let old = self
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), version.clone());
+        // Running sandboxes keep their bind mount of the old code alive; the files can go.
+        if let Some(old) = old {
+            let _ = std::fs::remove_dir_all(&old.dir);
+        }
+        Ok(Deployed {
+            version,
+            changed: true,
+        })
+    }
+
+    /// The version of `name` in service.
+    pub fn get(&self, name: &str) -> Option<Arc<FunctionVersion>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every function in service, sorted by name.
+    pub fn list(&self) -> Vec<Arc<FunctionVersion>> {
+        let mut all: Vec<_> = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Removes a function and all its versions.
+    pub fn remove(&self, name: &str) -> Result<Arc<FunctionVersion>, RegistryError> {
+        validate_name(name)?;
+        let _guard = self.deploy_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let fdir = self.dir.join(name);
+        std::fs::remove_dir_all(&fdir).map_err(io_at(&fdir))?;
+        Ok(old)
+    }
+
+    fn forget_if_empty(&self, fdir: &Path) {
+        // A first deploy that failed leaves no empty function directory behind.
+        let _ = std::fs::remove_dir(fdir);
+    }
+}
+
+fn remove_temporaries(fdir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(fdir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                let p = e.path();
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+        }
+    }
+}
+
+/// Reads a version's format and configuration from its code directory.
+fn load_version(name: &str, hash: &str, dir: &Path) -> Result<FunctionVersion, RegistryError> {
+    let invalid = |m: String| RegistryError::InvalidFunction(m);
+    let (format, config) = if dir.join("function.py").is_file() {
+        (Format::Sebs, sebs_config(&dir.join("config.json")).map_err(invalid)?)
+    } else if dir.join("f.py").is_file() {
+        (Format::OpenLambda, ol_config(&dir.join("ol.yaml")).map_err(invalid)?)
+    } else {
+        return Err(invalid(
+            "archive has neither f.py (OpenLambda format) nor function.py (SeBS format) at its top level".into(),
+        ));
+    };
+    if let Some(m) = config.memory_mb {
+        if m < 16 {
+            return Err(invalid(format!("memory limit of {m} MB is below the minimum of 16 MB")));
+        }
+    }
+    if let Some(t) = config.timeout_secs {
+        if !(t > 0.0 && t.is_finite()) {
+            return Err(invalid(format!("timeout {t} must be a positive number of seconds")));
+        }
+    }
+    for key in config.environment.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(invalid(format!("invalid environment variable name `{key}`")));
+        }
+    }
+    Ok(FunctionVersion {
+        name: name.to_string(),
+        hash: hash.to_string(),
+        format,
+        dir: dir.to_path_buf(),
+        config,
+    })
+}
+
+/// SeBS `config.json`: `timeout` (s), `memory` (MB), `languages`; Kindling adds `network` and
+/// `environment`.
+fn sebs_config(path: &Path) -> Result<FunctionConfig, String> {
+    #[derive(Deserialize)]
+    struct SebsConfig {
+        timeout: Option<f64>,
+        memory: Option<u64>,
+        network: Option<bool>,
+        #[serde(default)]
+        environment: BTreeMap<String, String>,
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FunctionConfig::default()),
+        Err(e) => return Err(format!("cannot read config.json: {e}")),
+    };
+    let c: SebsConfig =
+        serde_json::from_str(&text).map_err(|e| format!("config.json is not valid: {e}"))?;
+    Ok(FunctionConfig {
+        memory_mb: c.memory,
+        timeout_secs: c.timeout,
+        network: c.network,
+        environment: c.environment,
+        methods: Vec::new(),
+    })
+}
+
+/// OpenLambda `ol.yaml`: `triggers.http[].method` and `environment`; Kindling adds
+/// `memory_mb`, `timeout_secs` and `network`.
+fn ol_config(path: &Path) -> Result<FunctionConfig, String> {
+    #[derive(Deserialize, Default)]
+    struct Http {
+        method: String,
+    }
+    #[derive(Deserialize, Default)]
+    struct Triggers {
+        #[serde(default)]
+        http: Vec<Http>,
+    }
+    #[derive(Deserialize, Default)]
+    struct OlYaml {
+        #[serde(default)]
+        triggers: Option<Triggers>,
+        #[serde(default)]
+        environment: BTreeMap<String, serde_yaml::Value>,
+        memory_mb: Option<u64>,
+        timeout_secs: Option<f64>,
+        network: Option<bool>,
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FunctionConfig::default()),
+        Err(e) => return Err(format!("cannot read ol.yaml: {e}")),
+    };
+    let c: OlYaml = if text.trim().is_empty() {
+        OlYaml::default()
+    } else {
+        serde_yaml::from_str(&text).map_err(|e| format!("ol.yaml is not valid: {e}"))?
+    };
+    let mut environment = BTreeMap::new();
+    for (k, v) in c.environment {
+        let v = match v {
+            serde_yaml::Value::String(s) => s,
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            serde_yaml::Value::Null => String::new(),
+            _ => return Err(format!("ol.yaml: environment variable `{k}` must be a scalar")),
+        };
+        environment.insert(k, v);
+    }
+    let methods = c
+        .triggers
+        .unwrap_or_default()
+        .http
+        .into_iter()
+        .map(|h| h.method.to_ascii_uppercase())
+        .collect();
+    Ok(FunctionConfig {
+        memory_mb: c.memory_mb,
+        timeout_secs: c.timeout_secs,
+        network: c.network,
+        environment,
+        methods,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, files: &[(&str, &str)]) {
+        for (name, body) in files {
+            std::fs::write(dir.join(name), body).unwrap();
+        }
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["hello", "a", "json-gzip", "f_1.2"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "..", ".x", "a/b", "a b", &"x".repeat(64), "-x", "é"] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn formats_and_configs() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &[("f.py", "def f(e): return e"), ("ol.yaml", "triggers:\n  http:\n    - method: post\nenvironment:\n  A: 1\n  B: x\n")]);
+        let v = load_version("x", "h", d.path()).unwrap();
+        assert_eq!(v.format, Format::OpenLambda);
+        assert_eq!(v.config.methods, vec!["POST"]);
+        assert_eq!(v.config.environment["A"], "1");
+
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &[("function.py", "def handler(e): return {}"), ("config.json", r#"{"timeout": 5, "memory": 128, "languages": ["python"]}"#)]);
+        let v = load_version("x", "h", d.path()).unwrap();
+        assert_eq!(v.format, Format::Sebs);
+        assert_eq!(v.config.memory_mb, Some(128));
+        assert_eq!(v.config.timeout_secs, Some(5.0));
+
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &[("function.py", ""), ("config.json", "{nope")]);
+        assert!(load_version("x", "h", d.path()).is_err());
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &[("main.py", "")]);
+        assert!(matches!(load_version("x", "h", d.path()), Err(RegistryError::InvalidFunction(_))));
+    }
+
+    #[test]
+    fn deploy_is_versioned_by_content() {
+        let root = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        write(src.path(), &[("f.py", "def f(e): return 1")]);
+        let reg = Registry::open(root.path(), ArchiveLimits::default()).unwrap();
+        let a = reg.deploy("hello", &archive::pack_dir(src.path()).unwrap()).unwrap();
+        assert!(a.changed);
+        let b = reg.deploy("hello", &archive::pack_dir(src.path()).unwrap()).unwrap();
+        assert!(!b.changed);
+        assert_eq!(a.version.hash, b.version.hash);
+        write(src.path(), &[("f.py", "def f(e): return 2")]);
+        let c = reg.deploy("hello", &archive::pack_dir(src.path()).unwrap()).unwrap();
+        assert!(c.changed);
+        assert!(!a.version.dir.exists(), "old version removed");
+        // Reopening finds the version in service.
+        let reg2 = Registry::open(root.path(), ArchiveLimits::default()).unwrap();
+        assert_eq!(reg2.get("hello").unwrap().hash, c.version.hash);
+        reg2.remove("hello").unwrap();
+        assert!(reg2.get("hello").is_none());
+        assert!(!root.path().join("hello").exists());
+    }
+
+    #[test]
+    fn failed_first_deploy_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let reg = Registry::open(root.path(), ArchiveLimits::default()).unwrap();
+        assert!(reg.deploy("x", b"not a tarball").is_err());
+        assert!(!root.path().join("x").exists());
+    }
+}

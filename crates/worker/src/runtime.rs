@@ -1,0 +1,86 @@
+//! The in-sandbox runtime (Python), shipped inside the binary and installed under
+//! `<root>/runtime/<base>/`, bound read-only at `/kindling` in every sandbox.
+//!
+//! It is byte-compiled once per base by the base's own interpreter (in a job sandbox), because
+//! compiling it at every cold start would cost milliseconds.
+
+use crate::base::Base;
+use crate::instance::{Factory, Job};
+use kindling_sandbox::cgroup::Limits;
+use kindling_sandbox::spec::MountSpec;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The runtime's source.
+pub const SOURCE: &str = include_str!("../runtime/kindling_runtime.py");
+
+/// Module file name.
+const MODULE: &str = "kindling_runtime.py";
+
+/// Errors installing the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot write the runtime to {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the job compiling the runtime")]
+    Job(#[from] crate::instance::StartError),
+    #[error("compiling the runtime failed: {0}")]
+    Compile(String),
+}
+
+/// Writes the runtime for `base` and compiles it; returns the directory to bind at /kindling.
+pub fn install(root: &Path, base: &Base, factory: &Factory) -> Result<PathBuf, RuntimeError> {
+    let dir = root.join("runtime").join(&base.info.name);
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RuntimeError::Io { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let file = dir.join(MODULE);
+    let pyc = dir
+        .join("__pycache__")
+        .join(format!("kindling_runtime.{}.pyc", base.info.cache_tag));
+    let unchanged = std::fs::read_to_string(&file).is_ok_and(|s| s == SOURCE) && pyc.is_file();
+    if unchanged {
+        return Ok(dir);
+    }
+    std::fs::write(&file, SOURCE).map_err(io_err(&file))?;
+    // An unchecked-hash pyc is never revalidated against the source at import (no stat, no
+    // hashing at each cold start); it is rebuilt here whenever the shipped source changes.
+    let out = factory.run_job(Job {
+        argv: vec![
+            base.info.python.clone(),
+            "-S".into(),
+            "-c".into(),
+            "import py_compile; py_compile.compile('/kindling/kindling_runtime.py', doraise=True, \
+             invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)"
+                .into(),
+        ],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        mounts: vec![MountSpec::Bind {
+            source: dir.clone(),
+            target: "/kindling".into(),
+            writable: true,
+        }],
+        network: false,
+        // Root without capabilities: enough to write the root-owned runtime directory.
+        uid: 0,
+        gid: 0,
+        limits: Limits {
+            memory_bytes: Some(256 << 20),
+            cpu_cores: Some(1.0),
+            pids: Some(16),
+        },
+        timeout: Duration::from_secs(60),
+        cwd: "/".into(),
+    })?;
+    if out.code != Some(0) || !pyc.is_file() {
+        return Err(RuntimeError::Compile(out.output));
+    }
+    Ok(dir)
+}
