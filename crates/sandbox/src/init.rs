@@ -19,6 +19,7 @@ pub const INSTANCE_FD: RawFd = 3;
 pub fn run(spec: &SandboxSpec, control: ControlChannel, instance: Option<OwnedFd>) -> ! {
     // If the spawner dies, so does the sandbox.
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    sys::set_process_name(c"kindling-init");
     let ready = setup(spec).and_then(|()| match (&spec.instance, instance) {
         (Some(inst), Some(sock)) => spawn_instance(inst, sock).map(Some),
         _ => Ok(None),

@@ -680,3 +680,10 @@ pub fn close_raw(fd: RawFd) {
 pub fn pidfd_kill(pidfd: RawFd) -> io::Result<()> {
     pidfd_send_signal(pidfd, libc::SIGKILL)
 }
+
+/// Sets the calling thread's name as `ps` shows it (at most 15 bytes).
+pub fn set_process_name(name: &CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes, which `name` is
+    // (longer names are truncated by the kernel).
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
+}

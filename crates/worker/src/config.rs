@@ -10,6 +10,8 @@
 //! max_instances_per_function = 8   # concurrent instances of one function
 //! max_queue_per_function = 64      # waiting calls beyond that -> 429
 //! max_sandboxes = 256              # sandboxes on the worker (idle ones are evicted first)
+//! cgroup_parent = "kindling"       # directory Kindling owns in each cgroup hierarchy; two workers
+//!                                  # on one machine need different ones
 //! sandbox_uid = 65534              # unprivileged uid/gid function code runs as
 //! sandbox_gid = 65534
 //! max_open_files = 1024            # RLIMIT_NOFILE of instances
@@ -63,6 +65,7 @@ pub struct Config {
     pub max_instances_per_function: usize,
     pub max_queue_per_function: usize,
     pub max_sandboxes: usize,
+    pub cgroup_parent: String,
     pub sandbox_uid: u32,
     pub sandbox_gid: u32,
     pub max_open_files: u64,
@@ -102,6 +105,7 @@ impl Default for Config {
             max_instances_per_function: 8,
             max_queue_per_function: 64,
             max_sandboxes: 256,
+            cgroup_parent: "kindling".into(),
             sandbox_uid: 65534,
             sandbox_gid: 65534,
             max_open_files: 1024,
@@ -162,6 +166,12 @@ impl Config {
         }
         if self.defaults.timeout_secs <= 0.0 {
             return bad("defaults.timeout_secs must be positive");
+        }
+        if self.cgroup_parent.is_empty()
+            || self.cgroup_parent.contains('/')
+            || self.cgroup_parent.starts_with('.')
+        {
+            return bad("cgroup_parent must be a plain directory name");
         }
         if !self.root.is_absolute() {
             return bad("root must be an absolute path");

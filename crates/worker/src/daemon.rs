@@ -14,9 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Name of the directory Kindling owns in each cgroup hierarchy.
-pub const CGROUP_PARENT: &str = "kindling";
-
 /// Errors starting the worker.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -65,7 +62,7 @@ impl Worker {
         mkdir(&root)?;
         let mountpoint = root.join("sandboxes").join("root");
         mkdir(&mountpoint)?;
-        let cgroups = CgroupManager::detect(CGROUP_PARENT)?;
+        let cgroups = CgroupManager::detect(&config.cgroup_parent)?;
         let stale = cgroups.remove_stale()?;
         if stale > 0 {
             tracing::warn!(count = stale, "removed sandboxes left behind by a previous worker");

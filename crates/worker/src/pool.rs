@@ -207,10 +207,19 @@ impl Pool {
             Err(e) => !e.is_fatal(),
         };
         if keep {
-            fp.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(instance);
+            let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.push(instance);
+            // Forced cold starts add instances without taking one; keep at most as many idle
+            // instances as the function may run at once, dropping the least recently used.
+            let surplus = if idle.len() > self.config.max_instances_per_function {
+                Some(idle.remove(0))
+            } else {
+                None
+            };
+            drop(idle);
+            if let Some(old) = surplus {
+                self.destroy(old);
+            }
         } else {
             self.destroy(instance);
         }

@@ -1,0 +1,381 @@
+//! A real worker for end-to-end tests: the `kindling` binary started with a temporary root, its
+//! own port and its own cgroup parent, on the base built by `kindling base build`.
+//!
+//! Needs root. Run with `cargo test -p kindling --features e2e --test e2e`.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Where the shared base lives (built once by `kindling base build` before the tests).
+pub fn base_dir() -> PathBuf {
+    std::env::var_os("KINDLING_TEST_BASE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kindling/base"))
+}
+
+pub fn kindling_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kindling")
+}
+
+/// A running worker; stopped (and checked for leaks) on drop.
+pub struct Worker {
+    pub addr: SocketAddr,
+    pub root: tempfile::TempDir,
+    pub cgroup_parent: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.text()))
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Worker {
+    /// Starts a worker with extra TOML config lines.
+    pub fn start(extra_config: &str) -> Worker {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let root = tempfile::Builder::new()
+            .prefix("kindling-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let cgroup_parent = format!("kindling-e2e-{}-{n}", std::process::id());
+        let config = root.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{addr}\"\nroot = \"{}\"\nbase_dir = \"{}\"\ncgroup_parent = \"{cgroup_parent}\"\n{extra_config}\n",
+                root.path().display(),
+                base_dir().display()
+            ),
+        )
+        .expect("config");
+        let log = root.path().join("worker.log");
+        let logf = std::fs::File::create(&log).expect("log");
+        let child = Command::new(kindling_bin())
+            .arg("up")
+            .arg("--config")
+            .arg(&config)
+            .env("KINDLING_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("log"))
+            .stderr(logf)
+            .spawn()
+            .expect("start worker");
+        let mut w = Worker {
+            addr,
+            root,
+            cgroup_parent,
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = w.try_request("GET", "/status", &[], b"") {
+                if r.status == 200 {
+                    break;
+                }
+            }
+            if let Some(c) = w.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("worker exited ({st}):\n{}", w.log_text());
+                }
+            }
+            assert!(Instant::now() < deadline, "worker not ready:\n{}", w.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        w
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// One HTTP/1.1 request on a fresh connection.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Resp> {
+        let mut s = TcpStream::connect(self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())?;
+        s.write_all(body)?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        parse_response(&raw)
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\nworker log:\n{}", self.log_text()))
+    }
+
+    pub fn run(&self, name: &str, event: &str) -> Resp {
+        self.request("POST", &format!("/run/{name}"), &[], event.as_bytes())
+    }
+
+    pub fn run_cold(&self, name: &str, event: &str) -> Resp {
+        self.request("POST", &format!("/run/{name}"), &[("X-Kindling-Start", "cold")], event.as_bytes())
+    }
+
+    /// Deploys files as a function.
+    pub fn deploy(&self, name: &str, files: &[(&str, &str)]) -> Resp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (f, body) in files {
+            let p = dir.path().join(f);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(p, body).expect("write");
+        }
+        let packed = kindling_worker::archive::pack_dir(dir.path()).expect("pack");
+        self.request("POST", &format!("/registry/{name}"), &[], &packed)
+    }
+
+    pub fn deploy_ok(&self, name: &str, files: &[(&str, &str)]) {
+        let r = self.deploy(name, files);
+        assert_eq!(r.status, 200, "deploy {name}: {}", r.text());
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        self.request("GET", "/stats", &[], b"").json()
+    }
+
+    /// Cgroup directories under this worker's parent, in every hierarchy.
+    pub fn cgroups(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for h in cgroup_hierarchies() {
+            if let Ok(rd) = std::fs::read_dir(h.join(&self.cgroup_parent)) {
+                out.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+            }
+        }
+        out
+    }
+
+    /// Processes in this worker's cgroups.
+    pub fn sandbox_pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for cg in self.cgroups() {
+            if let Ok(text) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+                pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        pids.sort();
+        pids.dedup();
+        pids
+    }
+
+    /// Live sandboxes as the worker reports them.
+    pub fn live_sandboxes(&self) -> u64 {
+        self.stats()["sandboxes.live"].as_u64().unwrap_or(u64::MAX)
+    }
+
+    /// Waits until the worker's cgroups number exactly its live sandboxes (cleanup is async).
+    pub fn assert_no_leaks(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let live = self.live_sandboxes();
+            let per_hierarchy = cgroup_hierarchies()
+                .iter()
+                .map(|h| {
+                    std::fs::read_dir(h.join(&self.cgroup_parent))
+                        .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).count())
+                        .unwrap_or(0)
+                })
+                .max()
+                .unwrap_or(0) as u64;
+            if per_hierarchy == live && host_mounts_mentioning(self.root.path()) == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leak: {per_hierarchy} cgroups for {live} live sandboxes, {} host mounts under the root",
+                host_mounts_mentioning(self.root.path())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the worker with SIGTERM and checks it left nothing behind.
+    pub fn stop(mut self) {
+        self.stop_inner(true);
+    }
+
+    fn stop_inner(&mut self, check: bool) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = child.id() as i32;
+        let _ = kindling_sandbox::sys::kill(pid, 15);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                if check {
+                    panic!("worker did not stop on SIGTERM:\n{}", self.log_text());
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if check {
+            let left = self.cgroups();
+            assert!(left.is_empty(), "cgroups left after stop: {left:?}");
+            assert_eq!(host_mounts_mentioning(self.root.path()), 0, "mounts left after stop");
+        }
+        remove_parent_cgroups(&self.cgroup_parent);
+    }
+
+    /// Kills the worker with SIGKILL (a crash), leaving its sandboxes to a successor.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop_inner(false);
+    }
+}
+
+/// Mount points of the cgroup hierarchies that hold Kindling's controllers.
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for c in ["memory", "cpu", "pids"] {
+        let p = Path::new("/sys/fs/cgroup").join(c);
+        if p.join("cgroup.procs").exists() {
+            out.push(p);
+        }
+    }
+    if out.is_empty() {
+        out.push(PathBuf::from("/sys/fs/cgroup"));
+    }
+    out.dedup();
+    out
+}
+
+fn remove_parent_cgroups(parent: &str) {
+    for h in cgroup_hierarchies() {
+        let _ = std::fs::remove_dir(h.join(parent));
+    }
+}
+
+/// Host mounts whose mount point lies under `root`.
+pub fn host_mounts_mentioning(root: &Path) -> usize {
+    let root = root.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|mp| mp.starts_with(root.as_ref())))
+        .count()
+}
+
+/// Pids of processes whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                if String::from_utf8_lossy(&cmd).replace('\0', " ").contains(needle) {
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad())?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let nl = rest.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).map_err(|_| bad())?.trim(), 16)
+                .map_err(|_| bad())?;
+            rest = &rest[nl + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        body = out;
+    }
+    Ok(Resp { status, headers, body })
+}
