@@ -37,7 +37,11 @@ const DRIVER: &str = "import json, sys\nprint(json.dumps(f(json.loads(sys.argv[1
 
 pub async fn run(addr: SocketAddr, command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Startup { repetitions, output, no_runc } => startup(addr, repetitions, output, no_runc).await,
+        BenchCommand::Startup {
+            repetitions,
+            output,
+            no_runc,
+        } => startup(addr, repetitions, output, no_runc).await,
     }
 }
 
@@ -62,13 +66,27 @@ impl Samples {
     }
 }
 
-async fn startup(addr: SocketAddr, reps: usize, output: Option<PathBuf>, no_runc: bool) -> Result<()> {
+async fn startup(
+    addr: SocketAddr,
+    reps: usize,
+    output: Option<PathBuf>,
+    no_runc: bool,
+) -> Result<()> {
     let mut c = Client::new(addr);
     let status: serde_json::Value = serde_json::from_slice(&c.get("/status").await?.ok()?.body)?;
-    let rootfs = PathBuf::from(status["rootfs"].as_str().ok_or_else(|| anyhow!("worker did not report its rootfs"))?);
-    let python = status["base"]["python"].as_str().unwrap_or("/usr/bin/python3").to_string();
+    let rootfs = PathBuf::from(
+        status["rootfs"]
+            .as_str()
+            .ok_or_else(|| anyhow!("worker did not report its rootfs"))?,
+    );
+    let python = status["base"]["python"]
+        .as_str()
+        .unwrap_or("/usr/bin/python3")
+        .to_string();
     let packed = crate::examples::pack(&[("f.py", HANDLER)])?;
-    c.request(Method::POST, "/registry/bench-hello", &[], packed).await?.ok()?;
+    c.request(Method::POST, "/registry/bench-hello", &[], packed)
+        .await?
+        .ok()?;
     let event = "{}";
 
     eprintln!("kindling cold x{reps}");
@@ -76,10 +94,21 @@ async fn startup(addr: SocketAddr, reps: usize, output: Option<PathBuf>, no_runc
     let mut cold_server = Samples::default();
     for _ in 0..reps {
         let t = Instant::now();
-        let r = c.request(Method::POST, "/run/bench-hello", &[("x-kindling-start", "cold")], event).await?.ok()?;
+        let r = c
+            .request(
+                Method::POST,
+                "/run/bench-hello",
+                &[("x-kindling-start", "cold")],
+                event,
+            )
+            .await?
+            .ok()?;
         cold.0.push(t.elapsed().as_secs_f64() * 1000.0);
         if r.header("x-kindling-start") != Some("cold") {
-            bail!("forced cold start came back as {:?}", r.header("x-kindling-start"));
+            bail!(
+                "forced cold start came back as {:?}",
+                r.header("x-kindling-start")
+            );
         }
         check(&r.body)?;
         if let Some(total) = timing_total(r.header("x-kindling-timing")) {
@@ -88,13 +117,21 @@ async fn startup(addr: SocketAddr, reps: usize, output: Option<PathBuf>, no_runc
     }
     eprintln!("kindling warm x{reps}");
     let mut warm = Samples::default();
-    c.request(Method::POST, "/run/bench-hello", &[], event).await?.ok()?;
+    c.request(Method::POST, "/run/bench-hello", &[], event)
+        .await?
+        .ok()?;
     for _ in 0..reps {
         let t = Instant::now();
-        let r = c.request(Method::POST, "/run/bench-hello", &[], event).await?.ok()?;
+        let r = c
+            .request(Method::POST, "/run/bench-hello", &[], event)
+            .await?
+            .ok()?;
         warm.0.push(t.elapsed().as_secs_f64() * 1000.0);
         if r.header("x-kindling-start") != Some("warm") {
-            bail!("expected a warm start, got {:?}", r.header("x-kindling-start"));
+            bail!(
+                "expected a warm start, got {:?}",
+                r.header("x-kindling-start")
+            );
         }
         check(&r.body)?;
     }
@@ -111,16 +148,23 @@ async fn startup(addr: SocketAddr, reps: usize, output: Option<PathBuf>, no_runc
             .context("cannot run chroot")?;
         chroot.0.push(t.elapsed().as_secs_f64() * 1000.0);
         if !out.status.success() {
-            bail!("chroot baseline failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "chroot baseline failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         check(&out.stdout)?;
     }
     let mut runc = Samples::default();
     if !no_runc {
         eprintln!("runc run x{reps}");
-        let bundle = std::env::temp_dir().join(format!("kindling-bench-runc-{}", std::process::id()));
+        let bundle =
+            std::env::temp_dir().join(format!("kindling-bench-runc-{}", std::process::id()));
         std::fs::create_dir_all(&bundle)?;
-        std::fs::write(bundle.join("config.json"), oci_config(&rootfs, &[python.as_str(), "-c", &code, event]).to_string())?;
+        std::fs::write(
+            bundle.join("config.json"),
+            oci_config(&rootfs, &[python.as_str(), "-c", &code, event]).to_string(),
+        )?;
         for i in 0..reps {
             let id = format!("kindling-bench-{}-{i}", std::process::id());
             let t = Instant::now();
@@ -134,7 +178,10 @@ async fn startup(addr: SocketAddr, reps: usize, output: Option<PathBuf>, no_runc
             runc.0.push(t.elapsed().as_secs_f64() * 1000.0);
             if !out.status.success() {
                 let _ = std::fs::remove_dir_all(&bundle);
-                bail!("runc baseline failed: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "runc baseline failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             check(&out.stdout)?;
         }
@@ -157,27 +204,51 @@ async fn startup(addr: SocketAddr, reps: usize, output: Option<PathBuf>, no_runc
             "cold_p50_over_runc_p50": if no_runc { serde_json::Value::Null } else { json!(cold50 / runc.pct(50.0)) },
         },
     });
-    println!("{:<28} {:>9} {:>9} {:>9}", "method", "p50 ms", "p90 ms", "p99 ms");
-    for (name, s) in [("kindling cold", &cold), ("kindling cold (in worker)", &cold_server), ("kindling warm", &warm), ("chroot python3", &chroot), ("runc run", &runc)] {
+    println!(
+        "{:<28} {:>9} {:>9} {:>9}",
+        "method", "p50 ms", "p90 ms", "p99 ms"
+    );
+    for (name, s) in [
+        ("kindling cold", &cold),
+        ("kindling cold (in worker)", &cold_server),
+        ("kindling warm", &warm),
+        ("chroot python3", &chroot),
+        ("runc run", &runc),
+    ] {
         if !s.0.is_empty() {
-            println!("{:<28} {:>9.3} {:>9.3} {:>9.3}", name, s.pct(50.0), s.pct(90.0), s.pct(99.0));
+            println!(
+                "{:<28} {:>9.3} {:>9.3} {:>9.3}",
+                name,
+                s.pct(50.0),
+                s.pct(90.0),
+                s.pct(99.0)
+            );
         }
     }
-    println!("cold p50 / chroot p50 = {:.2} (target <= 1.3)", cold50 / chroot.pct(50.0));
+    println!(
+        "cold p50 / chroot p50 = {:.2} (target <= 1.3)",
+        cold50 / chroot.pct(50.0)
+    );
     if !no_runc {
-        println!("cold p50 / runc p50   = {:.2} (target <= 0.5)", cold50 / runc.pct(50.0));
+        println!(
+            "cold p50 / runc p50   = {:.2} (target <= 0.5)",
+            cold50 / runc.pct(50.0)
+        );
     }
     println!("warm p50 = {:.3} ms (target <= 1 ms)", warm.pct(50.0));
     if let Some(path) = output {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("results written to {}", path.display());
     }
-    let _ = c.request(Method::DELETE, "/registry/bench-hello", &[], Vec::new()).await;
+    let _ = c
+        .request(Method::DELETE, "/registry/bench-hello", &[], Vec::new())
+        .await;
     Ok(())
 }
 
 fn check(body: &[u8]) -> Result<()> {
-    let v: serde_json::Value = serde_json::from_slice(body).with_context(|| format!("bad output: {}", String::from_utf8_lossy(body)))?;
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .with_context(|| format!("bad output: {}", String::from_utf8_lossy(body)))?;
     if v != json!({"hello": "world"}) {
         bail!("wrong output: {v}");
     }
@@ -185,7 +256,9 @@ fn check(body: &[u8]) -> Result<()> {
 }
 
 fn timing_total(header: Option<&str>) -> Option<f64> {
-    header?.split(';').find_map(|kv| kv.strip_prefix("total=")?.parse().ok())
+    header?
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("total=")?.parse().ok())
 }
 
 /// A minimal OCI runtime config running `args` in `rootfs` (read-only) with the same isolation

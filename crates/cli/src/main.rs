@@ -14,10 +14,19 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "kindling", version, about = "Serverless functions with millisecond cold starts")]
+#[command(
+    name = "kindling",
+    version,
+    about = "Serverless functions with millisecond cold starts"
+)]
 struct Cli {
     /// Address of the worker's API (for client commands).
-    #[arg(long, global = true, env = "KINDLING_ADDR", default_value = "127.0.0.1:5000")]
+    #[arg(
+        long,
+        global = true,
+        env = "KINDLING_ADDR",
+        default_value = "127.0.0.1:5000"
+    )]
     addr: SocketAddr,
     #[command(subcommand)]
     command: Command,
@@ -135,7 +144,9 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up(args) => up(args),
         Command::Down { root } => down(&root),
-        Command::Base { command: BaseCommand::Build { name, root, config } } => {
+        Command::Base {
+            command: BaseCommand::Build { name, root, config },
+        } => {
             let cfg = load_config(config.as_deref(), root, None)?;
             let base = kindling_worker::base::build(&cfg.base_dir(), &name)?;
             println!(
@@ -152,7 +163,11 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn load_config(path: Option<&Path>, root: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<Config> {
+fn load_config(
+    path: Option<&Path>,
+    root: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+) -> Result<Config> {
     let mut cfg = match path {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -192,8 +207,9 @@ fn up(args: UpArgs) -> Result<()> {
         tracing::info!(listen = %cfg.listen, "serving the API");
         tokio::spawn(worker.clone().housekeeping());
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {},
                 _ = term.recv() => {},
@@ -215,9 +231,16 @@ fn detach(cfg: &Config, args: &UpArgs) -> Result<()> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(&cfg.root)?;
     let log_path = cfg.root.join("worker.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("up").arg("--root").arg(&cfg.root).arg("--listen").arg(cfg.listen.to_string());
+    cmd.arg("up")
+        .arg("--root")
+        .arg(&cfg.root)
+        .arg("--listen")
+        .arg(cfg.listen.to_string());
     if let Some(c) = &args.config {
         cmd.arg("--config").arg(c);
     }
@@ -238,14 +261,25 @@ fn detach(cfg: &Config, args: &UpArgs) -> Result<()> {
         }
         let ready = rt.block_on(async {
             let mut c = Client::new(cfg.listen);
-            c.get("/status").await.map(|r| r.status.is_success()).unwrap_or(false)
+            c.get("/status")
+                .await
+                .map(|r| r.status.is_success())
+                .unwrap_or(false)
         });
         if ready {
-            println!("worker running (pid {}) on {}; logs in {}", child.id(), cfg.listen, log_path.display());
+            println!(
+                "worker running (pid {}) on {}; logs in {}",
+                child.id(),
+                cfg.listen,
+                log_path.display()
+            );
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the worker did not become ready; see {}", log_path.display());
+            bail!(
+                "the worker did not become ready; see {}",
+                log_path.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -254,7 +288,12 @@ fn detach(cfg: &Config, args: &UpArgs) -> Result<()> {
 fn down(root: &Path) -> Result<()> {
     let pidfile = root.join("worker.pid");
     let pid: i32 = std::fs::read_to_string(&pidfile)
-        .with_context(|| format!("no worker pid file at {}; is a worker running?", pidfile.display()))?
+        .with_context(|| {
+            format!(
+                "no worker pid file at {}; is a worker running?",
+                pidfile.display()
+            )
+        })?
         .trim()
         .parse()
         .context("malformed pid file")?;
@@ -280,7 +319,9 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
                     .file_name()
                     .and_then(|n| n.to_str())
                     .map(str::to_string)
-                    .ok_or_else(|| anyhow!("cannot derive a name from {}; use --name", dir.display()))?,
+                    .ok_or_else(|| {
+                        anyhow!("cannot derive a name from {}; use --name", dir.display())
+                    })?,
             };
             if !dir.is_dir() {
                 bail!("{} is not a directory", dir.display());
@@ -288,20 +329,45 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
             let packed = kindling_worker::archive::pack_dir(&dir)
                 .with_context(|| format!("cannot pack {}", dir.display()))?;
             let r = c
-                .request(Method::POST, &format!("/registry/{name}"), &[("content-type", "application/gzip")], packed)
+                .request(
+                    Method::POST,
+                    &format!("/registry/{name}"),
+                    &[("content-type", "application/gzip")],
+                    packed,
+                )
                 .await?
                 .ok()?;
             let v: serde_json::Value = serde_json::from_slice(&r.body)?;
             let hash = v["hash"].as_str().unwrap_or("");
-            let what = if v["changed"].as_bool() == Some(true) { "deployed" } else { "unchanged" };
-            println!("{name}: {what} ({} format, version {})", v["format"].as_str().unwrap_or("?"), &hash[..hash.len().min(12)]);
+            let what = if v["changed"].as_bool() == Some(true) {
+                "deployed"
+            } else {
+                "unchanged"
+            };
+            println!(
+                "{name}: {what} ({} format, version {})",
+                v["format"].as_str().unwrap_or("?"),
+                &hash[..hash.len().min(12)]
+            );
         }
-        Command::Invoke { name, data, start, verbose } => {
+        Command::Invoke {
+            name,
+            data,
+            start,
+            verbose,
+        } => {
             let mut headers = Vec::new();
             if let Some(s) = &start {
                 headers.push(("x-kindling-start", s.as_str()));
             }
-            let r = c.request(Method::POST, &format!("/run/{name}"), &headers, data.into_bytes()).await?;
+            let r = c
+                .request(
+                    Method::POST,
+                    &format!("/run/{name}"),
+                    &headers,
+                    data.into_bytes(),
+                )
+                .await?;
             if verbose {
                 eprintln!(
                     "start={} timing={}",
@@ -327,7 +393,14 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
             }
         }
         Command::Rm { name } => {
-            c.request(Method::DELETE, &format!("/registry/{name}"), &[], Vec::new()).await?.ok()?;
+            c.request(
+                Method::DELETE,
+                &format!("/registry/{name}"),
+                &[],
+                Vec::new(),
+            )
+            .await?
+            .ok()?;
             println!("{name}: removed");
         }
         Command::Status => {
@@ -335,10 +408,15 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
             let st = c.get("/stats").await?.ok()?;
             let s: serde_json::Value = serde_json::from_slice(&s.body)?;
             let st: serde_json::Value = serde_json::from_slice(&st.body)?;
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"status": s, "stats": st}))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"status": s, "stats": st}))?
+            );
         }
         Command::Bench { command } => bench::run(addr, command).await?,
-        Command::Up(_) | Command::Down { .. } | Command::Base { .. } | Command::Spawner => unreachable!(),
+        Command::Up(_) | Command::Down { .. } | Command::Base { .. } | Command::Spawner => {
+            unreachable!()
+        }
     }
     Ok(())
 }

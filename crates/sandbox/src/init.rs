@@ -72,7 +72,10 @@ fn spawn_instance(spec: &InstanceSpec, sock: OwnedFd) -> Result<i32, String> {
         Err(e) => Err(format!("forking instance: {e}")),
         Ok(0) => {
             let err = prepared.exec(sock.as_raw_fd());
-            let _ = sys::write_all_raw(2, format!("kindling: starting instance: {err}\n").as_bytes());
+            let _ = sys::write_all_raw(
+                2,
+                format!("kindling: starting instance: {err}\n").as_bytes(),
+            );
             sys::exit_now(127)
         }
         Ok(pid) => Ok(pid),
@@ -90,7 +93,12 @@ struct Prepared<'a> {
 impl<'a> Prepared<'a> {
     fn new(spec: &'a InstanceSpec) -> Result<Self, String> {
         let cs = |s: String| CString::new(s).map_err(|_| "NUL byte in instance spec".to_string());
-        let argv = spec.argv.iter().cloned().map(cs).collect::<Result<Vec<_>, _>>()?;
+        let argv = spec
+            .argv
+            .iter()
+            .cloned()
+            .map(cs)
+            .collect::<Result<Vec<_>, _>>()?;
         if argv.is_empty() {
             return Err("instance has no program".into());
         }
@@ -121,9 +129,15 @@ impl<'a> Prepared<'a> {
             step("chdir", sys::chdir(&self.spec.cwd))?;
             step("rlimit", sys::setrlimit(libc::RLIMIT_CORE, 0, 0))?;
             let nofile = self.spec.max_open_files;
-            step("rlimit", sys::setrlimit(libc::RLIMIT_NOFILE, nofile, nofile))?;
+            step(
+                "rlimit",
+                sys::setrlimit(libc::RLIMIT_NOFILE, nofile, nofile),
+            )?;
             step("dropping bounding set", sys::drop_bounding_set())?;
-            step("dropping to user", sys::become_user(self.spec.uid, self.spec.gid))?;
+            step(
+                "dropping to user",
+                sys::become_user(self.spec.uid, self.spec.gid),
+            )?;
             step("no_new_privs", sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1))?;
             step("seccomp", sys::seccomp_install(&self.filter))?;
             Ok::<(), String>(())

@@ -72,7 +72,8 @@ fn apply(root: &Path, m: &MountSpec) -> Result<(), RootfsError> {
             sys::mount(Some(source), &dst, None, libc::MS_BIND | libc::MS_REC, None)
                 .map_err(at("binding", source))?;
             if !writable {
-                sys::mount(None, &dst, None, RO_FLAGS, None).map_err(at("making read-only", &dst))?;
+                sys::mount(None, &dst, None, RO_FLAGS, None)
+                    .map_err(at("making read-only", &dst))?;
             }
         }
         MountSpec::Tmpfs { target, size_bytes } => {
@@ -138,6 +139,7 @@ fn dev(dst: &Path) -> Result<(), RootfsError> {
         std::os::unix::fs::symlink(target, &link).map_err(at("creating symlink", &link))?;
     }
     // Read-only, but not nodev: the nodes above are the point of this mount.
-    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC;
+    let flags =
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC;
     sys::mount(None, dst, None, flags, None).map_err(at("making read-only", dst))
 }

@@ -152,7 +152,8 @@ fn create(spec: &SandboxSpec, worker: &ControlChannel) -> io::Result<(i32, Vec<O
         Some(_) => Some(sys::socketpair(SocketKind::Stream)?),
         None => None,
     };
-    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     if !spec.network {
         flags |= libc::CLONE_NEWNET;
     }

@@ -72,7 +72,9 @@ pub fn pivot_root(new_root: &Path, put_old: &Path) -> io::Result<()> {
     let new_root = cstr(new_root)?;
     let put_old = cstr(put_old)?;
     // SAFETY: both arguments are valid NUL-terminated strings that outlive the call.
-    check_long(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })?;
+    check_long(unsafe {
+        libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr())
+    })?;
     Ok(())
 }
 
@@ -116,7 +118,8 @@ pub fn sethostname(name: &str) -> io::Result<()> {
 /// Brings the loopback interface of the current network namespace up.
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: socket(2) with constant arguments; the result is checked before use.
-    let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: ifreq is plain old data; all-zero is a valid value.

@@ -23,8 +23,10 @@ static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 fn text(status: StatusCode, body: impl Into<String>) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(body.into())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -60,7 +62,10 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Handles one HTTP request.
-pub async fn handle(worker: Arc<Worker>, req: Request<Incoming>) -> Result<Reply, std::convert::Infallible> {
+pub async fn handle(
+    worker: Arc<Worker>,
+    req: Request<Incoming>,
+) -> Result<Reply, std::convert::Infallible> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -76,10 +81,16 @@ pub async fn handle(worker: Arc<Worker>, req: Request<Incoming>) -> Result<Reply
         (["status"], &Method::GET) => status(&worker),
         (["stats"], &Method::GET) => stats(&worker),
         (["metrics"], &Method::GET) => metrics(&worker),
-        (["registry" | "status" | "stats" | "metrics", ..], _) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method", format!("{method} is not allowed on {path}"))
-        }
-        _ => error(StatusCode::NOT_FOUND, "not-found", format!("no such endpoint: {path}")),
+        (["registry" | "status" | "stats" | "metrics", ..], _) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+            format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no such endpoint: {path}"),
+        ),
     };
     Ok(reply)
 }
@@ -105,8 +116,17 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reply>
     }
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, "body", format!("cannot read request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "body",
+            format!("cannot read request body: {e}"),
+        )),
     }
 }
 
@@ -127,15 +147,26 @@ async fn run_inner(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply
     }
     let Some(function) = worker.registry.get(name) else {
         worker.metrics.add("errors.not-found", 1);
-        return error(StatusCode::NOT_FOUND, "not-found", format!("no function named `{name}`"));
+        return error(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no function named `{name}`"),
+        );
     };
     if !function.config.methods.is_empty()
-        && !function.config.methods.iter().any(|m| m == req.method().as_str())
+        && !function
+            .config
+            .methods
+            .iter()
+            .any(|m| m == req.method().as_str())
     {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method",
-            format!("function `{name}` accepts {}", function.config.methods.join(", ")),
+            format!(
+                "function `{name}` accepts {}",
+                function.config.methods.join(", ")
+            ),
         );
     }
     let policy = match req.headers().get("x-kindling-start").map(|v| v.to_str()) {
@@ -143,16 +174,20 @@ async fn run_inner(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply
         Some(Ok(v)) => match v.trim().to_ascii_lowercase().as_str() {
             "" | "any" | "warm" => StartPolicy::Any,
             "cold" => StartPolicy::Cold,
-            other => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "start-method",
-                    format!("unknown start method `{other}` in X-Kindling-Start; valid: cold, warm, any"),
-                )
-            }
+            other => return error(
+                StatusCode::BAD_REQUEST,
+                "start-method",
+                format!(
+                    "unknown start method `{other}` in X-Kindling-Start; valid: cold, warm, any"
+                ),
+            ),
         },
         Some(Err(_)) => {
-            return error(StatusCode::BAD_REQUEST, "start-method", "X-Kindling-Start is not ASCII")
+            return error(
+                StatusCode::BAD_REQUEST,
+                "start-method",
+                "X-Kindling-Start is not ASCII",
+            )
         }
     };
     let body = match read_body(req, worker.config.max_body_bytes).await {
@@ -167,7 +202,11 @@ async fn run_inner(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply
     } else {
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
             worker.metrics.add("errors.bad-request", 1);
-            return error(StatusCode::BAD_REQUEST, "malformed-json", format!("request body is not valid JSON: {e}"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                format!("request body is not valid JSON: {e}"),
+            );
         }
         body
     };
@@ -185,7 +224,9 @@ async fn run_inner(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply
         Ok(o) => o,
         Err(e) => {
             let (status, kind) = match &e {
-                PoolError::QueueFull(_) | PoolError::NoCapacity(_) => (StatusCode::TOO_MANY_REQUESTS, "busy"),
+                PoolError::QueueFull(_) | PoolError::NoCapacity(_) => {
+                    (StatusCode::TOO_MANY_REQUESTS, "busy")
+                }
                 PoolError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting-down"),
                 PoolError::Start(_) => (StatusCode::INTERNAL_SERVER_ERROR, "sandbox"),
             };
@@ -209,14 +250,19 @@ async fn run_inner(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply
                 InvokeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
                 InvokeError::OutOfMemory(_) => (StatusCode::INTERNAL_SERVER_ERROR, "out-of-memory"),
                 InvokeError::Setup(_) => (StatusCode::INTERNAL_SERVER_ERROR, "sandbox"),
-                InvokeError::Died(_) | InvokeError::Protocol => (StatusCode::BAD_GATEWAY, "instance-died"),
+                InvokeError::Died(_) | InvokeError::Protocol => {
+                    (StatusCode::BAD_GATEWAY, "instance-died")
+                }
             };
             worker.metrics.add(&format!("errors.{kind}"), 1);
             error(status, kind, e.to_string())
         }
     };
     let h = reply.headers_mut();
-    h.insert("x-kindling-start", HeaderValue::from_static(outcome.start.as_str()));
+    h.insert(
+        "x-kindling-start",
+        HeaderValue::from_static(outcome.start.as_str()),
+    );
     if let Ok(v) = HeaderValue::from_str(&outcome.timing.header()) {
         h.insert("x-kindling-timing", v);
     }
@@ -241,7 +287,11 @@ async fn deploy(worker: &Arc<Worker>, name: &str, req: Request<Incoming>) -> Rep
     let n = name.to_string();
     let result = tokio::task::spawn_blocking(move || w.registry.deploy(&n, &body)).await;
     match result {
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("deploy task failed: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("deploy task failed: {e}"),
+        ),
         Ok(Err(e)) => {
             let status = match e {
                 RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -282,8 +332,15 @@ fn list(worker: &Worker) -> Reply {
 
 fn info(worker: &Worker, name: &str) -> Reply {
     match worker.registry.get(name) {
-        Some(v) => json(StatusCode::OK, &serde_json::to_value(v.as_ref()).unwrap_or_default()),
-        None => error(StatusCode::NOT_FOUND, "not-found", format!("no function named `{name}`")),
+        Some(v) => json(
+            StatusCode::OK,
+            &serde_json::to_value(v.as_ref()).unwrap_or_default(),
+        ),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no function named `{name}`"),
+        ),
     }
 }
 
@@ -293,8 +350,12 @@ fn remove(worker: &Worker, name: &str) -> Reply {
             worker.pool.invalidate(name);
             json(StatusCode::OK, &serde_json::json!({ "removed": name }))
         }
-        Err(e @ RegistryError::NotFound(_)) => error(StatusCode::NOT_FOUND, "not-found", e.to_string()),
-        Err(e @ RegistryError::InvalidName(_)) => error(StatusCode::BAD_REQUEST, "invalid-name", e.to_string()),
+        Err(e @ RegistryError::NotFound(_)) => {
+            error(StatusCode::NOT_FOUND, "not-found", e.to_string())
+        }
+        Err(e @ RegistryError::InvalidName(_)) => {
+            error(StatusCode::BAD_REQUEST, "invalid-name", e.to_string())
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "registry", chain(&e)),
     }
 }

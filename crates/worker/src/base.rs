@@ -105,7 +105,10 @@ pub fn build(base_dir: &Path, name: &str) -> Result<Base, BaseError> {
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io_at(&staging))?;
     }
-    tracing::info!(base = name, "building base with debootstrap (about a minute)");
+    tracing::info!(
+        base = name,
+        "building base with debootstrap (about a minute)"
+    );
     let status = Command::new("debootstrap")
         .args(["--variant=minbase", "--include=python3", "bookworm"])
         .arg(&staging)
@@ -132,7 +135,8 @@ pub fn build(base_dir: &Path, name: &str) -> Result<Base, BaseError> {
     }
     std::fs::rename(&staging, &rootfs).map_err(io_at(&rootfs))?;
     let meta = dir.join("base.json");
-    let text = serde_json::to_string_pretty(&info).map_err(|e| io_at(&meta)(io::Error::other(e)))?;
+    let text =
+        serde_json::to_string_pretty(&info).map_err(|e| io_at(&meta)(io::Error::other(e)))?;
     std::fs::write(&meta, text).map_err(io_at(&meta))?;
     tracing::info!(base = name, python = %info.python_version, "base ready");
     Ok(Base { info, rootfs })
@@ -179,7 +183,11 @@ fn probe(rootfs: &Path, name: &str) -> Result<BaseInfo, BaseError> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines().map(str::to_string);
-    let mut next = || lines.next().ok_or_else(|| BaseError::Python("no output".into()));
+    let mut next = || {
+        lines
+            .next()
+            .ok_or_else(|| BaseError::Python("no output".into()))
+    };
     Ok(BaseInfo {
         name: name.to_string(),
         python: python.to_string(),

@@ -181,7 +181,9 @@ impl Config {
 
     /// Directory holding base root filesystems.
     pub fn base_dir(&self) -> PathBuf {
-        self.base_dir.clone().unwrap_or_else(|| self.root.join("base"))
+        self.base_dir
+            .clone()
+            .unwrap_or_else(|| self.root.join("base"))
     }
 }
 
@@ -200,7 +202,8 @@ mod tests {
 
     #[test]
     fn overrides_and_unknown_keys() {
-        let cfg: Config = toml::from_str("keep_alive_secs = 5\n[defaults]\nmemory_mb = 64\n").unwrap();
+        let cfg: Config =
+            toml::from_str("keep_alive_secs = 5\n[defaults]\nmemory_mb = 64\n").unwrap();
         assert_eq!(cfg.keep_alive_secs, 5);
         assert_eq!(cfg.defaults.memory_mb, 64);
         assert_eq!(cfg.defaults.pids, 64);

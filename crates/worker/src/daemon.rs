@@ -65,7 +65,10 @@ impl Worker {
         let cgroups = CgroupManager::detect(&config.cgroup_parent)?;
         let stale = cgroups.remove_stale()?;
         if stale > 0 {
-            tracing::warn!(count = stale, "removed sandboxes left behind by a previous worker");
+            tracing::warn!(
+                count = stale,
+                "removed sandboxes left behind by a previous worker"
+            );
         }
         let base = base::ensure(&config.base_dir(), &config.base)?;
         let spawner = Spawner::start(program)?;

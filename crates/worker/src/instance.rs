@@ -245,7 +245,10 @@ impl SandboxHandle {
         let _ = sys::pidfd_kill(self.pidfd.as_raw_fd());
         drop(self.control);
         if let Err(e) = self.cgroup.kill_all() {
-            tracing::warn!(cgroup = self.cgroup.name(), "killing sandbox processes: {e}");
+            tracing::warn!(
+                cgroup = self.cgroup.name(),
+                "killing sandbox processes: {e}"
+            );
         }
         if let Err(e) = self.cgroup.remove() {
             tracing::warn!(cgroup = self.cgroup.name(), "removing sandbox cgroup: {e}");
@@ -390,8 +393,14 @@ mod tests {
             Err(InvokeError::Handler(t)) => assert_eq!(t, "Traceback"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse_reply(b"garbage".to_vec()), Err(InvokeError::Protocol)));
-        assert!(matches!(parse_reply(b"ok x\n".to_vec()), Err(InvokeError::Protocol)));
+        assert!(matches!(
+            parse_reply(b"garbage".to_vec()),
+            Err(InvokeError::Protocol)
+        ));
+        assert!(matches!(
+            parse_reply(b"ok x\n".to_vec()),
+            Err(InvokeError::Protocol)
+        ));
     }
 }
 
@@ -501,7 +510,9 @@ impl Factory {
                 match event {
                     ControlEvent::Ready { instance_pid: p } => instance_pid = p,
                     ControlEvent::SetupFailed { message } => {
-                        output.extend_from_slice(format!("sandbox setup failed: {message}\n").as_bytes());
+                        output.extend_from_slice(
+                            format!("sandbox setup failed: {message}\n").as_bytes(),
+                        );
                         break;
                     }
                     ControlEvent::Exited { pid, code: c, .. } if Some(pid) == instance_pid => {

@@ -90,11 +90,26 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE kindling_invocation_latency_ms histogram");
         for (start, h) in &g.latency {
             for (b, c) in BUCKETS_MS.iter().zip(&h.counts) {
-                let _ = writeln!(out, "kindling_invocation_latency_ms_bucket{{start=\"{start}\",le=\"{b}\"}} {c}");
+                let _ = writeln!(
+                    out,
+                    "kindling_invocation_latency_ms_bucket{{start=\"{start}\",le=\"{b}\"}} {c}"
+                );
             }
-            let _ = writeln!(out, "kindling_invocation_latency_ms_bucket{{start=\"{start}\",le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "kindling_invocation_latency_ms_sum{{start=\"{start}\"}} {}", h.sum);
-            let _ = writeln!(out, "kindling_invocation_latency_ms_count{{start=\"{start}\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "kindling_invocation_latency_ms_bucket{{start=\"{start}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "kindling_invocation_latency_ms_sum{{start=\"{start}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "kindling_invocation_latency_ms_count{{start=\"{start}\"}} {}",
+                h.count
+            );
         }
         for (k, v) in gauges {
             let name = k.replace(['.', '-'], "_");

@@ -155,8 +155,7 @@ impl Pool {
         let permit = match fp.busy.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                if fp.waiting.fetch_add(1, Ordering::SeqCst) >= self.config.max_queue_per_function
-                {
+                if fp.waiting.fetch_add(1, Ordering::SeqCst) >= self.config.max_queue_per_function {
                     fp.waiting.fetch_sub(1, Ordering::SeqCst);
                     return Err(PoolError::QueueFull(function.name.clone()));
                 }
@@ -226,7 +225,8 @@ impl Pool {
         drop(permit);
         self.metrics.add("invocations", 1);
         self.metrics.add(&format!("start.{}", start.as_str()), 1);
-        self.metrics.observe_latency(start.as_str(), timing.total_ms);
+        self.metrics
+            .observe_latency(start.as_str(), timing.total_ms);
         Ok(Outcome {
             start,
             timing,

@@ -260,9 +260,15 @@ fn remove_temporaries(fdir: &Path) {
 fn load_version(name: &str, hash: &str, dir: &Path) -> Result<FunctionVersion, RegistryError> {
     let invalid = |m: String| RegistryError::InvalidFunction(m);
     let (format, config) = if dir.join("function.py").is_file() {
-        (Format::Sebs, sebs_config(&dir.join("config.json")).map_err(invalid)?)
+        (
+            Format::Sebs,
+            sebs_config(&dir.join("config.json")).map_err(invalid)?,
+        )
     } else if dir.join("f.py").is_file() {
-        (Format::OpenLambda, ol_config(&dir.join("ol.yaml")).map_err(invalid)?)
+        (
+            Format::OpenLambda,
+            ol_config(&dir.join("ol.yaml")).map_err(invalid)?,
+        )
     } else {
         return Err(invalid(
             "archive has neither f.py (OpenLambda format) nor function.py (SeBS format) at its top level".into(),
@@ -270,17 +276,23 @@ fn load_version(name: &str, hash: &str, dir: &Path) -> Result<FunctionVersion, R
     };
     if let Some(m) = config.memory_mb {
         if m < 16 {
-            return Err(invalid(format!("memory limit of {m} MB is below the minimum of 16 MB")));
+            return Err(invalid(format!(
+                "memory limit of {m} MB is below the minimum of 16 MB"
+            )));
         }
     }
     if let Some(t) = config.timeout_secs {
         if !(t > 0.0 && t.is_finite()) {
-            return Err(invalid(format!("timeout {t} must be a positive number of seconds")));
+            return Err(invalid(format!(
+                "timeout {t} must be a positive number of seconds"
+            )));
         }
     }
     for key in config.environment.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(invalid(format!("invalid environment variable name `{key}`")));
+            return Err(invalid(format!(
+                "invalid environment variable name `{key}`"
+            )));
         }
     }
     Ok(FunctionVersion {
@@ -358,7 +370,11 @@ fn ol_config(path: &Path) -> Result<FunctionConfig, String> {
             serde_yaml::Value::Number(n) => n.to_string(),
             serde_yaml::Value::Bool(b) => b.to_string(),
             serde_yaml::Value::Null => String::new(),
-            _ => return Err(format!("ol.yaml: environment variable `{k}` must be a scalar")),
+            _ => {
+                return Err(format!(
+                    "ol.yaml: environment variable `{k}` must be a scalar"
+                ))
+            }
         };
         environment.insert(k, v);
     }
@@ -402,14 +418,32 @@ mod tests {
     #[test]
     fn formats_and_configs() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), &[("f.py", "def f(e): return e"), ("ol.yaml", "triggers:\n  http:\n    - method: post\nenvironment:\n  A: 1\n  B: x\n")]);
+        write(
+            d.path(),
+            &[
+                ("f.py", "def f(e): return e"),
+                (
+                    "ol.yaml",
+                    "triggers:\n  http:\n    - method: post\nenvironment:\n  A: 1\n  B: x\n",
+                ),
+            ],
+        );
         let v = load_version("x", "h", d.path()).unwrap();
         assert_eq!(v.format, Format::OpenLambda);
         assert_eq!(v.config.methods, vec!["POST"]);
         assert_eq!(v.config.environment["A"], "1");
 
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), &[("function.py", "def handler(e): return {}"), ("config.json", r#"{"timeout": 5, "memory": 128, "languages": ["python"]}"#)]);
+        write(
+            d.path(),
+            &[
+                ("function.py", "def handler(e): return {}"),
+                (
+                    "config.json",
+                    r#"{"timeout": 5, "memory": 128, "languages": ["python"]}"#,
+                ),
+            ],
+        );
         let v = load_version("x", "h", d.path()).unwrap();
         assert_eq!(v.format, Format::Sebs);
         assert_eq!(v.config.memory_mb, Some(128));
@@ -420,7 +454,10 @@ mod tests {
         assert!(load_version("x", "h", d.path()).is_err());
         let d = tempfile::tempdir().unwrap();
         write(d.path(), &[("main.py", "")]);
-        assert!(matches!(load_version("x", "h", d.path()), Err(RegistryError::InvalidFunction(_))));
+        assert!(matches!(
+            load_version("x", "h", d.path()),
+            Err(RegistryError::InvalidFunction(_))
+        ));
     }
 
     #[test]
@@ -429,13 +466,19 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         write(src.path(), &[("f.py", "def f(e): return 1")]);
         let reg = Registry::open(root.path(), ArchiveLimits::default()).unwrap();
-        let a = reg.deploy("hello", &archive::pack_dir(src.path()).unwrap()).unwrap();
+        let a = reg
+            .deploy("hello", &archive::pack_dir(src.path()).unwrap())
+            .unwrap();
         assert!(a.changed);
-        let b = reg.deploy("hello", &archive::pack_dir(src.path()).unwrap()).unwrap();
+        let b = reg
+            .deploy("hello", &archive::pack_dir(src.path()).unwrap())
+            .unwrap();
         assert!(!b.changed);
         assert_eq!(a.version.hash, b.version.hash);
         write(src.path(), &[("f.py", "def f(e): return 2")]);
-        let c = reg.deploy("hello", &archive::pack_dir(src.path()).unwrap()).unwrap();
+        let c = reg
+            .deploy("hello", &archive::pack_dir(src.path()).unwrap())
+            .unwrap();
         assert!(c.changed);
         assert!(!a.version.dir.exists(), "old version removed");
         // Reopening finds the version in service.

@@ -117,7 +117,11 @@ impl Worker {
                     panic!("worker exited ({st}):\n{}", w.log_text());
                 }
             }
-            assert!(Instant::now() < deadline, "worker not ready:\n{}", w.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "worker not ready:\n{}",
+                w.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         w
@@ -167,7 +171,12 @@ impl Worker {
     }
 
     pub fn run_cold(&self, name: &str, event: &str) -> Resp {
-        self.request("POST", &format!("/run/{name}"), &[("X-Kindling-Start", "cold")], event.as_bytes())
+        self.request(
+            "POST",
+            &format!("/run/{name}"),
+            &[("X-Kindling-Start", "cold")],
+            event.as_bytes(),
+        )
     }
 
     /// Deploys files as a function.
@@ -254,7 +263,9 @@ impl Worker {
     }
 
     fn stop_inner(&mut self, check: bool) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let pid = child.id() as i32;
         let _ = kindling_sandbox::sys::kill(pid, 15);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -275,7 +286,11 @@ impl Worker {
         if check {
             let left = self.cgroups();
             assert!(left.is_empty(), "cgroups left after stop: {left:?}");
-            assert_eq!(host_mounts_mentioning(self.root.path()), 0, "mounts left after stop");
+            assert_eq!(
+                host_mounts_mentioning(self.root.path()),
+                0,
+                "mounts left after stop"
+            );
         }
         remove_parent_cgroups(&self.cgroup_parent);
     }
@@ -323,7 +338,11 @@ pub fn host_mounts_mentioning(root: &Path) -> usize {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|mp| mp.starts_with(root.as_ref())))
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| mp.starts_with(root.as_ref()))
+        })
         .count()
 }
 
@@ -332,9 +351,14 @@ pub fn processes_matching(needle: &str) -> Vec<i32> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
             if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-                if String::from_utf8_lossy(&cmd).replace('\0', " ").contains(needle) {
+                if String::from_utf8_lossy(&cmd)
+                    .replace('\0', " ")
+                    .contains(needle)
+                {
                     out.push(pid);
                 }
             }
@@ -345,7 +369,10 @@ pub fn processes_matching(needle: &str) -> Vec<i32> {
 
 fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?;
     let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad())?;
     let mut lines = head.split("\r\n");
     let status: u16 = lines
@@ -366,8 +393,11 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
         let mut rest = &body[..];
         loop {
             let nl = rest.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).map_err(|_| bad())?.trim(), 16)
-                .map_err(|_| bad())?;
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&rest[..nl]).map_err(|_| bad())?.trim(),
+                16,
+            )
+            .map_err(|_| bad())?;
             rest = &rest[nl + 2..];
             if size == 0 {
                 break;
@@ -377,5 +407,9 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
         }
         body = out;
     }
-    Ok(Resp { status, headers, body })
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
 }
