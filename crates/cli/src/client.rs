@@ -95,6 +95,45 @@ impl Client {
         })
     }
 
+    /// Sends one request and hands each line of the (streamed) response body to `on_line` as it
+    /// arrives; returns the status.
+    pub async fn request_lines(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<StatusCode> {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, self.addr.to_string())
+            .header(hyper::header::ACCEPT, "application/x-ndjson")
+            .body(Full::new(body.into()))?;
+        let sender = self.connect().await?;
+        sender.ready().await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .with_context(|| format!("request to {path} failed"))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                pending.extend_from_slice(&data);
+                while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=nl).collect();
+                    on_line(String::from_utf8_lossy(&line).trim_end());
+                }
+            }
+        }
+        if !pending.is_empty() {
+            on_line(String::from_utf8_lossy(&pending).trim_end());
+        }
+        Ok(status)
+    }
+
     pub async fn get(&mut self, path: &str) -> Result<Response> {
         self.request(Method::GET, path, &[], Bytes::new()).await
     }

@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: BaseCommand,
     },
+    /// The package store.
+    Pkg {
+        #[command(subcommand)]
+        command: PkgCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -100,6 +105,19 @@ struct UpArgs {
     /// Deploy the example functions at start.
     #[arg(long)]
     examples: bool,
+}
+
+#[derive(Subcommand)]
+enum PkgCommand {
+    /// List installed packages with their size and users.
+    Ls,
+    /// Remove one package (refused while a function uses it).
+    Rm {
+        /// `<name>==<version>`
+        package: String,
+    },
+    /// Remove every package no deployed function uses.
+    Gc,
 }
 
 #[derive(Subcommand)]
@@ -328,25 +346,43 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
             }
             let packed = kindling_worker::archive::pack_dir(&dir)
                 .with_context(|| format!("cannot pack {}", dir.display()))?;
-            let r = c
-                .request(
+            let mut last = serde_json::Value::Null;
+            let status = c
+                .request_lines(
                     Method::POST,
-                    &format!("/registry/{name}"),
-                    &[("content-type", "application/gzip")],
+                    &format!("/registry/{name}?progress"),
                     packed,
+                    |line| match serde_json::from_str::<serde_json::Value>(line) {
+                        Ok(v) if v.get("progress").is_some() => {
+                            eprintln!("{name}: {}", v["progress"].as_str().unwrap_or(""));
+                        }
+                        Ok(v) => last = v,
+                        Err(_) => last = serde_json::Value::String(line.to_string()),
+                    },
                 )
-                .await?
-                .ok()?;
-            let v: serde_json::Value = serde_json::from_slice(&r.body)?;
-            let hash = v["hash"].as_str().unwrap_or("");
-            let what = if v["changed"].as_bool() == Some(true) {
+                .await?;
+            if !status.is_success() {
+                bail!(
+                    "{status}: {}",
+                    last.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| last.to_string())
+                );
+            }
+            if let Some(err) = last.get("error").and_then(|e| e.as_str()) {
+                bail!("deploy of {name} failed: {err}");
+            }
+            let hash = last["hash"].as_str().unwrap_or("");
+            let what = if last["changed"].as_bool() == Some(true) {
                 "deployed"
             } else {
                 "unchanged"
             };
+            let pkgs = last["packages"].as_array().map(|a| a.len()).unwrap_or(0);
+            let installed = last["installed"].as_array().map(|a| a.len()).unwrap_or(0);
             println!(
-                "{name}: {what} ({} format, version {})",
-                v["format"].as_str().unwrap_or("?"),
+                "{name}: {what} ({} format, version {}, {pkgs} packages, {installed} installed)",
+                last["format"].as_str().unwrap_or("?"),
                 &hash[..hash.len().min(12)]
             );
         }
@@ -411,6 +447,57 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({"status": s, "stats": st}))?
+            );
+        }
+        Command::Pkg {
+            command: PkgCommand::Ls,
+        } => {
+            let r = c.get("/packages").await?.ok()?;
+            let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body)?;
+            println!("{:<32} {:<16} {:>10}  USERS", "NAME", "VERSION", "SIZE");
+            for p in list {
+                let users: Vec<&str> = p["users"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|u| u.as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{:<32} {:<16} {:>8.1}MB  {}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["version"].as_str().unwrap_or("?"),
+                    p["size_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                    if users.is_empty() {
+                        "-".to_string()
+                    } else {
+                        users.join(",")
+                    }
+                );
+            }
+        }
+        Command::Pkg {
+            command: PkgCommand::Rm { package },
+        } => {
+            c.request(
+                Method::DELETE,
+                &format!("/packages/{package}"),
+                &[],
+                Vec::new(),
+            )
+            .await?
+            .ok()?;
+            println!("{package}: removed");
+        }
+        Command::Pkg {
+            command: PkgCommand::Gc,
+        } => {
+            let r = c
+                .request(Method::POST, "/packages/gc", &[], Vec::new())
+                .await?
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+            let n = v["removed"].as_array().map(|a| a.len()).unwrap_or(0);
+            println!(
+                "removed {n} unused packages, freed {:.1} MB",
+                v["bytes_freed"].as_f64().unwrap_or(0.0) / 1e6
             );
         }
         Command::Bench { command } => bench::run(addr, command).await?,

@@ -96,10 +96,24 @@ def _traceback():
     return traceback.format_exc()
 
 
+def _package_path():
+    """Puts the function's package closure (from the store) on sys.path after /handler."""
+    paths = [p for p in os.environ.get("KINDLING_PATH", "").split(":") if p]
+    sites = set(p for p in os.environ.get("KINDLING_SITE", "").split(":") if p)
+    sys.path[1:1] = paths
+    if sites:
+        import site
+
+        for p in paths:
+            if p in sites:
+                site.addsitedir(p)
+
+
 def _load(kind):
     """Imports the function's module; returns (callable, None) or (None, traceback)."""
     sys.path.insert(0, "/handler")
     try:
+        _package_path()
         if kind == "sebs":
             module = __import__("function")
             return module.handler, None

@@ -2,26 +2,32 @@
 //! and turns the result into a response. OpenLambda-compatible paths (`/run/<name>`,
 //! `/registry/<name>`, `/status`, `/stats`) plus `/metrics`.
 
-use crate::daemon::Worker;
+use crate::daemon::{DeployError, Worker};
 use crate::instance::InvokeError;
+use crate::packages::{PackageError, PackageRef};
 use crate::pool::{PoolError, StartPolicy};
 use crate::registry::{validate_name, RegistryError};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Channel, Either, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-type Reply = Response<Full<Bytes>>;
+type Body = Either<Full<Bytes>, Channel<Bytes>>;
+type Reply = Response<Body>;
 
 /// Largest upload (function archive) accepted by `POST /registry/<name>`.
 pub const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(bytes.into()))
+}
+
 fn text(status: StatusCode, body: impl Into<String>) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    let mut r = Response::new(full(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -31,7 +37,7 @@ fn text(status: StatusCode, body: impl Into<String>) -> Reply {
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    let mut r = Response::new(full(value.to_string()));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -80,6 +86,9 @@ pub async fn handle(
         (["registry", name], &Method::DELETE) => remove(&worker, name),
         (["status"], &Method::GET) => status(&worker),
         (["stats"], &Method::GET) => stats(&worker),
+        (["packages"], &Method::GET) => packages(&worker),
+        (["packages", "gc"], &Method::POST) => packages_gc(&worker),
+        (["packages", key], &Method::DELETE) => package_remove(&worker, key),
         (["metrics"], &Method::GET) => metrics(&worker),
         (["registry" | "status" | "stats" | "metrics", ..], _) => error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -174,13 +183,15 @@ async fn run_inner(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply
         Some(Ok(v)) => match v.trim().to_ascii_lowercase().as_str() {
             "" | "any" | "warm" => StartPolicy::Any,
             "cold" => StartPolicy::Cold,
-            other => return error(
-                StatusCode::BAD_REQUEST,
-                "start-method",
-                format!(
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "start-method",
+                    format!(
                     "unknown start method `{other}` in X-Kindling-Start; valid: cold, warm, any"
                 ),
-            ),
+                )
+            }
         },
         Some(Err(_)) => {
             return error(
@@ -239,7 +250,7 @@ async fn run_inner(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply
     };
     let mut reply = match outcome.result {
         Ok(r) => {
-            let mut resp = Response::new(Full::new(Bytes::from(r.body)));
+            let mut resp = Response::new(full(r.body));
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp
@@ -279,45 +290,162 @@ async fn deploy(worker: &Arc<Worker>, name: &str, req: Request<Incoming>) -> Rep
     if let Err(e) = validate_name(name) {
         return error(StatusCode::BAD_REQUEST, "invalid-name", e.to_string());
     }
+    // `?progress` (or `Accept: application/x-ndjson`) streams one JSON line per install step,
+    // then the result; otherwise the reply comes when the deploy is done.
+    let streaming = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv == "progress" || kv.starts_with("progress="))
+    }) || req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
     let body = match read_body(req, MAX_UPLOAD_BYTES).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let w = worker.clone();
-    let n = name.to_string();
-    let result = tokio::task::spawn_blocking(move || w.registry.deploy(&n, &body)).await;
+    let (w, n) = (worker.clone(), name.to_string());
+    if !streaming {
+        let result = tokio::task::spawn_blocking(move || w.deploy(&n, &body, &|_| ())).await;
+        let (status, value) = deploy_result(worker, name, result);
+        return json(status, &value);
+    }
+    let (sender, channel) = Channel::<Bytes>::new(16);
+    let sender = std::sync::Mutex::new(sender);
+    let handle = tokio::runtime::Handle::current();
+    // The deploy runs on a blocking thread, which feeds the response body as it goes.
+    tokio::task::spawn_blocking(move || {
+        let send = |line: serde_json::Value| {
+            let mut s = sender.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = handle.block_on(s.send_data(Bytes::from(line.to_string() + "\n")));
+        };
+        let r = w.deploy(&n, &body, &|msg: String| {
+            send(serde_json::json!({ "progress": msg }))
+        });
+        let (status, mut value) = deploy_result(&w, &n, Ok(r));
+        value["status"] = status.as_u16().into();
+        send(value);
+    });
+    let mut r = Response::new(Either::Right(channel));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
+type DeployResult = Result<
+    Result<(crate::registry::Deployed, crate::packages::EnsureStats), DeployError>,
+    tokio::task::JoinError,
+>;
+
+/// Turns a deploy's outcome into a status and a JSON body (and counts it).
+fn deploy_result(
+    worker: &Worker,
+    name: &str,
+    result: DeployResult,
+) -> (StatusCode, serde_json::Value) {
     match result {
-        Err(e) => error(
+        Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("deploy task failed: {e}"),
+            serde_json::json!({ "error": format!("deploy task failed: {e}") }),
         ),
         Ok(Err(e)) => {
-            let status = match e {
-                RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-                RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+            let status = match &e {
+                DeployError::Registry(RegistryError::Io { .. })
+                | DeployError::Packages(
+                    PackageError::Io { .. } | PackageError::Job(_) | PackageError::NoUv,
+                ) => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,
             };
             worker.metrics.add("deploys.failed", 1);
-            error(status, "deploy", chain(&e))
+            (status, serde_json::json!({ "error": chain(&e) }))
         }
-        Ok(Ok(d)) => {
+        Ok(Ok((d, stats))) => {
             if d.changed {
                 worker.pool.invalidate(name);
                 worker.metrics.add("deploys", 1);
-                tracing::info!(function = name, hash = %&d.version.hash[..12], "deployed");
+                tracing::info!(function = name, hash = %&d.version.hash[..12], installed = stats.installed.len(), "deployed");
             }
-            json(
+            (
                 StatusCode::OK,
-                &serde_json::json!({
+                serde_json::json!({
                     "name": d.version.name,
                     "hash": d.version.hash,
                     "format": d.version.format,
                     "changed": d.changed,
+                    "packages": d.version.lock.packages.iter().map(PackageRef::key).collect::<Vec<_>>(),
+                    "installed": stats.installed,
+                    "store_hits": stats.hits,
+                    "bytes_added": stats.bytes_added,
                 }),
             )
         }
     }
+}
+
+fn packages(worker: &Worker) -> Reply {
+    let users = worker.package_users();
+    let list: Vec<_> = worker
+        .packages
+        .list()
+        .into_iter()
+        .map(|p| {
+            let key = format!("{}=={}", p.name, p.version);
+            serde_json::json!({
+                "name": p.name,
+                "version": p.version,
+                "size_bytes": p.size_bytes,
+                "users": users.get(&key).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &serde_json::Value::Array(list))
+}
+
+fn package_remove(worker: &Worker, key: &str) -> Reply {
+    let Some(pkg) = PackageRef::parse(key) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid-package",
+            format!("`{key}` is not <name>==<version>"),
+        );
+    };
+    let users = worker
+        .package_users()
+        .remove(&pkg.key())
+        .unwrap_or_default();
+    match worker.packages.remove(&pkg, users) {
+        Ok(()) => json(StatusCode::OK, &serde_json::json!({ "removed": pkg.key() })),
+        Err(e @ PackageError::NotFound(_)) => {
+            error(StatusCode::NOT_FOUND, "not-found", e.to_string())
+        }
+        Err(e @ PackageError::InUse { .. }) => error(StatusCode::CONFLICT, "in-use", e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "packages", chain(&e)),
+    }
+}
+
+fn packages_gc(worker: &Worker) -> Reply {
+    let users = worker.package_users();
+    let mut removed = Vec::new();
+    let mut freed = 0u64;
+    for p in worker.packages.list() {
+        let pkg = PackageRef {
+            name: p.name.clone(),
+            version: p.version.clone(),
+        };
+        if users.contains_key(&pkg.key()) {
+            continue;
+        }
+        if worker.packages.remove(&pkg, Vec::new()).is_ok() {
+            freed += p.size_bytes;
+            removed.push(pkg.key());
+        }
+    }
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "removed": removed, "bytes_freed": freed }),
+    )
 }
 
 fn list(worker: &Worker) -> Reply {
@@ -387,7 +515,22 @@ fn status(worker: &Worker) -> Reply {
 }
 
 fn stats(worker: &Worker) -> Reply {
-    json(StatusCode::OK, &worker.metrics.stats_json(&gauges(worker)))
+    let mut g = gauges(worker);
+    g.push((
+        "pull-package.cnt",
+        worker
+            .packages
+            .pulls
+            .load(std::sync::atomic::Ordering::Relaxed),
+    ));
+    g.push((
+        "package-store-hit.cnt",
+        worker
+            .packages
+            .hits
+            .load(std::sync::atomic::Ordering::Relaxed),
+    ));
+    json(StatusCode::OK, &worker.metrics.stats_json(&g))
 }
 
 fn metrics(worker: &Worker) -> Reply {

@@ -24,6 +24,16 @@
 //! tmp_mb = 64                      # size of the sandbox's /tmp
 //! network = false                  # give functions the host's network
 //!
+//! uv = "/usr/local/bin/uv"         # uv binary for the package puller (default: found on PATH)
+//! allow_unsafe_requirements = false  # allow URLs, paths, -e and options in requirements.txt
+//!
+//! [installer_limits]               # sandboxes that resolve and install packages
+//! memory_mb = 2048
+//! timeout_secs = 600
+//! cpu_cores = 2.0
+//! pids = 512
+//! parallel = 3                     # packages installed at once by one deploy
+//!
 //! [archive]                        # limits on uploaded function archives -> 400
 //! max_unpacked_bytes = 268435456
 //! max_entries = 100000
@@ -71,6 +81,9 @@ pub struct Config {
     pub max_open_files: u64,
     pub defaults: Limits,
     pub archive: ArchiveConfig,
+    pub uv: Option<PathBuf>,
+    pub allow_unsafe_requirements: bool,
+    pub installer_limits: crate::packages::InstallerLimits,
 }
 
 /// Per-function limits (worker-wide defaults; functions may override memory, timeout, network).
@@ -111,6 +124,9 @@ impl Default for Config {
             max_open_files: 1024,
             defaults: Limits::default(),
             archive: ArchiveConfig::default(),
+            uv: None,
+            allow_unsafe_requirements: false,
+            installer_limits: Default::default(),
         }
     }
 }
@@ -177,6 +193,27 @@ impl Config {
             return bad("root must be an absolute path");
         }
         Ok(())
+    }
+
+    /// The uv binary: configured, or the first `uv` on PATH that is a real executable (not a
+    /// wrapper script such as a pyenv shim, which could not run inside a sandbox).
+    pub fn uv_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.uv {
+            return Some(p.clone());
+        }
+        let is_elf = |p: &Path| {
+            use std::io::Read;
+            let mut magic = [0u8; 4];
+            std::fs::File::open(p)
+                .and_then(|mut f| f.read_exact(&mut magic))
+                .is_ok()
+                && magic == *b"\x7fELF"
+        };
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join("uv"))
+                .find(|p| is_elf(p))
+        })
     }
 
     /// Directory holding base root filesystems.

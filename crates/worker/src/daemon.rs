@@ -6,8 +6,9 @@ use crate::base::{self, Base};
 use crate::config::Config;
 use crate::instance::{Factory, FunctionLimits};
 use crate::metrics::Metrics;
+use crate::packages::{EnsureStats, PackageError, PackageStore};
 use crate::pool::{Pool, PoolConfig};
-use crate::registry::{FunctionVersion, Registry};
+use crate::registry::{Deployed, FunctionVersion, Registry, RegistryError};
 use kindling_sandbox::cgroup::CgroupManager;
 use kindling_sandbox::spawner::Spawner;
 use std::path::{Path, PathBuf};
@@ -33,12 +34,24 @@ pub enum StartupError {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error("function registry")]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("package store")]
+    Packages(#[from] PackageError),
+}
+
+/// Why a deploy failed; the version in service (if any) stays.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Packages(#[from] PackageError),
 }
 
 /// A running worker: everything the API needs.
 pub struct Worker {
     pub config: Config,
     pub registry: Registry,
+    pub packages: PackageStore,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
     pub base: Base,
@@ -78,12 +91,20 @@ impl Worker {
             base.rootfs.clone(),
             base.info.python.clone(),
             PathBuf::new(),
+            PathBuf::new(),
             mountpoint,
             config.sandbox_uid,
             config.sandbox_gid,
             config.max_open_files,
         );
         factory.runtime_dir = crate::runtime::install(&root, &base, &factory)?;
+        let packages = PackageStore::open(
+            &root,
+            config.uv_path(),
+            config.installer_limits.clone(),
+            config.allow_unsafe_requirements,
+        )?;
+        factory.packages_dir = packages.dir.clone();
         let factory = Arc::new(factory);
         let registry = Registry::open(
             &root.join("functions"),
@@ -115,12 +136,61 @@ impl Worker {
             cgroup_layout: cgroups.version_summary(),
             config,
             registry,
+            packages,
             pool,
             metrics,
             base,
             started: Instant::now(),
             factory,
         }))
+    }
+
+    /// Deploys a function: stage the upload, resolve and install its packages, then put it in
+    /// service. Blocking; `progress` hears of package installs.
+    pub fn deploy(
+        &self,
+        name: &str,
+        tar_gz: &[u8],
+        progress: &(dyn Fn(String) + Sync),
+    ) -> Result<(Deployed, EnsureStats), DeployError> {
+        let staged = self.registry.stage(name, tar_gz)?;
+        if staged.unchanged.is_some() {
+            return Ok((
+                self.registry.commit(staged, Default::default())?,
+                EnsureStats::default(),
+            ));
+        }
+        let packages = (|| {
+            let Some(reqs) = staged.requirements.as_deref() else {
+                return Ok((Default::default(), EnsureStats::default()));
+            };
+            let factory = &self.factory;
+            let mut lock = self.packages.resolve(factory, &self.base, reqs)?;
+            if !lock.packages.is_empty() {
+                progress(format!("resolved {} packages", lock.packages.len()));
+            }
+            let stats = self.packages.ensure(factory, &self.base, &lock, progress)?;
+            self.packages.mark_site_packages(&mut lock);
+            Ok::<_, PackageError>((lock, stats))
+        })();
+        match packages {
+            Ok((lock, stats)) => Ok((self.registry.commit(staged, lock)?, stats)),
+            Err(e) => {
+                self.registry.discard(staged);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Names of deployed functions whose lock includes each package key.
+    pub fn package_users(&self) -> std::collections::HashMap<String, Vec<String>> {
+        let mut users: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for f in self.registry.list() {
+            for p in &f.lock.packages {
+                users.entry(p.key()).or_default().push(f.name.clone());
+            }
+        }
+        users
     }
 
     /// The limits a function runs under: its own config over the worker's defaults.

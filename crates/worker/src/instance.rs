@@ -65,6 +65,8 @@ pub struct Factory {
     pub rootfs: PathBuf,
     pub python: String,
     pub runtime_dir: PathBuf,
+    /// The package store, bound read-only at /packages.
+    pub packages_dir: PathBuf,
     pub mountpoint: PathBuf,
     pub uid: u32,
     pub gid: u32,
@@ -92,6 +94,7 @@ impl Factory {
         rootfs: PathBuf,
         python: String,
         runtime_dir: PathBuf,
+        packages_dir: PathBuf,
         mountpoint: PathBuf,
         uid: u32,
         gid: u32,
@@ -107,6 +110,7 @@ impl Factory {
             rootfs,
             python,
             runtime_dir,
+            packages_dir,
             mountpoint,
             uid,
             gid,
@@ -150,6 +154,11 @@ impl Factory {
                 MountSpec::Bind {
                     source: self.runtime_dir.clone(),
                     target: "/kindling".into(),
+                    writable: false,
+                },
+                MountSpec::Bind {
+                    source: self.packages_dir.clone(),
+                    target: "/packages".into(),
                     writable: false,
                 },
                 MountSpec::Tmpfs {
@@ -203,6 +212,7 @@ impl Factory {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        env.extend(function.lock.runtime_env());
         env.extend(
             [
                 ("PATH", "/usr/local/bin:/usr/bin:/bin"),

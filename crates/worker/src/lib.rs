@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod instance;
 pub mod metrics;
+pub mod packages;
 pub mod pool;
 pub mod registry;
 pub mod runtime;

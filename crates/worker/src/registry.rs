@@ -5,10 +5,12 @@
 //! redeploying unchanged code changes nothing.
 
 use crate::archive::{self, ArchiveError, ArchiveLimits};
+use crate::packages::Lock;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Errors of registry operations; the API maps them to HTTP statuses.
@@ -77,6 +79,8 @@ pub struct FunctionVersion {
     #[serde(skip)]
     pub dir: PathBuf,
     pub config: FunctionConfig,
+    /// The resolved package closure (empty without requirements).
+    pub lock: Lock,
 }
 
 /// The outcome of a deploy.
@@ -93,6 +97,17 @@ pub struct Registry {
     limits: ArchiveLimits,
     current: RwLock<HashMap<String, Arc<FunctionVersion>>>,
     deploy_lock: Mutex<()>,
+    counter: AtomicU64,
+}
+
+/// An uploaded version, extracted and checked but not yet in service.
+#[derive(Debug)]
+pub struct Staged {
+    pub version: FunctionVersion,
+    /// The same code is already in service.
+    pub unchanged: Option<Arc<FunctionVersion>>,
+    /// The function's `requirements.txt`, if any.
+    pub requirements: Option<String>,
 }
 
 /// Checks a function name: it becomes a directory name and a URL path segment.
@@ -129,7 +144,8 @@ impl Registry {
             };
             let hash = hash.trim().to_string();
             match load_version(&name, &hash, &fdir.join(&hash)) {
-                Ok(v) => {
+                Ok(mut v) => {
+                    v.lock = read_lock(&fdir.join(format!("{hash}.lock.json")));
                     current.insert(name, Arc::new(v));
                 }
                 Err(e) => tracing::warn!(function = %name, "skipping unloadable function: {e}"),
@@ -140,41 +156,74 @@ impl Registry {
             limits,
             current: RwLock::new(current),
             deploy_lock: Mutex::new(()),
+            counter: AtomicU64::new(0),
         })
     }
 
-    /// Deploys a .tar.gz of a function's directory under `name`.
-    pub fn deploy(&self, name: &str, tar_gz: &[u8]) -> Result<Deployed, RegistryError> {
+    /// Extracts and checks an upload; nothing changes in service until [`Registry::commit`].
+    pub fn stage(&self, name: &str, tar_gz: &[u8]) -> Result<Staged, RegistryError> {
         validate_name(name)?;
-        let _guard = self.deploy_lock.lock().unwrap_or_else(|p| p.into_inner());
         let fdir = self.dir.join(name);
         std::fs::create_dir_all(&fdir).map_err(io_at(&fdir))?;
-        let tmp = fdir.join(format!(".deploy-{}", std::process::id()));
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = fdir.join(format!(".deploy-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp).map_err(io_at(&tmp))?;
         let staged = (|| {
             archive::extract(tar_gz, &tmp, &self.limits)?;
             let hash = archive::tree_hash(&tmp).map_err(io_at(&tmp))?;
             let version = load_version(name, &hash, &tmp)?;
-            Ok::<_, RegistryError>((hash, version))
+            let requirements = match std::fs::read_to_string(tmp.join("requirements.txt")) {
+                Ok(t) => Some(t),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_at(&tmp)(e)),
+            };
+            Ok::<_, RegistryError>((version, requirements))
         })();
-        let (hash, mut version) = match staged {
-            Ok(v) => v,
+        match staged {
+            Ok((version, requirements)) => {
+                let unchanged = self.get(name).filter(|cur| cur.hash == version.hash);
+                Ok(Staged {
+                    version,
+                    unchanged,
+                    requirements,
+                })
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
                 self.forget_if_empty(&fdir);
-                return Err(e);
-            }
-        };
-        if let Some(cur) = self.get(name) {
-            if cur.hash == hash {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Ok(Deployed {
-                    version: cur,
-                    changed: false,
-                });
+                Err(e)
             }
         }
+    }
+
+    /// Drops a staged upload (a failed deploy): the version in service stays.
+    pub fn discard(&self, staged: Staged) {
+        let _ = std::fs::remove_dir_all(&staged.version.dir);
+        if let Some(parent) = staged.version.dir.parent() {
+            self.forget_if_empty(parent);
+        }
+    }
+
+    /// Puts a staged version with its package lock in service.
+    pub fn commit(&self, staged: Staged, lock: Lock) -> Result<Deployed, RegistryError> {
+        if let Some(cur) = staged.unchanged.clone() {
+            self.discard(staged);
+            return Ok(Deployed {
+                version: cur,
+                changed: false,
+            });
+        }
+        let _guard = self.deploy_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut version = staged.version;
+        let name = version.name.clone();
+        let hash = version.hash.clone();
+        let tmp = version.dir.clone();
+        let fdir = self.dir.join(&name);
+        let lock_path = fdir.join(format!("{hash}.lock.json"));
+        let text =
+            serde_json::to_string(&lock).map_err(|e| io_at(&lock_path)(io::Error::other(e)))?;
+        std::fs::write(&lock_path, text).map_err(io_at(&lock_path))?;
         let vdir = fdir.join(&hash);
         if vdir.exists() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -186,20 +235,28 @@ impl Registry {
         std::fs::write(&pointer_tmp, &hash).map_err(io_at(&pointer_tmp))?;
         std::fs::rename(&pointer_tmp, &pointer).map_err(io_at(&pointer))?;
         version.dir = vdir;
+        version.lock = lock;
         let version = Arc::new(version);
         let old = self
             .current
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), version.clone());
+            .insert(name, version.clone());
         // Running sandboxes keep their bind mount of the old code alive; the files can go.
-        if let Some(old) = old {
+        if let Some(old) = old.filter(|o| o.hash != hash) {
             let _ = std::fs::remove_dir_all(&old.dir);
+            let _ = std::fs::remove_file(fdir.join(format!("{}.lock.json", old.hash)));
         }
         Ok(Deployed {
             version,
             changed: true,
         })
+    }
+
+    /// Stages and commits in one step, for functions without requirements (and tests).
+    pub fn deploy(&self, name: &str, tar_gz: &[u8]) -> Result<Deployed, RegistryError> {
+        let staged = self.stage(name, tar_gz)?;
+        self.commit(staged, Lock::default())
     }
 
     /// The version of `name` in service.
@@ -301,7 +358,15 @@ fn load_version(name: &str, hash: &str, dir: &Path) -> Result<FunctionVersion, R
         format,
         dir: dir.to_path_buf(),
         config,
+        lock: Lock::default(),
     })
+}
+
+fn read_lock(path: &Path) -> Lock {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
 }
 
 /// SeBS `config.json`: `timeout` (s), `memory` (MB), `languages`; Kindling adds `network` and

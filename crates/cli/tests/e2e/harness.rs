@@ -413,3 +413,226 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
         body,
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the fault and isolation tests.
+
+/// A trivial OpenLambda function, deployed as a canary to check that the worker still serves.
+pub const CANARY: &str = "def f(event):\n    return {\"ok\": True}\n";
+
+impl Worker {
+    /// Sends raw bytes as a request on a fresh connection (for chunked bodies and the like).
+    pub fn raw_request(&self, raw: &[u8]) -> Resp {
+        let go = || -> std::io::Result<Resp> {
+            let mut s = TcpStream::connect(self.addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            s.write_all(raw)?;
+            let mut out = Vec::new();
+            // The worker may answer (and close) before reading the whole body.
+            let _ = s.read_to_end(&mut out);
+            parse_response(&out)
+        };
+        go().unwrap_or_else(|e| panic!("raw request: {e}\nworker log:\n{}", self.log_text()))
+    }
+
+    /// The worker's `functions/` directory.
+    pub fn functions_dir(&self) -> PathBuf {
+        self.root.path().join("functions")
+    }
+
+    /// Checks that the worker process is alive and still runs functions: (re)deploys a canary
+    /// function and calls it.
+    pub fn assert_serves(&self) {
+        if let Some(pid) = self.child.as_ref().map(|c| c.id()) {
+            assert!(
+                Path::new(&format!("/proc/{pid}")).exists(),
+                "worker process is gone:\n{}",
+                self.log_text()
+            );
+        }
+        let r = self.request("GET", "/status", &[], b"");
+        assert_eq!(r.status, 200, "status: {}", r.text());
+        self.deploy_ok("canary", &[("f.py", CANARY)]);
+        let r = self.run("canary", "{}");
+        assert_eq!(
+            r.status,
+            200,
+            "canary call: {}\nworker log:\n{}",
+            r.text(),
+            self.log_text()
+        );
+        assert_eq!(r.json(), serde_json::json!({"ok": true}));
+    }
+
+    /// The cgroup directories of one sandbox (named by its id, the `X-Kindling-Sandbox` header).
+    pub fn sandbox_cgroups(&self, id: &str) -> Vec<PathBuf> {
+        cgroup_hierarchies()
+            .iter()
+            .map(|h| h.join(&self.cgroup_parent).join(id))
+            .filter(|p| p.is_dir())
+            .collect()
+    }
+
+    /// Host pids of the processes in one sandbox's cgroups, with their start times.
+    pub fn processes_of_sandbox(&self, id: &str) -> Vec<Proc> {
+        let mut pids = Vec::new();
+        for cg in self.sandbox_cgroups(id) {
+            if let Ok(text) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+                pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        pids.sort();
+        pids.dedup();
+        pids.into_iter().filter_map(Proc::of).collect()
+    }
+
+    /// Waits (a few seconds at most) until a destroyed sandbox has no process and no cgroup left.
+    pub fn assert_sandbox_gone(&self, id: &str, procs: &[Proc]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let alive: Vec<&Proc> = procs.iter().filter(|p| p.alive()).collect();
+            let cgroups = self.sandbox_cgroups(id);
+            if alive.is_empty() && cgroups.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sandbox {id} survives: processes {alive:?}, cgroups {cgroups:?}\nworker log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A host process, identified by pid and start time (so a reused pid is not mistaken for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: i32,
+    pub start: u64,
+}
+
+impl Proc {
+    pub fn of(pid: i32) -> Option<Proc> {
+        proc_start_time(pid).map(|start| Proc { pid, start })
+    }
+    /// Still running (zombies count as gone).
+    pub fn alive(&self) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            return false;
+        };
+        let fields: Vec<&str> = after.split(' ').collect();
+        fields.first() != Some(&"Z")
+            && fields.get(19).and_then(|s| s.parse().ok()) == Some(self.start)
+    }
+}
+
+/// Field 22 of /proc/<pid>/stat: the process's start time in clock ticks since boot.
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
+}
+
+/// Every path under `dir`, relative, sorted (a snapshot to compare before and after).
+pub fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(
+                p.strip_prefix(root)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Builds tar archives from raw headers, so names and entry types a well-behaved archiver
+/// refuses to write (absolute paths, `..`, escaping links, devices) can be.
+pub struct RawTar {
+    builder: tar::Builder<Vec<u8>>,
+}
+
+impl Default for RawTar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RawTar {
+    pub fn new() -> Self {
+        RawTar {
+            builder: tar::Builder::new(Vec::new()),
+        }
+    }
+
+    /// One entry with the name and link name written byte for byte.
+    pub fn entry(
+        mut self,
+        name: &str,
+        kind: tar::EntryType,
+        mode: u32,
+        link: &str,
+        data: &[u8],
+    ) -> Self {
+        let mut h = tar::Header::new_gnu();
+        {
+            let old = h.as_old_mut();
+            assert!(name.len() <= old.name.len() && link.len() <= old.linkname.len());
+            old.name[..name.len()].copy_from_slice(name.as_bytes());
+            old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
+            h.set_device_major(1).expect("major");
+            h.set_device_minor(3).expect("minor");
+        }
+        h.set_cksum();
+        self.builder.append(&h, data).expect("append");
+        self
+    }
+
+    pub fn file(self, name: &str, data: &[u8]) -> Self {
+        self.entry(name, tar::EntryType::Regular, 0o644, "", data)
+    }
+
+    pub fn dir(self, name: &str) -> Self {
+        self.entry(name, tar::EntryType::Directory, 0o755, "", b"")
+    }
+
+    pub fn symlink(self, name: &str, target: &str) -> Self {
+        self.entry(name, tar::EntryType::Symlink, 0o777, target, b"")
+    }
+
+    pub fn hard_link(self, name: &str, target: &str) -> Self {
+        self.entry(name, tar::EntryType::Link, 0o644, target, b"")
+    }
+
+    /// The archive, gzip-compressed.
+    pub fn gz(self) -> Vec<u8> {
+        let raw = self.builder.into_inner().expect("tar");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&raw).expect("gzip");
+        enc.finish().expect("gzip")
+    }
+}

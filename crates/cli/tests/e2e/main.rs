@@ -3,7 +3,9 @@
 #![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)]
 
+mod faults;
 mod harness;
+mod isolation;
 
 use harness::Worker;
 
