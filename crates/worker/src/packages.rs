@@ -172,6 +172,9 @@ pub struct StoredPackage {
     pub has_pth: bool,
 }
 
+/// One install: `Some((key, bytes))`, or `None` when another deploy installed it first.
+type InstallResult = Result<Option<(String, u64)>, PackageError>;
+
 /// Checks each requirement line; URLs, paths, editables and options are refused unless allowed.
 pub fn validate_requirements(text: &str, allow_unsafe: bool) -> Result<Vec<String>, PackageError> {
     let mut out = Vec::new();
@@ -569,8 +572,7 @@ impl PackageStore {
         if missing.is_empty() {
             return Ok(stats);
         }
-        let results: Mutex<Vec<Result<Option<(String, u64)>, PackageError>>> =
-            Mutex::new(Vec::new());
+        let results: Mutex<Vec<InstallResult>> = Mutex::new(Vec::new());
         let queue = Mutex::new(missing.into_iter());
         std::thread::scope(|s| {
             for _ in 0..self.limits.parallel.max(1) {
@@ -605,7 +607,7 @@ impl PackageStore {
         base: &Base,
         pkg: &PackageRef,
         progress: &(dyn Fn(String) + Sync),
-    ) -> Result<Option<(String, u64)>, PackageError> {
+    ) -> InstallResult {
         let key = pkg.key();
         let lock = self
             .installing
