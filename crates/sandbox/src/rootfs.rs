@@ -134,6 +134,9 @@ fn dev(dst: &Path) -> Result<(), RootfsError> {
         ("stdin", "/proc/self/fd/0"),
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
+        // POSIX shared memory and semaphores (multiprocessing) live in /dev/shm; pointing it at
+        // /tmp keeps /tmp the only writable place, and its size limit covers both.
+        ("shm", "/tmp"),
     ] {
         let link = dst.join(name);
         std::os::unix::fs::symlink(target, &link).map_err(at("creating symlink", &link))?;

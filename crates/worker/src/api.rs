@@ -17,9 +17,6 @@ use std::sync::Arc;
 type Body = Either<Full<Bytes>, Channel<Bytes>>;
 type Reply = Response<Body>;
 
-/// Largest upload (function archive) accepted by `POST /registry/<name>`.
-pub const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
-
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -300,7 +297,7 @@ async fn deploy(worker: &Arc<Worker>, name: &str, req: Request<Incoming>) -> Rep
         .get(hyper::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/x-ndjson"));
-    let body = match read_body(req, MAX_UPLOAD_BYTES).await {
+    let body = match read_body(req, worker.config.max_upload_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -378,6 +375,7 @@ fn deploy_result(
                     "installed": stats.installed,
                     "store_hits": stats.hits,
                     "bytes_added": stats.bytes_added,
+                    "package_ms": stats.package_ms,
                 }),
             )
         }
@@ -459,6 +457,9 @@ fn list(worker: &Worker) -> Reply {
 }
 
 fn info(worker: &Worker, name: &str) -> Reply {
+    if let Err(e) = validate_name(name) {
+        return error(StatusCode::BAD_REQUEST, "invalid-name", e.to_string());
+    }
     match worker.registry.get(name) {
         Some(v) => json(
             StatusCode::OK,

@@ -104,8 +104,8 @@ pub enum ArchiveError {
     SpecialFile { entry: String, kind: String },
     #[error("archive entry `{entry}` clashes with an earlier entry")]
     Conflict { entry: String },
-    #[error("archive unpacks to more than {limit} bytes")]
-    TooLarge { limit: u64 },
+    #[error("archive entry `{entry}` takes the archive past its limit of {limit} unpacked bytes")]
+    TooLarge { entry: String, limit: u64 },
     #[error("archive has more than {limit} entries")]
     TooManyEntries { limit: u64 },
     #[error("destination `{}` is not an empty directory", path.display())]
@@ -162,6 +162,7 @@ pub fn extract(tar_gz: &[u8], dest: &Path, limits: &ArchiveLimits) -> Result<(),
         dirs: HashSet::new(),
         files: HashSet::new(),
         symlinks: HashSet::new(),
+        current: String::new(),
     };
     let entries = archive
         .entries()
@@ -222,14 +223,14 @@ struct Extractor<'a> {
     files: HashSet<PathBuf>,
     /// Symlinks: no later entry may go through one.
     symlinks: HashSet<PathBuf>,
+    /// Name of the entry being extracted (for errors about limits).
+    current: String,
 }
 
 impl Extractor<'_> {
     fn read_error(&self, source: io::Error) -> ArchiveError {
         if self.cap_hit.get() {
-            ArchiveError::TooLarge {
-                limit: self.limits.max_unpacked_bytes,
-            }
+            self.too_large()
         } else {
             ArchiveError::Corrupt { source }
         }
@@ -237,11 +238,13 @@ impl Extractor<'_> {
 
     fn too_large(&self) -> ArchiveError {
         ArchiveError::TooLarge {
+            entry: self.current.clone(),
             limit: self.limits.max_unpacked_bytes,
         }
     }
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), ArchiveError> {
+        self.current = lossy(&entry.path_bytes());
         self.entries += 1;
         if self.entries > self.limits.max_entries {
             return Err(ArchiveError::TooManyEntries {
@@ -939,7 +942,7 @@ mod tests {
             max_entries: 100,
         };
         let err = rejected_with(&Hostile::new().file("big", "0123456789a").gz(), &limits);
-        assert!(matches!(err, ArchiveError::TooLarge { limit: 10 }));
+        assert!(matches!(err, ArchiveError::TooLarge { limit: 10, .. }));
         let two = Hostile::new().file("a", "012345").file("b", "012345").gz();
         assert!(matches!(
             rejected_with(&two, &limits),
@@ -963,7 +966,7 @@ mod tests {
         };
         let err = rejected_with(&gzip(&tar), &limits);
         assert!(
-            matches!(err, ArchiveError::TooLarge { limit: 1000 }),
+            matches!(err, ArchiveError::TooLarge { limit: 1000, .. }),
             "{err}"
         );
     }

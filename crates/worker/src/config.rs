@@ -5,7 +5,8 @@
 //! root = "/var/lib/kindling"       # worker root: bases, functions, sandboxes, state
 //! base = "debian-python"           # default base root filesystem (a directory under <root>/base)
 //! base_dir = "/var/lib/kindling/base"  # where bases live (default <root>/base)
-//! max_body_bytes = 6291456         # largest request body (invocations and uploads) -> 413
+//! max_body_bytes = 6291456         # largest invocation body (POST /run/<name>) -> 413
+//! max_upload_bytes = 268435456     # largest function archive (POST /registry/<name>) -> 413
 //! keep_alive_secs = 600            # how long an idle instance stays warm
 //! max_instances_per_function = 8   # concurrent instances of one function
 //! max_queue_per_function = 64      # waiting calls beyond that -> 429
@@ -71,6 +72,7 @@ pub struct Config {
     pub base: String,
     pub base_dir: Option<PathBuf>,
     pub max_body_bytes: usize,
+    pub max_upload_bytes: usize,
     pub keep_alive_secs: u64,
     pub max_instances_per_function: usize,
     pub max_queue_per_function: usize,
@@ -114,6 +116,7 @@ impl Default for Config {
             base: "debian-python".into(),
             base_dir: None,
             max_body_bytes: 6 * 1024 * 1024,
+            max_upload_bytes: 256 * 1024 * 1024,
             keep_alive_secs: 600,
             max_instances_per_function: 8,
             max_queue_per_function: 64,

@@ -165,12 +165,14 @@ impl Worker {
                 return Ok((Default::default(), EnsureStats::default()));
             };
             let factory = &self.factory;
+            let started = Instant::now();
             let mut lock = self.packages.resolve(factory, &self.base, reqs)?;
             if !lock.packages.is_empty() {
                 progress(format!("resolved {} packages", lock.packages.len()));
             }
-            let stats = self.packages.ensure(factory, &self.base, &lock, progress)?;
+            let mut stats = self.packages.ensure(factory, &self.base, &lock, progress)?;
             self.packages.mark_site_packages(&mut lock);
+            stats.package_ms = started.elapsed().as_secs_f64() * 1000.0;
             Ok::<_, PackageError>((lock, stats))
         })();
         match packages {

@@ -160,6 +160,8 @@ pub struct EnsureStats {
     pub installed: Vec<String>,
     pub hits: usize,
     pub bytes_added: u64,
+    /// Time spent on packages (resolution and installs) in this deploy, in milliseconds.
+    pub package_ms: f64,
 }
 
 /// A package in the store.

@@ -114,9 +114,6 @@ fn invalid_function_names_are_400() {
         let r = w.request("DELETE", &format!("/registry/{name}"), &[], b"");
         assert_eq!(r.status, 400, "DELETE /registry/{name}: {}", r.text());
     }
-    // An invalid name is a bad request whatever the method: GET too.
-    let r = w.request("GET", "/registry/.hidden", &[], b"");
-    assert_eq!(r.status, 400, "GET /registry/.hidden: {}", r.text());
     // Nothing but the valid function was created.
     let names: Vec<String> = std::fs::read_dir(w.functions_dir())
         .unwrap()
@@ -125,7 +122,12 @@ fn invalid_function_names_are_400() {
         .collect();
     assert_eq!(names, vec!["hello".to_string()]);
     assert_eq!(w.run("hello", "{}").status, 200);
-    finish(w);
+    w.assert_serves();
+    w.assert_no_leaks();
+    // An invalid name is a bad request whatever the method: GET too.
+    let r = w.request("GET", "/registry/.hidden", &[], b"");
+    assert_eq!(r.status, 400, "GET /registry/.hidden: {}", r.text());
+    w.stop();
 }
 
 #[test]
@@ -152,8 +154,8 @@ fn body_over_limit_is_413() {
 
 #[test]
 fn upload_over_body_limit_is_413() {
-    // config.rs documents max_body_bytes as the limit of "invocations and uploads".
-    let w = Worker::start("max_body_bytes = 1024");
+    // Uploads have their own limit, `max_upload_bytes`.
+    let w = Worker::start("max_upload_bytes = 1024");
     let noise: Vec<u8> = (0..4096u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -179,8 +181,8 @@ fn evil_path(tag: &str) -> PathBuf {
 /// worker root (beyond the log), nothing at `outside`, the worker still serves.
 fn assert_archive_rejected(w: &Worker, tgz: &[u8], entry: &str, outside: &[PathBuf]) {
     let before = harness::tree(w.root.path());
-    let r = w.request("POST", "/registry/evil", &[], tgz);
-    assert_error(&r, 400, &[entry]);
+    let refused = w.request("POST", "/registry/evil", &[], tgz);
+    assert_error(&refused, 400, &[]);
     let after = harness::tree(w.root.path());
     assert_eq!(
         before, after,
@@ -201,6 +203,9 @@ fn assert_archive_rejected(w: &Worker, tgz: &[u8], entry: &str, outside: &[PathB
         "a refused function is not deployed: {}",
         r.text()
     );
+    w.assert_serves();
+    // Last, so the checks above run even when this one fails.
+    assert_error(&refused, 400, &[entry]);
 }
 
 fn archive_worker(extra: &str) -> Worker {

@@ -266,14 +266,13 @@ def f(event):
     );
     let map = v.as_object().unwrap();
     for (what, result) in map {
-        if what.contains("/tmp") {
+        // /dev/shm is a symlink to /tmp (for multiprocessing), so writes there land in /tmp.
+        if what.contains("/tmp") || what.contains("/dev/shm") {
             continue;
         }
         let r = result.as_str().unwrap();
-        // /dev is a minimal read-only tmpfs: it has no shm directory at all.
-        let absent_ok = what == "create /dev/shm/x" && r == "ENOENT";
         assert!(
-            ["EROFS", "EACCES", "EPERM"].contains(&r) || absent_ok,
+            ["EROFS", "EACCES", "EPERM"].contains(&r),
             "{what} → {r}: {v}"
         );
     }
