@@ -120,6 +120,12 @@ impl<'a> Prepared<'a> {
         let step = |what: &str, r: std::io::Result<()>| r.map_err(|e| format!("{what}: {e}"));
         let result = (|| {
             step("resetting signals", sys::reset_signals())?;
+            // The instance must not outlive its init (which matters where the sandbox has no
+            // pid namespace of its own to take it down). Survives execve.
+            step(
+                "parent death signal",
+                sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
+            )?;
             step("dup2", sys::dup2(sock, INSTANCE_FD))?;
             if self.spec.stdio_to_socket {
                 step("dup2", sys::dup2(sock, 1))?;
@@ -133,13 +139,15 @@ impl<'a> Prepared<'a> {
                 "rlimit",
                 sys::setrlimit(libc::RLIMIT_NOFILE, nofile, nofile),
             )?;
-            step("dropping bounding set", sys::drop_bounding_set())?;
-            step(
-                "dropping to user",
-                sys::become_user(self.spec.uid, self.spec.gid),
-            )?;
-            step("no_new_privs", sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1))?;
-            step("seccomp", sys::seccomp_install(&self.filter))?;
+            if !self.spec.privileged {
+                step("dropping bounding set", sys::drop_bounding_set())?;
+                step(
+                    "dropping to user",
+                    sys::become_user(self.spec.uid, self.spec.gid),
+                )?;
+                step("no_new_privs", sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1))?;
+                step("seccomp", sys::seccomp_install(&self.filter))?;
+            }
             Ok::<(), String>(())
         })();
         if let Err(e) = result {
@@ -211,7 +219,11 @@ fn handle(req: ControlRequest, mut fds: Vec<OwnedFd>) -> ControlEvent {
             },
         },
         ControlRequest::KillInstances => {
-            // From pid 1, kill(-1) reaches every other process of the namespace.
+            // From pid 1, kill(-1) reaches every other process of the namespace. Anywhere else
+            // (a sandbox sharing the host's pid namespace) it would reach the whole machine.
+            if sys::getpid() != 1 {
+                return failed("this sandbox has no pid namespace of its own".into());
+            }
             match sys::kill(-1, libc::SIGKILL) {
                 Ok(()) => ControlEvent::Killed,
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => ControlEvent::Killed,

@@ -139,6 +139,19 @@ pub fn instance_filter() -> Vec<libc::sock_filter> {
     prog
 }
 
+/// The instance filter as raw `struct sock_filter` bytes (native endianness), for a zygote to
+/// install in the instances it forks.
+pub fn instance_filter_bytes() -> Vec<u8> {
+    let mut out = Vec::new();
+    for ins in instance_filter() {
+        out.extend_from_slice(&ins.code.to_ne_bytes());
+        out.push(ins.jt);
+        out.push(ins.jf);
+        out.extend_from_slice(&ins.k.to_ne_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,7 +153,10 @@ fn create(spec: &SandboxSpec, worker: &ControlChannel) -> io::Result<(i32, Vec<O
         None => None,
     };
     let mut flags =
-        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if spec.pid_namespace {
+        flags |= libc::CLONE_NEWPID;
+    }
     if !spec.network {
         flags |= libc::CLONE_NEWNET;
     }

@@ -20,6 +20,11 @@ pub struct SandboxSpec {
     pub mounts: Vec<MountSpec>,
     /// Give the sandbox the host's network (`true`) or a new namespace with only loopback.
     pub network: bool,
+    /// A new pid namespace (init is pid 1). Zygote sandboxes stay in the host's, because a
+    /// zygote must be able to `setns` into the pid namespaces of the sandboxes it forks into,
+    /// and a process may only enter a pid namespace below its own.
+    #[serde(default = "yes")]
+    pub pid_namespace: bool,
     /// `cgroup.procs` files the sandbox's init joins before anything else.
     pub cgroup_procs: Vec<PathBuf>,
     /// The first instance, started as soon as the root is ready.
@@ -62,4 +67,12 @@ pub struct InstanceSpec {
     /// worker collects) instead of inheriting the worker's.
     #[serde(default)]
     pub stdio_to_socket: bool,
+    /// Keep root and all capabilities, without seccomp (zygotes only: they `setns` on behalf of
+    /// the instances they fork, which drop privileges themselves before running user code).
+    #[serde(default)]
+    pub privileged: bool,
+}
+
+fn yes() -> bool {
+    true
 }

@@ -690,3 +690,21 @@ pub fn set_process_name(name: &CStr) {
     // (longer names are truncated by the kernel).
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
 }
+
+/// `pidfd_open(2)`: a pidfd for an existing process.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open with integer arguments; the result is checked.
+    let fd = check_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel returned a fresh descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// SIGSTOPs the process behind a pidfd (pausing an idle zygote).
+pub fn pidfd_stop(pidfd: RawFd) -> io::Result<()> {
+    pidfd_send_signal(pidfd, libc::SIGSTOP)
+}
+
+/// SIGCONTs the process behind a pidfd.
+pub fn pidfd_resume(pidfd: RawFd) -> io::Result<()> {
+    pidfd_send_signal(pidfd, libc::SIGCONT)
+}

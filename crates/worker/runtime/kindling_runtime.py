@@ -178,5 +178,206 @@ def main():
         _send(status, (time.perf_counter() - start) * 1000.0, body)
 
 
+# --- zygotes ----------------------------------------------------------------------------
+#
+# A zygote is this runtime started privileged in a sandbox of its own (but in the host's pid
+# namespace), with a set of packages imported. On request it forks: the child joins the target
+# sandbox (cgroup through descriptors the worker opened, then the namespaces of the sandbox's
+# init through a pidfd), drops every privilege exactly as a cold instance does (bounding set,
+# uid/gid, no_new_privs, the same seccomp filter) and serves the function. Requests are frames
+# like the invocation protocol, carrying descriptors (SCM_RIGHTS).
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+def _zygote_setup():
+    """Imports what forking needs; returns (libc, socket module, resource module)."""
+    import ctypes
+    import resource
+    import signal
+    import socket
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps forked children
+    return libc, socket, resource
+
+
+def _check(libc, ret, what):
+    if ret != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _zrecv(sock, socket):
+    """One request frame and the descriptors sent with it; None at end of stream."""
+    fds = []
+    data = b""
+    need = 4
+    while len(data) < need:
+        msg, anc, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(16 * 4))
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                n = len(payload) // 4
+                fds.extend(int.from_bytes(payload[i * 4 : i * 4 + 4], sys.byteorder) for i in range(n))
+        if not msg:
+            return None
+        data += msg
+        if len(data) >= 4:
+            need = 4 + int.from_bytes(data[:4], "big")
+    import json
+
+    return json.loads(data[4:need]), fds
+
+
+def _zsend(sock, obj):
+    import json
+
+    payload = json.dumps(obj).encode()
+    sock.sendall(len(payload).to_bytes(4, "big") + payload)
+
+
+def _import_all(modules):
+    failed = []
+    for name in modules:
+        try:
+            __import__(name)
+        except BaseException as exc:  # a module that cannot preload is simply not shared
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+    return failed
+
+
+def _enter(libc, fds):
+    """In a forked child: join the target sandbox's cgroup and namespaces."""
+    pidfd, sock, procs = fds[0], fds[1], fds[2:]
+    for fd in procs:
+        os.write(fd, b"0")
+    _check(libc, libc.setns(pidfd, CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET), "setns")
+    os.dup2(sock, _FD)
+    os.closerange(_FD + 1, 1 << 20)
+
+
+def _drop_privileges(libc, resource, req):
+    import ctypes
+    import signal
+
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.chdir("/handler")
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    nofile = int(req["nofile"])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            if ctypes.get_errno() == 22:  # EINVAL: past the last capability
+                break
+            _check(libc, -1, "dropping capability")
+    os.setgroups([])
+    gid, uid = int(req["gid"]), int(req["uid"])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    _check(libc, libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    code = bytes.fromhex(req["seccomp"])
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(code, len(code))
+    prog = SockFprog(len(code) // 8, ctypes.addressof(buf))
+    _check(libc, libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp")
+
+
+def _child(libc, socket, resource, zsock, req, fds):
+    """The forked child: becomes an instance or a child zygote. Never returns."""
+    zsock.detach()  # descriptor 3 is about to become the child's own socket
+    try:
+        _enter(libc, fds)
+        if req["kind"] == "zygote":
+            os.environ["KINDLING_PATH"] = ":".join(req.get("paths", []))
+            os.environ["KINDLING_SITE"] = ":".join(req.get("sites", []))
+            _package_path_zygote()
+            failed = _import_all(req.get("modules", []))
+            _zygote_loop(libc, socket, resource, failed)
+            os._exit(0)
+        _drop_privileges(libc, resource, req)
+        os.environ.clear()
+        os.environ.update(dict(req["env"]))
+    except BaseException as exc:
+        try:
+            os.write(2, f"kindling: forked instance setup failed: {exc}\n".encode())
+        finally:
+            os._exit(127)
+    try:
+        main()
+    finally:
+        os._exit(0)
+
+
+def _package_path_zygote():
+    paths = [p for p in os.environ.get("KINDLING_PATH", "").split(":") if p and p not in sys.path]
+    sites = set(p for p in os.environ.get("KINDLING_SITE", "").split(":") if p)
+    sys.path.extend(paths)
+    if sites:
+        import site
+
+        for p in paths:
+            if p in sites:
+                site.addsitedir(p)
+
+
+def _zygote_loop(libc, socket, resource, failed):
+    zsock = socket.socket(fileno=_FD)
+    own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    _zsend(zsock, {"ok": True, "ready": True, "pid": os.getpid(), "failed": failed})
+    while True:
+        got = _zrecv(zsock, socket)
+        if got is None:
+            os._exit(0)
+        req, fds = got
+        try:
+            if req.get("op") == "ping":
+                _zsend(zsock, {"ok": True})
+                continue
+            if req.get("op") != "fork" or len(fds) < 2:
+                raise ValueError(f"bad request {req.get('op')!r} with {len(fds)} descriptors")
+            if req["kind"] == "instance":
+                # Children are born in the target's pid namespace; then we go back to ours.
+                _check(libc, libc.setns(fds[0], CLONE_NEWPID), "setns pid")
+            pid = os.fork()
+            if pid == 0:
+                _child(libc, socket, resource, zsock, req, fds)
+            if req["kind"] == "instance":
+                _check(libc, libc.setns(own_pidns, CLONE_NEWPID), "setns back")
+            _zsend(zsock, {"ok": True, "pid": pid})
+        except BaseException as exc:
+            _zsend(zsock, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def zygote_main():
+    """Entry point of a root zygote: import the packages, then serve fork requests."""
+    sys.dont_write_bytecode = True
+    libc, socket, resource = _zygote_setup()
+    _package_path_zygote()
+    modules = [m for m in os.environ.get("KINDLING_PRELOAD", "").split(",") if m]
+    failed = _import_all(modules)
+    _zygote_loop(libc, socket, resource, failed)
+
+
 if __name__ == "__main__":
     main()

@@ -179,13 +179,14 @@ async fn run_inner(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply
         None => StartPolicy::Any,
         Some(Ok(v)) => match v.trim().to_ascii_lowercase().as_str() {
             "" | "any" | "warm" => StartPolicy::Any,
+            "fork" => StartPolicy::Fork,
             "cold" => StartPolicy::Cold,
             other => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "start-method",
                     format!(
-                    "unknown start method `{other}` in X-Kindling-Start; valid: cold, warm, any"
+                    "unknown start method `{other}` in X-Kindling-Start; valid: cold, fork, warm, any"
                 ),
                 )
             }
@@ -511,6 +512,7 @@ fn status(worker: &Worker) -> Reply {
             "functions": worker.registry.list().len(),
             "sandboxes": worker.pool.live_sandboxes(),
             "idle_instances": worker.pool.idle_instances(),
+            "zygotes": worker.zygotes.describe(),
         }),
     )
 }

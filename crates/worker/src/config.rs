@@ -35,6 +35,16 @@
 //! pids = 512
 //! parallel = 3                     # packages installed at once by one deploy
 //!
+//! [zygotes]                        # fork start from interpreters with packages imported
+//! enabled = true
+//! auto = true                      # a zygote per deployed package set, on first need
+//! tree = [["numpy"], ["numpy", "pandas"], ["requests"]]  # operator's zygotes by package names;
+//!                                  # each is instantiated per version set, a child of the largest
+//!                                  # zygote whose packages it contains
+//! memory_mb = 2048                 # cgroup memory limit of each zygote
+//! idle_pause_secs = 60             # SIGSTOP a zygote unused this long (SIGCONT on next use)
+//! min_available_mb = 1024          # below this MemAvailable, evict idle zygotes (LRU, leaves first)
+//!
 //! [archive]                        # limits on uploaded function archives -> 400
 //! max_unpacked_bytes = 268435456
 //! max_entries = 100000
@@ -86,6 +96,36 @@ pub struct Config {
     pub uv: Option<PathBuf>,
     pub allow_unsafe_requirements: bool,
     pub installer_limits: crate::packages::InstallerLimits,
+    pub zygotes: ZygoteConfig,
+}
+
+/// Zygote settings (`[zygotes]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZygoteConfig {
+    pub enabled: bool,
+    pub auto: bool,
+    pub tree: Vec<Vec<String>>,
+    pub memory_mb: u64,
+    pub idle_pause_secs: u64,
+    pub min_available_mb: u64,
+}
+
+impl Default for ZygoteConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            auto: true,
+            tree: vec![
+                vec!["numpy".into()],
+                vec!["numpy".into(), "pandas".into()],
+                vec!["requests".into()],
+            ],
+            memory_mb: 2048,
+            idle_pause_secs: 60,
+            min_available_mb: 1024,
+        }
+    }
 }
 
 /// Per-function limits (worker-wide defaults; functions may override memory, timeout, network).
@@ -130,6 +170,7 @@ impl Default for Config {
             uv: None,
             allow_unsafe_requirements: false,
             installer_limits: Default::default(),
+            zygotes: ZygoteConfig::default(),
         }
     }
 }

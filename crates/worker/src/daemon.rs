@@ -6,8 +6,9 @@ use crate::base::{self, Base};
 use crate::config::Config;
 use crate::instance::{Factory, FunctionLimits};
 use crate::metrics::Metrics;
-use crate::packages::{EnsureStats, PackageError, PackageStore};
+use crate::packages::{EnsureStats, Lock, PackageError, PackageStore};
 use crate::pool::{Pool, PoolConfig};
+use crate::zygote::Zygotes;
 use crate::registry::{Deployed, FunctionVersion, Registry, RegistryError};
 use kindling_sandbox::cgroup::CgroupManager;
 use kindling_sandbox::spawner::Spawner;
@@ -53,6 +54,7 @@ pub struct Worker {
     pub registry: Registry,
     pub packages: PackageStore,
     pub pool: Arc<Pool>,
+    pub zygotes: Arc<Zygotes>,
     pub metrics: Arc<Metrics>,
     pub base: Base,
     pub cgroup_layout: String,
@@ -114,8 +116,16 @@ impl Worker {
             },
         )?;
         let metrics = Arc::new(Metrics::default());
+        let zygotes = Arc::new(Zygotes::new(
+            factory.clone(),
+            config.zygotes.clone(),
+            config.sandbox_uid,
+            config.sandbox_gid,
+            config.max_open_files,
+        ));
         let pool = Pool::new(
             factory.clone(),
+            zygotes.clone(),
             PoolConfig {
                 keep_alive: Duration::from_secs(config.keep_alive_secs),
                 max_instances_per_function: config.max_instances_per_function,
@@ -138,6 +148,7 @@ impl Worker {
             registry,
             packages,
             pool,
+            zygotes,
             metrics,
             base,
             started: Instant::now(),
@@ -160,24 +171,36 @@ impl Worker {
                 EnsureStats::default(),
             ));
         }
-        let packages = (|| {
+        let started = Instant::now();
+        let resolved = (|| {
             let Some(reqs) = staged.requirements.as_deref() else {
-                return Ok((Default::default(), EnsureStats::default()));
+                return Ok(Lock::default());
             };
-            let factory = &self.factory;
-            let started = Instant::now();
-            let mut lock = self.packages.resolve(factory, &self.base, reqs)?;
+            let lock = self.packages.resolve(&self.factory, &self.base, reqs)?;
             if !lock.packages.is_empty() {
                 progress(format!("resolved {} packages", lock.packages.len()));
             }
-            let mut stats = self.packages.ensure(factory, &self.base, &lock, progress)?;
-            self.packages.mark_site_packages(&mut lock);
-            stats.package_ms = started.elapsed().as_secs_f64() * 1000.0;
-            Ok::<_, PackageError>((lock, stats))
+            Ok::<_, PackageError>(lock)
         })();
-        match packages {
-            Ok((lock, stats)) => Ok((self.registry.commit(staged, lock)?, stats)),
+        let mut lock = match resolved {
+            Ok(l) => l,
             Err(e) => {
+                self.registry.discard(staged);
+                return Err(e.into());
+            }
+        };
+        // From here until the commit, no gc may take this deploy's packages away.
+        let pin = self.packages.pin(&lock);
+        match self.packages.ensure(&self.factory, &self.base, &lock, progress) {
+            Ok(mut stats) => {
+                self.packages.mark_site_packages(&mut lock);
+                stats.package_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let deployed = self.registry.commit(staged, lock);
+                drop(pin);
+                Ok((deployed?, stats))
+            }
+            Err(e) => {
+                drop(pin);
                 self.registry.discard(staged);
                 Err(e.into())
             }
@@ -214,12 +237,15 @@ impl Worker {
         loop {
             tick.tick().await;
             self.pool.expire_idle();
+            let z = self.zygotes.clone();
+            let _ = tokio::task::spawn_blocking(move || z.housekeeping()).await;
         }
     }
 
     /// Destroys every sandbox this worker made (blocking).
     pub fn shutdown(&self) {
         self.pool.shutdown();
+        self.zygotes.shutdown();
         if let Err(e) = self.factory.cgroups.remove_stale() {
             tracing::warn!("cleaning cgroups at shutdown: {e}");
         }

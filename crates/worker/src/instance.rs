@@ -86,6 +86,17 @@ pub struct FunctionLimits {
     pub network: bool,
 }
 
+impl FunctionLimits {
+    /// The cgroup limits of a sandbox running this function.
+    pub fn cgroup(&self) -> CgroupLimits {
+        CgroupLimits {
+            memory_bytes: Some(self.memory_mb * 1024 * 1024),
+            cpu_cores: Some(self.cpu_cores),
+            pids: Some(self.pids),
+        }
+    }
+}
+
 impl Factory {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -126,6 +137,76 @@ impl Factory {
         format!("sb-{}-{n}", self.prefix)
     }
 
+    /// Creates a sandbox (cgroup, namespaces, root) through the spawner, optionally starting
+    /// its first instance. Returns the sandbox and the worker's end of the instance socket.
+    pub(crate) fn create_sandbox(
+        &self,
+        id: &str,
+        mounts: Vec<MountSpec>,
+        network: bool,
+        pid_namespace: bool,
+        limits: &CgroupLimits,
+        instance: Option<InstanceSpec>,
+    ) -> Result<(SandboxHandle, Option<OwnedFd>), StartError> {
+        let cgroup = self.cgroups.create(id, limits)?;
+        let spec = SandboxSpec {
+            id: id.to_string(),
+            rootfs: self.rootfs.clone(),
+            mountpoint: self.mountpoint.clone(),
+            mounts,
+            network,
+            pid_namespace,
+            cgroup_procs: cgroup.procs_files(),
+            instance,
+        };
+        match self.spawner.spawn(&spec) {
+            Ok(s) => Ok((
+                SandboxHandle {
+                    pidfd: s.pidfd,
+                    control: s.control,
+                    cgroup,
+                },
+                s.instance,
+            )),
+            Err(e) => {
+                let _ = cgroup.remove();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The mounts of a function's sandbox: its code, the runtime, the package store, /tmp,
+    /// /proc and /dev.
+    pub(crate) fn function_mounts(&self, function: &FunctionVersion, limits: &FunctionLimits) -> Vec<MountSpec> {
+        vec![
+            MountSpec::Bind {
+                source: function.dir.clone(),
+                target: "/handler".into(),
+                writable: false,
+            },
+            MountSpec::Bind {
+                source: self.runtime_dir.clone(),
+                target: "/kindling".into(),
+                writable: false,
+            },
+            MountSpec::Bind {
+                source: self.packages_dir.clone(),
+                target: "/packages".into(),
+                writable: false,
+            },
+            MountSpec::Tmpfs {
+                target: "/tmp".into(),
+                size_bytes: limits.tmp_mb * 1024 * 1024,
+            },
+            MountSpec::Proc {
+                target: "/proc".into(),
+            },
+            MountSpec::Dev {
+                target: "/dev".into(),
+            },
+        ]
+    }
+
     /// Cold start: a new sandbox running a fresh interpreter for `function`.
     pub fn cold_start(
         &self,
@@ -133,79 +214,39 @@ impl Factory {
         limits: &FunctionLimits,
     ) -> Result<Instance, StartError> {
         let id = self.next_id();
-        let cgroup = self.cgroups.create(
+        let (sandbox, sock) = self.create_sandbox(
             &id,
-            &CgroupLimits {
-                memory_bytes: Some(limits.memory_mb * 1024 * 1024),
-                cpu_cores: Some(limits.cpu_cores),
-                pids: Some(limits.pids),
-            },
+            self.function_mounts(function, limits),
+            limits.network,
+            true,
+            &limits.cgroup(),
+            Some(self.instance_spec(function, &id)),
         )?;
-        let spec = SandboxSpec {
-            id: id.clone(),
-            rootfs: self.rootfs.clone(),
-            mountpoint: self.mountpoint.clone(),
-            mounts: vec![
-                MountSpec::Bind {
-                    source: function.dir.clone(),
-                    target: "/handler".into(),
-                    writable: false,
-                },
-                MountSpec::Bind {
-                    source: self.runtime_dir.clone(),
-                    target: "/kindling".into(),
-                    writable: false,
-                },
-                MountSpec::Bind {
-                    source: self.packages_dir.clone(),
-                    target: "/packages".into(),
-                    writable: false,
-                },
-                MountSpec::Tmpfs {
-                    target: "/tmp".into(),
-                    size_bytes: limits.tmp_mb * 1024 * 1024,
-                },
-                MountSpec::Proc {
-                    target: "/proc".into(),
-                },
-                MountSpec::Dev {
-                    target: "/dev".into(),
-                },
-            ],
-            network: limits.network,
-            cgroup_procs: cgroup.procs_files(),
-            instance: Some(self.instance_spec(function, &id)),
-        };
-        let spawned = match self.spawner.spawn(&spec) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = cgroup.remove();
-                return Err(e.into());
-            }
-        };
-        let Some(sock) = spawned.instance else {
-            return Err(StartError::Io(std::io::Error::other("no instance socket")));
-        };
-        let stream = std::os::unix::net::UnixStream::from(sock);
-        stream.set_nonblocking(true)?;
-        spawned.control.set_nonblocking()?;
-        Ok(Instance {
-            id,
-            function: function.clone(),
-            memory_mb: limits.memory_mb,
-            sandbox: Some(SandboxHandle {
-                pidfd: spawned.pidfd,
-                control: spawned.control,
-                cgroup,
-            }),
-            stream: UnixStream::from_std(stream)?,
-            created: Instant::now(),
-            last_used: Instant::now(),
-            invocations: 0,
-        })
+        let sock = sock.ok_or_else(|| StartError::Io(std::io::Error::other("no instance socket")))?;
+        Instance::new(id, function, limits, sandbox, sock)
     }
 
     fn instance_spec(&self, function: &FunctionVersion, id: &str) -> InstanceSpec {
+        InstanceSpec {
+            argv: vec![
+                self.python.clone(),
+                "-S".into(),
+                "-E".into(),
+                "-c".into(),
+                "import sys; sys.path.insert(0, '/kindling'); import kindling_runtime; kindling_runtime.main()".into(),
+            ],
+            env: self.instance_env(function, id),
+            cwd: "/handler".into(),
+            uid: self.uid,
+            gid: self.gid,
+            max_open_files: self.max_open_files,
+            stdio_to_socket: false,
+            privileged: false,
+        }
+    }
+
+    /// The whole environment of a function's instance: its own variables, then Kindling's.
+    pub(crate) fn instance_env(&self, function: &FunctionVersion, id: &str) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = function
             .config
             .environment
@@ -224,26 +265,12 @@ impl Factory {
             ]
             .map(|(k, v)| (k.to_string(), v.to_string())),
         );
-        InstanceSpec {
-            argv: vec![
-                self.python.clone(),
-                "-S".into(),
-                "-E".into(),
-                "-c".into(),
-                "import sys; sys.path.insert(0, '/kindling'); import kindling_runtime; kindling_runtime.main()".into(),
-            ],
-            env,
-            cwd: "/handler".into(),
-            uid: self.uid,
-            gid: self.gid,
-            max_open_files: self.max_open_files,
-            stdio_to_socket: false,
-        }
+        env
     }
 }
 
 /// The sandbox under an instance; destroying it kills every process and removes the cgroup.
-struct SandboxHandle {
+pub(crate) struct SandboxHandle {
     pidfd: OwnedFd,
     control: ControlChannel,
     cgroup: Cgroup,
@@ -251,7 +278,7 @@ struct SandboxHandle {
 
 impl SandboxHandle {
     /// Kills the sandbox and removes its cgroup. Blocking (waits for the processes to exit).
-    fn destroy(self) {
+    pub(crate) fn destroy(self) {
         let _ = sys::pidfd_kill(self.pidfd.as_raw_fd());
         drop(self.control);
         if let Err(e) = self.cgroup.kill_all() {
@@ -263,6 +290,47 @@ impl SandboxHandle {
         if let Err(e) = self.cgroup.remove() {
             tracing::warn!(cgroup = self.cgroup.name(), "removing sandbox cgroup: {e}");
         }
+    }
+
+    /// The init's pidfd: `setns` through it enters all of the sandbox's namespaces.
+    pub(crate) fn pidfd_raw(&self) -> std::os::fd::RawFd {
+        self.pidfd.as_raw_fd()
+    }
+
+    /// The cgroup.procs files a process writes to join the sandbox's cgroup.
+    pub(crate) fn cgroup_procs(&self) -> Vec<PathBuf> {
+        self.cgroup.procs_files()
+    }
+
+    /// Memory charged to the sandbox's cgroup.
+    pub(crate) fn memory_usage(&self) -> Option<u64> {
+        self.cgroup.memory_usage().ok()
+    }
+
+    /// Blocks until the init reports its root filesystem ready (or its setup failure).
+    pub(crate) fn wait_ready(&self) -> Result<(), StartError> {
+        loop {
+            match self.control.recv::<ControlEvent>(false)? {
+                Some((ControlEvent::Ready { .. }, _)) => return Ok(()),
+                Some((ControlEvent::SetupFailed { message }, _)) => {
+                    return Err(StartError::Io(std::io::Error::other(format!(
+                        "sandbox setup failed: {message}"
+                    ))))
+                }
+                Some(_) => continue,
+                None => return Err(StartError::Io(std::io::Error::other("sandbox init exited"))),
+            }
+        }
+    }
+
+    /// The init's setup failure message, if it reported one.
+    pub(crate) fn setup_error(&self) -> Option<String> {
+        while let Ok(Some((event, _))) = self.control.recv::<ControlEvent>(true) {
+            if let ControlEvent::SetupFailed { message } = event {
+                return Some(message);
+            }
+        }
+        None
     }
 
     /// Why the sandbox stopped serving: a setup failure or an out-of-memory kill, if either.
@@ -301,6 +369,29 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Wraps a sandbox whose instance talks on `sock`.
+    pub(crate) fn new(
+        id: String,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+        sandbox: SandboxHandle,
+        sock: OwnedFd,
+    ) -> Result<Self, StartError> {
+        let stream = std::os::unix::net::UnixStream::from(sock);
+        stream.set_nonblocking(true)?;
+        sandbox.control.set_nonblocking()?;
+        Ok(Instance {
+            id,
+            function: function.clone(),
+            memory_mb: limits.memory_mb,
+            sandbox: Some(sandbox),
+            stream: UnixStream::from_std(stream)?,
+            created: Instant::now(),
+            last_used: Instant::now(),
+            invocations: 0,
+        })
+    }
+
     /// Sends one event and waits for the reply, up to `timeout`.
     pub async fn invoke(
         &mut self,
@@ -442,7 +533,6 @@ impl Factory {
     pub fn run_job(&self, job: Job) -> Result<JobOutput, StartError> {
         use std::io::Read;
         let id = self.next_id();
-        let cgroup = self.cgroups.create(&id, &job.limits)?;
         let mut mounts = vec![
             MountSpec::Tmpfs {
                 target: "/tmp".into(),
@@ -456,39 +546,21 @@ impl Factory {
             },
         ];
         mounts.extend(job.mounts);
-        let spec = SandboxSpec {
-            id: id.clone(),
-            rootfs: self.rootfs.clone(),
-            mountpoint: self.mountpoint.clone(),
-            mounts,
-            network: job.network,
-            cgroup_procs: cgroup.procs_files(),
-            instance: Some(InstanceSpec {
-                argv: job.argv,
-                env: job.env,
-                cwd: job.cwd,
-                uid: job.uid,
-                gid: job.gid,
-                max_open_files: self.max_open_files,
-                stdio_to_socket: true,
-            }),
+        let instance = InstanceSpec {
+            argv: job.argv,
+            env: job.env,
+            cwd: job.cwd,
+            uid: job.uid,
+            gid: job.gid,
+            max_open_files: self.max_open_files,
+            stdio_to_socket: true,
+            privileged: false,
         };
-        let spawned = match self.spawner.spawn(&spec) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = cgroup.remove();
-                return Err(e.into());
-            }
-        };
-        let handle = SandboxHandle {
-            pidfd: spawned.pidfd,
-            control: spawned.control,
-            cgroup,
-        };
+        let (handle, sock) = self.create_sandbox(&id, mounts, job.network, true, &job.limits, Some(instance))?;
         let deadline = Instant::now() + job.timeout;
         let mut output = Vec::new();
         let mut timed_out = false;
-        if let Some(sock) = spawned.instance {
+        if let Some(sock) = sock {
             let mut stream = std::os::unix::net::UnixStream::from(sock);
             let mut buf = [0u8; 16 * 1024];
             loop {

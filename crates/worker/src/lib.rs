@@ -12,3 +12,4 @@ pub mod packages;
 pub mod pool;
 pub mod registry;
 pub mod runtime;
+pub mod zygote;

@@ -35,8 +35,8 @@ pub enum PackageError {
     },
     #[error("function has requirements but no uv binary is configured or found on PATH")]
     NoUv,
-    #[error("resolving requirements failed:\n{0}")]
-    Resolve(String),
+    #[error("resolving requirements `{requirements}` failed:\n{output}")]
+    Resolve { requirements: String, output: String },
     #[error("installing {package} failed:\n{output}")]
     Install { package: String, output: String },
     #[error("no package {0} in the store")]
@@ -115,9 +115,31 @@ pub struct Lock {
     /// Keys of packages shipping `.pth` files, which the runtime adds with `site.addsitedir`.
     #[serde(default)]
     pub site_packages: Vec<String>,
+    /// Direct dependencies within the closure: package name -> names it requires.
+    #[serde(default)]
+    pub requires: BTreeMap<String, Vec<String>>,
 }
 
 impl Lock {
+    /// Keys of `names` and everything they require, transitively, within this lock.
+    pub fn closure_of(&self, names: &[String]) -> std::collections::BTreeSet<String> {
+        let by_name: HashMap<&str, &PackageRef> =
+            self.packages.iter().map(|p| (p.name.as_str(), p)).collect();
+        let mut seen = HashSet::new();
+        let mut stack: Vec<String> = names.iter().map(|n| normalize(n)).collect();
+        let mut out = std::collections::BTreeSet::new();
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n.clone()) {
+                continue;
+            }
+            if let Some(p) = by_name.get(n.as_str()) {
+                out.insert(p.key());
+                stack.extend(self.requires.get(&n).cloned().unwrap_or_default());
+            }
+        }
+        out
+    }
+
     /// `KINDLING_PATH` and `KINDLING_SITE` for the runtime: store paths inside the sandbox.
     pub fn runtime_env(&self) -> [(String, String); 2] {
         let path = |k: &str| format!("/packages/{k}/files");
@@ -302,8 +324,18 @@ pub fn parse_compiled(text: &str) -> Lock {
         visit(&p.name, &children, &mut seen, &mut sorted);
     }
     let by_name: HashMap<&str, &PackageRef> = order.iter().map(|p| (p.name.as_str(), p)).collect();
+    let requires = children
+        .into_iter()
+        .map(|(parent, mut cs)| {
+            cs.sort();
+            cs.dedup();
+            (parent, cs)
+        })
+        .filter(|(parent, _)| names.contains(parent.as_str()))
+        .collect();
     Lock {
         site_packages: Vec::new(),
+        requires,
         packages: sorted
             .iter()
             .filter_map(|n| by_name.get(n.as_str()).map(|p| (*p).clone()))
@@ -319,6 +351,10 @@ pub struct PackageStore {
     work: PathBuf,
     /// `<root>/tools`: the uv binary, bound at /kindling in installer sandboxes.
     tools: PathBuf,
+    /// `<root>/locks`: resolution cache, by requirements and interpreter.
+    locks: PathBuf,
+    /// Packages of deploys in flight (installed or checked, not yet committed): key -> count.
+    pinned: Mutex<HashMap<String, usize>>,
     uv: Option<PathBuf>,
     limits: InstallerLimits,
     allow_unsafe: bool,
@@ -346,7 +382,7 @@ impl PackageStore {
             &work,
             &work.join("cache"),
             &work.join("staging"),
-            &work.join("locks"),
+            &root.join("locks"),
             &work.join("resolve"),
             &tools,
         ] {
@@ -396,6 +432,8 @@ impl PackageStore {
             dir,
             work,
             tools,
+            locks: root.join("locks"),
+            pinned: Mutex::new(HashMap::new()),
             uv,
             limits,
             allow_unsafe,
@@ -497,7 +535,8 @@ impl PackageStore {
             h.update(l.as_bytes());
         }
         let key = hex(&h.finalize());
-        let cached = self.work.join("locks").join(format!("{key}.json"));
+        // Outside pkgwork: installer sandboxes (which run package build code) cannot touch it.
+        let cached = self.locks.join(format!("{key}.json"));
         if let Ok(text) = std::fs::read_to_string(&cached) {
             if let Ok(lock) = serde_json::from_str::<Lock>(&text) {
                 return Ok(lock);
@@ -530,9 +569,20 @@ impl PackageStore {
             if out.code != Some(0) || text.trim().is_empty() {
                 let mut msg = out.output.trim().to_string();
                 if out.timed_out {
-                    msg.push_str("\n(resolution exceeded the installer time limit)");
+                    msg.push_str(&format!(
+                        "\n(resolution exceeded the installer time limit of {} s)",
+                        self.limits.timeout_secs
+                    ));
+                } else if out.code.is_none() {
+                    msg.push_str(&format!(
+                        "\n(the resolver was killed; installer memory limit {} MB)",
+                        self.limits.memory_mb
+                    ));
                 }
-                return Err(PackageError::Resolve(msg));
+                return Err(PackageError::Resolve {
+                    requirements: lines.join(", "),
+                    output: msg,
+                });
             }
             Ok(parse_compiled(&text))
         })();
@@ -543,6 +593,17 @@ impl PackageStore {
         std::fs::write(&tmp, text).map_err(io_at(&tmp))?;
         std::fs::rename(&tmp, &cached).map_err(io_at(&cached))?;
         Ok(lock)
+    }
+
+    /// Keeps a lock's packages from removal until the guard drops (a deploy between `ensure`
+    /// and `commit`: its packages are in the store but no committed function uses them yet).
+    pub fn pin<'a>(&'a self, lock: &Lock) -> Pin<'a> {
+        let keys: Vec<String> = lock.packages.iter().map(PackageRef::key).collect();
+        let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &keys {
+            *pinned.entry(k.clone()).or_default() += 1;
+        }
+        Pin { store: self, keys }
     }
 
     /// Whether a package is installed.
@@ -709,7 +770,20 @@ impl PackageStore {
     }
 
     /// Removes one package; refused while a deployed function uses it.
-    pub fn remove(&self, pkg: &PackageRef, users: Vec<String>) -> Result<(), PackageError> {
+    pub fn remove(&self, pkg: &PackageRef, mut users: Vec<String>) -> Result<(), PackageError> {
+        let key = pkg.key();
+        // Hold the package's install lock so a removal never races an install of it.
+        let lock = self
+            .installing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.pinned.lock().unwrap_or_else(|p| p.into_inner()).get(&key).is_some_and(|n| *n > 0) {
+            users.push("(a deploy in progress)".into());
+        }
         if !users.is_empty() {
             return Err(PackageError::InUse {
                 package: pkg.key(),
@@ -738,6 +812,26 @@ impl PackageStore {
             .filter(|p| self.stored(p).is_some_and(|s| s.has_pth))
             .map(PackageRef::key)
             .collect();
+    }
+}
+
+/// Packages pinned by a deploy in flight; unpinned on drop.
+pub struct Pin<'a> {
+    store: &'a PackageStore,
+    keys: Vec<String>,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let mut pinned = self.store.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            if let Some(n) = pinned.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    pinned.remove(k);
+                }
+            }
+        }
     }
 }
 

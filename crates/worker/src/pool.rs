@@ -6,6 +6,7 @@
 use crate::instance::{Factory, FunctionLimits, Instance, InvokeError, Reply, StartError};
 use crate::metrics::Metrics;
 use crate::registry::FunctionVersion;
+use crate::zygote::{ForkError, Zygotes};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use tokio::sync::Semaphore;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartMethod {
     Warm,
+    Fork,
     Cold,
 }
 
@@ -23,6 +25,7 @@ impl StartMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             StartMethod::Warm => "warm",
+            StartMethod::Fork => "fork",
             StartMethod::Cold => "cold",
         }
     }
@@ -31,10 +34,12 @@ impl StartMethod {
 /// What the caller asked for (`X-Kindling-Start`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartPolicy {
-    /// Warm if possible, else cold.
+    /// Warm if possible, else fork, else cold.
     #[default]
     Any,
-    /// Always a new sandbox (benchmarks).
+    /// A new sandbox with an instance forked from a zygote (cold if no zygote can serve).
+    Fork,
+    /// Always a new sandbox and a fresh interpreter (benchmarks).
     Cold,
 }
 
@@ -98,6 +103,7 @@ struct FunctionPool {
 /// Instances of every function.
 pub struct Pool {
     factory: Arc<Factory>,
+    zygotes: Arc<Zygotes>,
     config: PoolConfig,
     metrics: Arc<Metrics>,
     functions: Mutex<HashMap<String, Arc<FunctionPool>>>,
@@ -105,9 +111,15 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(factory: Arc<Factory>, config: PoolConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        factory: Arc<Factory>,
+        zygotes: Arc<Zygotes>,
+        config: PoolConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             factory,
+            zygotes,
             config,
             metrics,
             functions: Mutex::new(HashMap::new()),
@@ -169,7 +181,7 @@ impl Pool {
             ..Timing::default()
         };
         let warm = match policy {
-            StartPolicy::Cold => None,
+            StartPolicy::Cold | StartPolicy::Fork => None,
             StartPolicy::Any => self.take_idle(&fp, function),
         };
         let (mut instance, start) = match warm {
@@ -177,21 +189,32 @@ impl Pool {
             None => {
                 let t = Instant::now();
                 self.reserve_sandbox()?;
-                let factory = self.factory.clone();
-                let (f, l) = (function.clone(), limits.clone());
-                let made = tokio::task::spawn_blocking(move || factory.cold_start(&f, &l))
-                    .await
-                    .map_err(|e| StartError::Io(std::io::Error::other(e)))
-                    .and_then(|r| r);
-                let instance = match made {
-                    Ok(i) => i,
+                let forked = match policy {
+                    StartPolicy::Cold => None,
+                    StartPolicy::Any | StartPolicy::Fork => self.fork_start(function, limits).await,
+                };
+                let made = match forked {
+                    Some(i) => Ok((i, StartMethod::Fork)),
+                    None => {
+                        let factory = self.factory.clone();
+                        let (f, l) = (function.clone(), limits.clone());
+                        tokio::task::spawn_blocking(move || factory.cold_start(&f, &l))
+                            .await
+                            .map_err(|e| StartError::Io(std::io::Error::other(e)))
+                            .and_then(|r| r)
+                            .map(|i| (i, StartMethod::Cold))
+                    }
+                };
+                match made {
+                    Ok((i, how)) => {
+                        timing.sandbox_ms = ms(t.elapsed());
+                        (i, how)
+                    }
                     Err(e) => {
                         self.live.fetch_sub(1, Ordering::SeqCst);
                         return Err(e.into());
                     }
-                };
-                timing.sandbox_ms = ms(t.elapsed());
-                (instance, StartMethod::Cold)
+                }
             }
         };
         let t = Instant::now();
@@ -233,6 +256,38 @@ impl Pool {
             instance_id,
             result,
         })
+    }
+
+    /// Tries a fork start; `None` (counted as `fork.fallback`) sends the caller to a cold start.
+    async fn fork_start(&self, function: &Arc<FunctionVersion>, limits: &FunctionLimits) -> Option<Instance> {
+        if !self.zygotes.config.enabled {
+            return None;
+        }
+        let zygotes = self.zygotes.clone();
+        let (f, l) = (function.clone(), limits.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let z = zygotes.acquire(&f)?;
+            zygotes.fork_start(&z, &f, &l).inspect_err(|e| {
+                // A zygote that cannot fork is replaced on the next need.
+                if matches!(e, ForkError::Io(_) | ForkError::Zygote(_)) {
+                    zygotes.discard(&z);
+                }
+            })
+        })
+        .await;
+        match result {
+            Ok(Ok(i)) => Some(i),
+            Ok(Err(e)) => {
+                tracing::warn!(function = %function.name, "fork start failed, starting cold: {e}");
+                self.metrics.add("fork.fallback", 1);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("fork task failed: {e}");
+                self.metrics.add("fork.fallback", 1);
+                None
+            }
+        }
     }
 
     /// Takes the most recently used idle instance of this exact version; idle instances of an

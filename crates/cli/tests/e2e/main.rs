@@ -6,6 +6,7 @@
 mod faults;
 mod harness;
 mod isolation;
+mod packages;
 
 use harness::Worker;
 

@@ -1,0 +1,538 @@
+//! Zygotes: interpreters that have imported a set of packages and fork instances on request
+//! (SOCK's import cache), giving the `fork` start method.
+//!
+//! A zygote runs privileged in a sandbox of its own (no network, its own cgroup and limits, in
+//! the host's pid namespace so that it can enter its children's) and never runs user code. A
+//! zygote is identified by the exact package versions on its `sys.path`, so an instance only
+//! forks from a zygote whose every package is in its function's lock at the same version.
+//! Zygotes form a tree: a child is forked from its parent and imports the packages it adds.
+//! They are created on first need, paused (SIGSTOP) when idle, evicted under memory pressure,
+//! and recreated on next need after they die.
+
+use crate::config::ZygoteConfig;
+use crate::instance::{Factory, FunctionLimits, Instance, SandboxHandle, StartError};
+use crate::packages::Lock;
+use crate::registry::FunctionVersion;
+use kindling_sandbox::cgroup::Limits as CgroupLimits;
+use kindling_sandbox::spec::{InstanceSpec, MountSpec};
+use kindling_sandbox::sys::{self, SocketKind};
+use std::collections::{BTreeSet, HashMap};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a zygote may take to import its packages.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a fork request may take.
+const FORK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a fork start did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    #[error("zygotes are disabled")]
+    Disabled,
+    #[error("cannot create zygote")]
+    Create(#[from] StartError),
+    #[error("zygote did not become ready: {0}")]
+    NotReady(String),
+    #[error("zygote failed: {0}")]
+    Zygote(String),
+    #[error("zygote channel broke")]
+    Io(#[from] std::io::Error),
+}
+
+/// A package set: sorted `<name>==<version>` keys.
+pub type PackageSet = BTreeSet<String>;
+
+/// One zygote process.
+pub struct Zygote {
+    pub id: String,
+    pub packages: PackageSet,
+    pub parent: Option<Arc<Zygote>>,
+    pub pid: i32,
+    pidfd: OwnedFd,
+    channel: Mutex<UnixStream>,
+    sandbox: Mutex<Option<SandboxHandle>>,
+    last_used: Mutex<Instant>,
+    paused: AtomicBool,
+    dead: AtomicBool,
+    pub forks: AtomicU64,
+    /// Modules that failed to preload (they are imported by the instance instead).
+    pub failed_imports: Vec<String>,
+}
+
+impl Zygote {
+    /// Sends a request with descriptors and reads the reply.
+    fn call(&self, req: &serde_json::Value, fds: &[RawFd]) -> Result<serde_json::Value, ForkError> {
+        if self.paused.swap(false, Ordering::SeqCst) {
+            let _ = sys::pidfd_resume(self.pidfd.as_raw_fd());
+        }
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let mut chan = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        let body = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        sys::send_with_fds(chan.as_raw_fd(), &frame, fds)?;
+        let reply = read_frame(&mut chan, FORK_TIMEOUT)?;
+        if reply["ok"].as_bool() == Some(true) {
+            Ok(reply)
+        } else {
+            Err(ForkError::Zygote(reply["error"].as_str().unwrap_or("unknown error").to_string()))
+        }
+    }
+
+    /// Whether the zygote is known to be gone.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    fn kill(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+        if let Some(s) = self.sandbox.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            s.destroy();
+        }
+    }
+
+    /// Memory charged to the zygote's cgroup.
+    pub fn memory_usage(&self) -> Option<u64> {
+        self.sandbox.lock().unwrap_or_else(|p| p.into_inner()).as_ref()?.memory_usage()
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads one length-prefixed JSON frame.
+fn read_frame(chan: &mut UnixStream, timeout: Duration) -> Result<serde_json::Value, ForkError> {
+    chan.set_read_timeout(Some(timeout))?;
+    let mut head = [0u8; 4];
+    chan.read_exact(&mut head)?;
+    let n = u32::from_be_bytes(head) as usize;
+    if n > 1 << 20 {
+        return Err(ForkError::Zygote("oversized reply".into()));
+    }
+    let mut body = vec![0u8; n];
+    chan.read_exact(&mut body)?;
+    serde_json::from_slice(&body).map_err(|e| ForkError::Zygote(format!("malformed reply: {e}")))
+}
+
+/// Every zygote of the worker.
+pub struct Zygotes {
+    factory: Arc<Factory>,
+    pub config: ZygoteConfig,
+    nodes: Mutex<HashMap<PackageSet, Arc<Zygote>>>,
+    /// Serializes creation so concurrent first uses create a zygote once.
+    creating: Mutex<()>,
+    seccomp_hex: String,
+    max_open_files: u64,
+    uid: u32,
+    gid: u32,
+}
+
+impl Zygotes {
+    pub fn new(factory: Arc<Factory>, config: ZygoteConfig, uid: u32, gid: u32, max_open_files: u64) -> Self {
+        let seccomp_hex = kindling_sandbox::seccomp::instance_filter_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self {
+            factory,
+            config,
+            nodes: Mutex::new(HashMap::new()),
+            creating: Mutex::new(()),
+            seccomp_hex,
+            max_open_files,
+            uid,
+            gid,
+        }
+    }
+
+    /// The package sets of the zygotes a function could use, smallest first: the root (no
+    /// packages), the operator's tree entries its lock contains, and (with `auto`) its whole lock.
+    pub fn candidates(&self, lock: &Lock) -> Vec<PackageSet> {
+        let names: BTreeSet<&str> = lock.packages.iter().map(|p| p.name.as_str()).collect();
+        let mut sets = vec![PackageSet::new()];
+        for entry in &self.config.tree {
+            let normalized: Vec<String> = entry.iter().map(|n| crate::packages::normalize(n)).collect();
+            if !normalized.is_empty() && normalized.iter().all(|n| names.contains(n.as_str())) {
+                sets.push(lock.closure_of(&normalized));
+            }
+        }
+        if self.config.auto && !lock.packages.is_empty() {
+            sets.push(lock.packages.iter().map(|p| p.key()).collect());
+        }
+        sets.sort_by_key(|s| s.len());
+        sets.dedup();
+        sets
+    }
+
+    /// The deepest zygote for `function`, created (with its ancestors) if missing. Blocking.
+    pub fn acquire(&self, function: &FunctionVersion) -> Result<Arc<Zygote>, ForkError> {
+        if !self.config.enabled {
+            return Err(ForkError::Disabled);
+        }
+        let sets = self.candidates(&function.lock);
+        let target = sets.last().cloned().unwrap_or_default();
+        if let Some(z) = self.live(&target) {
+            return Ok(z);
+        }
+        let _guard = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        let mut parent: Option<Arc<Zygote>> = None;
+        for set in &sets {
+            if let Some(z) = self.live(set) {
+                parent = Some(z);
+                continue;
+            }
+            let z = Arc::new(self.create(set, parent.clone())?);
+            tracing::info!(zygote = %z.id, packages = set.len(), pid = z.pid, "zygote ready");
+            self.nodes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(set.clone(), z.clone());
+            parent = Some(z);
+        }
+        parent.ok_or_else(|| ForkError::NotReady("no zygote".into()))
+    }
+
+    fn live(&self, set: &PackageSet) -> Option<Arc<Zygote>> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        match nodes.get(set) {
+            Some(z) if z.is_dead() => {
+                nodes.remove(set);
+                None
+            }
+            Some(z) => Some(z.clone()),
+            None => None,
+        }
+    }
+
+    /// Forgets a zygote that failed; the next need recreates it.
+    pub fn discard(&self, z: &Arc<Zygote>) {
+        z.dead.store(true, Ordering::SeqCst);
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if nodes.get(&z.packages).is_some_and(|n| Arc::ptr_eq(n, z)) {
+            nodes.remove(&z.packages);
+        }
+    }
+
+    /// The mounts of a zygote's sandbox: runtime, package store, /tmp, /proc, /dev.
+    fn mounts(&self) -> Vec<MountSpec> {
+        vec![
+            MountSpec::Bind {
+                source: self.factory.runtime_dir.clone(),
+                target: "/kindling".into(),
+                writable: false,
+            },
+            MountSpec::Bind {
+                source: self.factory.packages_dir.clone(),
+                target: "/packages".into(),
+                writable: false,
+            },
+            MountSpec::Tmpfs {
+                target: "/tmp".into(),
+                size_bytes: 16 << 20,
+            },
+            MountSpec::Proc {
+                target: "/proc".into(),
+            },
+            MountSpec::Dev {
+                target: "/dev".into(),
+            },
+        ]
+    }
+
+    fn cgroup_limits(&self) -> CgroupLimits {
+        CgroupLimits {
+            memory_bytes: Some(self.config.memory_mb << 20),
+            cpu_cores: Some(2.0),
+            pids: Some(64),
+        }
+    }
+
+    /// Creates the zygote for `set`: from scratch (the root), or forked from `parent`.
+    fn create(&self, set: &PackageSet, parent: Option<Arc<Zygote>>) -> Result<Zygote, ForkError> {
+        let id = format!("zy-{}", self.factory.next_id());
+        let paths: Vec<String> = set.iter().map(|k| format!("/packages/{k}/files")).collect();
+        let inherited = parent.as_ref().map(|p| p.packages.clone()).unwrap_or_default();
+        let modules: Vec<String> = set
+            .difference(&inherited)
+            .flat_map(|k| top_level_modules(&self.factory.packages_dir.join(k).join("files")))
+            .collect();
+        let sites: Vec<String> = set
+            .iter()
+            .filter(|k| has_pth(&self.factory.packages_dir.join(k).join("files")))
+            .map(|k| format!("/packages/{k}/files"))
+            .collect();
+        let (sandbox, channel, ready) = match &parent {
+            None => {
+                let spec = InstanceSpec {
+                    argv: vec![
+                        self.factory.python.clone(),
+                        "-S".into(),
+                        "-E".into(),
+                        "-c".into(),
+                        "import sys; sys.path.insert(0, '/kindling'); import kindling_runtime; kindling_runtime.zygote_main()".into(),
+                    ],
+                    env: zygote_env(&paths, &sites, &modules),
+                    cwd: "/".into(),
+                    uid: 0,
+                    gid: 0,
+                    max_open_files: self.max_open_files,
+                    stdio_to_socket: false,
+                    privileged: true,
+                };
+                let (sandbox, sock) = self.factory.create_sandbox(&id, self.mounts(), false, false, &self.cgroup_limits(), Some(spec))?;
+                let sock = sock.ok_or_else(|| ForkError::NotReady("no zygote socket".into()))?;
+                let mut chan = UnixStream::from(sock);
+                let ready = read_frame(&mut chan, READY_TIMEOUT).map_err(|e| {
+                    ForkError::NotReady(format!("{e}; {}", sandbox.setup_error().unwrap_or_default()))
+                });
+                let ready = match ready {
+                    Ok(r) => r,
+                    Err(e) => {
+                        sandbox.destroy();
+                        return Err(e);
+                    }
+                };
+                (sandbox, chan, ready)
+            }
+            Some(p) => {
+                let (sandbox, _) = self.factory.create_sandbox(&id, self.mounts(), false, false, &self.cgroup_limits(), None)?;
+                if let Err(e) = sandbox.wait_ready() {
+                    sandbox.destroy();
+                    return Err(e.into());
+                }
+                let (ours, theirs) = sys::socketpair(SocketKind::Stream)?;
+                let procs = open_procs(&sandbox.cgroup_procs())?;
+                let mut fds = vec![sandbox.pidfd_raw(), theirs.as_raw_fd()];
+                fds.extend(procs.iter().map(|f| f.as_raw_fd()));
+                let req = serde_json::json!({
+                    "op": "fork", "kind": "zygote", "sandbox": id,
+                    "paths": paths, "sites": sites, "modules": modules,
+                });
+                if let Err(e) = p.call(&req, &fds) {
+                    sandbox.destroy();
+                    return Err(e);
+                }
+                drop(theirs);
+                let mut chan = UnixStream::from(ours);
+                match read_frame(&mut chan, READY_TIMEOUT) {
+                    Ok(r) => (sandbox, chan, r),
+                    Err(e) => {
+                        sandbox.destroy();
+                        return Err(ForkError::NotReady(e.to_string()));
+                    }
+                }
+            }
+        };
+        let pid = ready["pid"].as_i64().unwrap_or(0) as i32;
+        let failed_imports: Vec<String> = ready["failed"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        if !failed_imports.is_empty() {
+            tracing::debug!(zygote = %id, ?failed_imports, "modules a zygote could not preload");
+        }
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                sandbox.destroy();
+                return Err(e.into());
+            }
+        };
+        Ok(Zygote {
+            id,
+            packages: set.clone(),
+            parent,
+            pid,
+            pidfd,
+            channel: Mutex::new(channel),
+            sandbox: Mutex::new(Some(sandbox)),
+            last_used: Mutex::new(Instant::now()),
+            paused: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            forks: AtomicU64::new(0),
+            failed_imports,
+        })
+    }
+
+    /// Fork start: a new sandbox for `function` whose instance is forked from `zygote`.
+    pub fn fork_start(
+        &self,
+        zygote: &Zygote,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<Instance, ForkError> {
+        let id = self.factory.next_id();
+        let (sandbox, _) = self.factory.create_sandbox(
+            &id,
+            self.factory.function_mounts(function, limits),
+            limits.network,
+            true,
+            &limits.cgroup(),
+            None,
+        )?;
+        let result = (|| {
+            // The child enters the sandbox's mount namespace, so its root must be complete.
+            sandbox.wait_ready()?;
+            let (ours, theirs) = sys::socketpair(SocketKind::Stream)?;
+            let procs = open_procs(&sandbox.cgroup_procs())?;
+            let mut fds = vec![sandbox.pidfd_raw(), theirs.as_raw_fd()];
+            fds.extend(procs.iter().map(|f| f.as_raw_fd()));
+            let req = serde_json::json!({
+                "op": "fork", "kind": "instance", "sandbox": id,
+                "uid": self.uid, "gid": self.gid, "nofile": self.max_open_files,
+                "seccomp": self.seccomp_hex,
+                "env": self.factory.instance_env(function, &id),
+            });
+            zygote.call(&req, &fds)?;
+            zygote.forks.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, ForkError>(ours)
+        })();
+        match result {
+            Ok(sock) => Ok(Instance::new(id, function, limits, sandbox, sock)?),
+            Err(e) => {
+                sandbox.destroy();
+                Err(e)
+            }
+        }
+    }
+
+    /// Pauses zygotes idle past `idle_pause_secs`; evicts idle leaf zygotes while the machine
+    /// is short of memory.
+    pub fn housekeeping(&self) {
+        let idle_pause = Duration::from_secs(self.config.idle_pause_secs);
+        let nodes: Vec<Arc<Zygote>> = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for z in &nodes {
+            let idle = z.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+            if idle >= idle_pause && !z.paused.load(Ordering::SeqCst) && z.channel.try_lock().is_ok() {
+                z.paused.store(true, Ordering::SeqCst);
+                let _ = sys::pidfd_stop(z.pidfd.as_raw_fd());
+            }
+        }
+        if available_mb().is_some_and(|mb| mb < self.config.min_available_mb) {
+            let parents: BTreeSet<String> = nodes.iter().filter_map(|z| z.parent.as_ref().map(|p| p.id.clone())).collect();
+            let victim = nodes
+                .iter()
+                .filter(|z| !parents.contains(&z.id))
+                .min_by_key(|z| *z.last_used.lock().unwrap_or_else(|p| p.into_inner()));
+            if let Some(v) = victim {
+                tracing::warn!(zygote = %v.id, "evicting zygote under memory pressure");
+                self.discard(v);
+                v.kill();
+            }
+        }
+    }
+
+    /// Zygotes for `/status`: id, packages, pid, forks, memory.
+    pub fn describe(&self) -> Vec<serde_json::Value> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = nodes
+            .values()
+            .map(|z| {
+                serde_json::json!({
+                    "id": z.id, "pid": z.pid, "packages": z.packages,
+                    "parent": z.parent.as_ref().map(|p| p.id.clone()),
+                    "forks": z.forks.load(Ordering::Relaxed),
+                    "paused": z.paused.load(Ordering::Relaxed),
+                    "memory_bytes": z.memory_usage(),
+                    "failed_imports": z.failed_imports,
+                })
+            })
+            .collect();
+        out.sort_by_key(|v| v["packages"].as_array().map(|a| a.len()).unwrap_or(0));
+        out
+    }
+
+    /// Kills every zygote (shutdown). Blocking.
+    pub fn shutdown(&self) {
+        let nodes: Vec<_> = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, z)| z).collect();
+        for z in nodes {
+            z.kill();
+        }
+    }
+}
+
+fn zygote_env(paths: &[String], sites: &[String], modules: &[String]) -> Vec<(String, String)> {
+    [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_string()),
+        ("HOME", "/tmp".to_string()),
+        ("LANG", "C.UTF-8".to_string()),
+        ("KINDLING_PATH", paths.join(":")),
+        ("KINDLING_SITE", sites.join(":")),
+        ("KINDLING_PRELOAD", modules.join(",")),
+        // Thread pools started at import would be lost in forked children.
+        ("OPENBLAS_NUM_THREADS", "1".to_string()),
+        ("OMP_NUM_THREADS", "1".to_string()),
+        ("MKL_NUM_THREADS", "1".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Opens a sandbox's `cgroup.procs` files for writing, so a forked child can join the cgroup
+/// by writing "0" into them from inside its new mount namespace.
+fn open_procs(files: &[PathBuf]) -> std::io::Result<Vec<OwnedFd>> {
+    files
+        .iter()
+        .map(|f| std::fs::OpenOptions::new().write(true).open(f).map(OwnedFd::from))
+        .collect()
+}
+
+/// Importable top-level names of an installed package directory.
+pub fn top_level_modules(files: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(files) else { return Vec::new() };
+    let mut names = BTreeSet::new();
+    let mut declared = None;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".dist-info") {
+            if let Ok(t) = std::fs::read_to_string(e.path().join("top_level.txt")) {
+                declared = Some(t.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect::<Vec<_>>());
+            }
+            continue;
+        }
+        let path = e.path();
+        let module = if path.is_dir() {
+            (path.join("__init__.py").is_file()).then_some(name.clone())
+        } else if let Some(stem) = name.strip_suffix(".py") {
+            Some(stem.to_string())
+        } else if name.ends_with(".so") {
+            name.split('.').next().map(str::to_string)
+        } else {
+            None
+        };
+        if let Some(m) = module {
+            names.insert(m);
+        }
+    }
+    let candidates: Vec<String> = match declared {
+        Some(d) => d.into_iter().filter(|m| names.contains(m)).collect(),
+        None => names.into_iter().collect(),
+    };
+    candidates
+        .into_iter()
+        .filter(|m| !m.starts_with('_') && !m.starts_with("test") && m != "setup" && m != "conftest")
+        .collect()
+}
+
+fn has_pth(files: &Path) -> bool {
+    std::fs::read_dir(files)
+        .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".pth")))
+        .unwrap_or(false)
+}
+
+/// MemAvailable in MB.
+fn available_mb() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb / 1024)
+}
