@@ -213,7 +213,7 @@ fn up(args: UpArgs) -> Result<()> {
     if args.examples {
         for (name, files) in examples::EXAMPLES {
             let packed = examples::pack(files)?;
-            let d = worker.registry.deploy(name, &packed)?;
+            let (d, _) = worker.deploy(name, &packed, &|_| ())?;
             tracing::info!(function = name, changed = d.changed, "example deployed");
         }
     }

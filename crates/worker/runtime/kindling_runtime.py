@@ -11,6 +11,7 @@ through the C accelerator `_json` directly (the `json` package drags in `re` and
 milliseconds), and `traceback` is only imported when a handler fails.
 """
 
+import gc
 import os
 import sys
 import time
@@ -287,14 +288,28 @@ def _drop_privileges(libc, resource, req):
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     _check(libc, libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    code = bytes.fromhex(req["seccomp"])
+    prog = _seccomp_program(req["seccomp"])
+    _check(libc, libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog, 0, 0), "seccomp")
 
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-    buf = ctypes.create_string_buffer(code, len(code))
-    prog = SockFprog(len(code) // 8, ctypes.addressof(buf))
-    _check(libc, libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp")
+_SECCOMP = {}
+
+
+def _seccomp_program(code_hex):
+    """Address of a `struct sock_fprog` for the filter, built once per zygote (before forking,
+    so children find it ready and touch as little memory as possible)."""
+    got = _SECCOMP.get(code_hex)
+    if got is None:
+        import ctypes
+
+        class SockFprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        code = bytes.fromhex(code_hex)
+        buf = ctypes.create_string_buffer(code, len(code))
+        prog = SockFprog(len(code) // 8, ctypes.addressof(buf))
+        got = _SECCOMP[code_hex] = (ctypes.addressof(prog), buf, prog)
+    return got[0]
 
 
 def _child(libc, socket, resource, zsock, req, fds):
@@ -353,8 +368,14 @@ def _zygote_loop(libc, socket, resource, failed):
             if req["kind"] == "instance":
                 # Children are born in the target's pid namespace; then we go back to ours.
                 _check(libc, libc.setns(fds[0], CLONE_NEWPID), "setns pid")
+            # Objects the zygote already holds move to the permanent generation, so the
+            # child's garbage collector never walks (and copies) the zygote's pages.
+            gc.freeze()
+            if req["kind"] == "instance":
+                _seccomp_program(req["seccomp"])
             pid = os.fork()
             if pid == 0:
+                gc.enable()
                 _child(libc, socket, resource, zsock, req, fds)
             if req["kind"] == "instance":
                 _check(libc, libc.setns(own_pidns, CLONE_NEWPID), "setns back")
@@ -372,6 +393,7 @@ def _zygote_loop(libc, socket, resource, failed):
 def zygote_main():
     """Entry point of a root zygote: import the packages, then serve fork requests."""
     sys.dont_write_bytecode = True
+    gc.disable()
     libc, socket, resource = _zygote_setup()
     _package_path_zygote()
     modules = [m for m in os.environ.get("KINDLING_PRELOAD", "").split(",") if m]

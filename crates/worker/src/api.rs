@@ -275,6 +275,9 @@ async fn run_inner(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply
     if let Ok(v) = HeaderValue::from_str(&outcome.timing.header()) {
         h.insert("x-kindling-timing", v);
     }
+    if let Some(m) = outcome.memory_bytes {
+        h.insert("x-kindling-memory", HeaderValue::from(m));
+    }
     if let Ok(v) = HeaderValue::from_str(&outcome.instance_id) {
         h.insert("x-kindling-sandbox", v);
     }

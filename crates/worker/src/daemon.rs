@@ -171,6 +171,7 @@ impl Worker {
                 EnsureStats::default(),
             ));
         }
+        self.precompile(&staged.version.dir);
         let started = Instant::now();
         let resolved = (|| {
             let Some(reqs) = staged.requirements.as_deref() else {
@@ -204,6 +205,44 @@ impl Worker {
                 self.registry.discard(staged);
                 Err(e.into())
             }
+        }
+    }
+
+    /// Byte-compiles a staged function's code with the base's interpreter, so that instances
+    /// (which see it read-only) import bytecode instead of compiling at every start. A syntax
+    /// error is not a deploy error: the invocation reports it with its traceback.
+    fn precompile(&self, dir: &Path) {
+        let job = crate::instance::Job {
+            argv: vec![
+                self.base.info.python.clone(),
+                "-S".into(),
+                "-m".into(),
+                "compileall".into(),
+                "-q".into(),
+                "/handler".into(),
+            ],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            mounts: vec![kindling_sandbox::spec::MountSpec::Bind {
+                source: dir.to_path_buf(),
+                target: "/handler".into(),
+                writable: true,
+            }],
+            network: false,
+            // Root without capabilities: it owns the staged files, nothing more.
+            uid: 0,
+            gid: 0,
+            limits: kindling_sandbox::cgroup::Limits {
+                memory_bytes: Some(256 << 20),
+                cpu_cores: Some(1.0),
+                pids: Some(16),
+            },
+            timeout: Duration::from_secs(60),
+            cwd: "/".into(),
+        };
+        match self.factory.run_job(job) {
+            Ok(out) if out.code == Some(0) => {}
+            Ok(out) => tracing::debug!("precompiling function code: {}", out.output.trim()),
+            Err(e) => tracing::warn!("cannot precompile function code: {e}"),
         }
     }
 

@@ -69,6 +69,8 @@ pub struct Outcome {
     pub start: StartMethod,
     pub timing: Timing,
     pub instance_id: String,
+    /// Memory charged to the sandbox's cgroup right after the invocation.
+    pub memory_bytes: Option<u64>,
     pub result: Result<Reply, InvokeError>,
 }
 
@@ -224,6 +226,7 @@ impl Pool {
         timing.instance_ms = (in_instance - timing.handler_ms).max(0.0);
         timing.total_ms = ms(t0.elapsed());
         let instance_id = instance.id.clone();
+        let memory_bytes = instance.memory_usage();
         let keep = match &result {
             Ok(_) => true,
             Err(e) => !e.is_fatal(),
@@ -254,6 +257,7 @@ impl Pool {
             start,
             timing,
             instance_id,
+            memory_bytes,
             result,
         })
     }
