@@ -510,10 +510,19 @@ const FORK_FUNCTIONS: &[(&str, &str, &str)] = &[
 ];
 
 /// One start of `name` with a forced method; returns (client ms, start method, memory bytes).
-async fn start_once(c: &mut Client, name: &str, method: Option<&str>) -> Result<(f64, String, Option<u64>)> {
-    let headers: Vec<(&str, &str)> = method.map(|m| vec![("x-kindling-start", m)]).unwrap_or_default();
+async fn start_once(
+    c: &mut Client,
+    name: &str,
+    method: Option<&str>,
+) -> Result<(f64, String, Option<u64>)> {
+    let headers: Vec<(&str, &str)> = method
+        .map(|m| vec![("x-kindling-start", m)])
+        .unwrap_or_default();
     let t = Instant::now();
-    let r = c.request(Method::POST, &format!("/run/{name}"), &headers, "{}").await?.ok()?;
+    let r = c
+        .request(Method::POST, &format!("/run/{name}"), &headers, "{}")
+        .await?
+        .ok()?;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
     Ok((
         ms,
@@ -522,17 +531,32 @@ async fn start_once(c: &mut Client, name: &str, method: Option<&str>) -> Result<
     ))
 }
 
-async fn fork(addr: SocketAddr, reps: usize, memory_instances: usize, output: Option<PathBuf>) -> Result<()> {
+async fn fork(
+    addr: SocketAddr,
+    reps: usize,
+    memory_instances: usize,
+    output: Option<PathBuf>,
+) -> Result<()> {
     let mut c = Client::new(addr);
     let mut results = serde_json::Map::new();
-    println!("{:<20} {:>6} {:>10} {:>10} {:>10}", "function", "start", "p50 ms", "p99 ms", "n");
+    println!(
+        "{:<20} {:>6} {:>10} {:>10} {:>10}",
+        "function", "start", "p50 ms", "p99 ms", "n"
+    );
     for (name, code, reqs) in FORK_FUNCTIONS {
         let mut files = vec![("f.py", *code)];
         if !reqs.is_empty() {
             files.push(("requirements.txt", *reqs));
         }
         eprintln!("deploying {name}");
-        c.request(Method::POST, &format!("/registry/{name}"), &[], crate::examples::pack(&files)?).await?.ok()?;
+        c.request(
+            Method::POST,
+            &format!("/registry/{name}"),
+            &[],
+            crate::examples::pack(&files)?,
+        )
+        .await?
+        .ok()?;
         // The first fork creates the zygotes; it is not a fork start of a ready zygote.
         let (_, how, _) = start_once(&mut c, name, Some("fork")).await?;
         if how != "fork" {
@@ -550,7 +574,14 @@ async fn fork(addr: SocketAddr, reps: usize, memory_instances: usize, output: Op
                 }
                 samples.0.push(ms);
             }
-            println!("{:<20} {:>6} {:>10.3} {:>10.3} {:>10}", name, method, samples.pct(50.0), samples.pct(99.0), samples.0.len());
+            println!(
+                "{:<20} {:>6} {:>10.3} {:>10.3} {:>10}",
+                name,
+                method,
+                samples.pct(50.0),
+                samples.pct(99.0),
+                samples.0.len()
+            );
             entry.insert(method.to_string(), samples.json());
         }
         let cold = entry["cold"]["p50_ms"].as_f64().unwrap_or(f64::NAN);
@@ -573,7 +604,12 @@ async fn fork(addr: SocketAddr, reps: usize, memory_instances: usize, output: Op
         .as_array()
         .map(|zs| {
             zs.iter()
-                .filter(|z| z["packages"].as_array().is_some_and(|p| p.iter().any(|k| k.as_str().is_some_and(|k| k.starts_with("pandas==")))))
+                .filter(|z| {
+                    z["packages"].as_array().is_some_and(|p| {
+                        p.iter()
+                            .any(|k| k.as_str().is_some_and(|k| k.starts_with("pandas==")))
+                    })
+                })
                 .filter_map(|z| z["memory_bytes"].as_u64())
                 .max()
                 .unwrap_or(0)
@@ -598,11 +634,21 @@ async fn fork(addr: SocketAddr, reps: usize, memory_instances: usize, output: Op
         }),
     );
     if let Some(path) = output {
-        std::fs::write(&path, serde_json::to_string_pretty(&serde_json::Value::Object(results))?)?;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&serde_json::Value::Object(results))?,
+        )?;
         eprintln!("results written to {}", path.display());
     }
     for (name, _, _) in FORK_FUNCTIONS {
-        let _ = c.request(Method::DELETE, &format!("/registry/{name}"), &[], Vec::new()).await;
+        let _ = c
+            .request(
+                Method::DELETE,
+                &format!("/registry/{name}"),
+                &[],
+                Vec::new(),
+            )
+            .await;
     }
     Ok(())
 }

@@ -152,8 +152,7 @@ fn create(spec: &SandboxSpec, worker: &ControlChannel) -> io::Result<(i32, Vec<O
         Some(_) => Some(sys::socketpair(SocketKind::Stream)?),
         None => None,
     };
-    let mut flags =
-        libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     if spec.pid_namespace {
         flags |= libc::CLONE_NEWPID;
     }

@@ -497,6 +497,7 @@ fn gauges(worker: &Worker) -> Vec<(&'static str, u64)> {
     vec![
         ("sandboxes.live", worker.pool.live_sandboxes() as u64),
         ("instances.idle", worker.pool.idle_instances() as u64),
+        ("zygotes.live", worker.zygotes.count() as u64),
         ("functions", worker.registry.list().len() as u64),
     ]
 }

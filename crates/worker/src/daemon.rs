@@ -8,8 +8,8 @@ use crate::instance::{Factory, FunctionLimits};
 use crate::metrics::Metrics;
 use crate::packages::{EnsureStats, Lock, PackageError, PackageStore};
 use crate::pool::{Pool, PoolConfig};
-use crate::zygote::Zygotes;
 use crate::registry::{Deployed, FunctionVersion, Registry, RegistryError};
+use crate::zygote::Zygotes;
 use kindling_sandbox::cgroup::CgroupManager;
 use kindling_sandbox::spawner::Spawner;
 use std::path::{Path, PathBuf};
@@ -192,7 +192,10 @@ impl Worker {
         };
         // From here until the commit, no gc may take this deploy's packages away.
         let pin = self.packages.pin(&lock);
-        match self.packages.ensure(&self.factory, &self.base, &lock, progress) {
+        match self
+            .packages
+            .ensure(&self.factory, &self.base, &lock, progress)
+        {
             Ok(mut stats) => {
                 self.packages.mark_site_packages(&mut lock);
                 stats.package_ms = started.elapsed().as_secs_f64() * 1000.0;

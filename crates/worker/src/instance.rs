@@ -177,7 +177,11 @@ impl Factory {
 
     /// The mounts of a function's sandbox: its code, the runtime, the package store, /tmp,
     /// /proc and /dev.
-    pub(crate) fn function_mounts(&self, function: &FunctionVersion, limits: &FunctionLimits) -> Vec<MountSpec> {
+    pub(crate) fn function_mounts(
+        &self,
+        function: &FunctionVersion,
+        limits: &FunctionLimits,
+    ) -> Vec<MountSpec> {
         vec![
             MountSpec::Bind {
                 source: function.dir.clone(),
@@ -222,7 +226,8 @@ impl Factory {
             &limits.cgroup(),
             Some(self.instance_spec(function, &id)),
         )?;
-        let sock = sock.ok_or_else(|| StartError::Io(std::io::Error::other("no instance socket")))?;
+        let sock =
+            sock.ok_or_else(|| StartError::Io(std::io::Error::other("no instance socket")))?;
         Instance::new(id, function, limits, sandbox, sock)
     }
 
@@ -246,7 +251,11 @@ impl Factory {
     }
 
     /// The whole environment of a function's instance: its own variables, then Kindling's.
-    pub(crate) fn instance_env(&self, function: &FunctionVersion, id: &str) -> Vec<(String, String)> {
+    pub(crate) fn instance_env(
+        &self,
+        function: &FunctionVersion,
+        id: &str,
+    ) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = function
             .config
             .environment
@@ -556,7 +565,8 @@ impl Factory {
             stdio_to_socket: true,
             privileged: false,
         };
-        let (handle, sock) = self.create_sandbox(&id, mounts, job.network, true, &job.limits, Some(instance))?;
+        let (handle, sock) =
+            self.create_sandbox(&id, mounts, job.network, true, &job.limits, Some(instance))?;
         let deadline = Instant::now() + job.timeout;
         let mut output = Vec::new();
         let mut timed_out = false;

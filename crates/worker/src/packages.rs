@@ -36,7 +36,10 @@ pub enum PackageError {
     #[error("function has requirements but no uv binary is configured or found on PATH")]
     NoUv,
     #[error("resolving requirements `{requirements}` failed:\n{output}")]
-    Resolve { requirements: String, output: String },
+    Resolve {
+        requirements: String,
+        output: String,
+    },
     #[error("installing {package} failed:\n{output}")]
     Install { package: String, output: String },
     #[error("no package {0} in the store")]
@@ -781,7 +784,13 @@ impl PackageStore {
             .or_default()
             .clone();
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self.pinned.lock().unwrap_or_else(|p| p.into_inner()).get(&key).is_some_and(|n| *n > 0) {
+        if self
+            .pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .is_some_and(|n| *n > 0)
+        {
             users.push("(a deploy in progress)".into());
         }
         if !users.is_empty() {

@@ -263,7 +263,11 @@ impl Pool {
     }
 
     /// Tries a fork start; `None` (counted as `fork.fallback`) sends the caller to a cold start.
-    async fn fork_start(&self, function: &Arc<FunctionVersion>, limits: &FunctionLimits) -> Option<Instance> {
+    async fn fork_start(
+        &self,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Option<Instance> {
         if !self.zygotes.config.enabled {
             return None;
         }

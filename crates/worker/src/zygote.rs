@@ -81,7 +81,12 @@ impl Zygote {
         if reply["ok"].as_bool() == Some(true) {
             Ok(reply)
         } else {
-            Err(ForkError::Zygote(reply["error"].as_str().unwrap_or("unknown error").to_string()))
+            Err(ForkError::Zygote(
+                reply["error"]
+                    .as_str()
+                    .unwrap_or("unknown error")
+                    .to_string(),
+            ))
         }
     }
 
@@ -92,14 +97,23 @@ impl Zygote {
 
     fn kill(&self) {
         self.dead.store(true, Ordering::SeqCst);
-        if let Some(s) = self.sandbox.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(s) = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             s.destroy();
         }
     }
 
     /// Memory charged to the zygote's cgroup.
     pub fn memory_usage(&self) -> Option<u64> {
-        self.sandbox.lock().unwrap_or_else(|p| p.into_inner()).as_ref()?.memory_usage()
+        self.sandbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()?
+            .memory_usage()
     }
 }
 
@@ -137,7 +151,13 @@ pub struct Zygotes {
 }
 
 impl Zygotes {
-    pub fn new(factory: Arc<Factory>, config: ZygoteConfig, uid: u32, gid: u32, max_open_files: u64) -> Self {
+    pub fn new(
+        factory: Arc<Factory>,
+        config: ZygoteConfig,
+        uid: u32,
+        gid: u32,
+        max_open_files: u64,
+    ) -> Self {
         let seccomp_hex = kindling_sandbox::seccomp::instance_filter_bytes()
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -160,7 +180,10 @@ impl Zygotes {
         let names: BTreeSet<&str> = lock.packages.iter().map(|p| p.name.as_str()).collect();
         let mut sets = vec![PackageSet::new()];
         for entry in &self.config.tree {
-            let normalized: Vec<String> = entry.iter().map(|n| crate::packages::normalize(n)).collect();
+            let normalized: Vec<String> = entry
+                .iter()
+                .map(|n| crate::packages::normalize(n))
+                .collect();
             if !normalized.is_empty() && normalized.iter().all(|n| names.contains(n.as_str())) {
                 sets.push(lock.closure_of(&normalized));
             }
@@ -260,7 +283,10 @@ impl Zygotes {
     fn create(&self, set: &PackageSet, parent: Option<Arc<Zygote>>) -> Result<Zygote, ForkError> {
         let id = format!("zy-{}", self.factory.next_id());
         let paths: Vec<String> = set.iter().map(|k| format!("/packages/{k}/files")).collect();
-        let inherited = parent.as_ref().map(|p| p.packages.clone()).unwrap_or_default();
+        let inherited = parent
+            .as_ref()
+            .map(|p| p.packages.clone())
+            .unwrap_or_default();
         let modules: Vec<String> = set
             .difference(&inherited)
             .flat_map(|k| top_level_modules(&self.factory.packages_dir.join(k).join("files")))
@@ -288,11 +314,21 @@ impl Zygotes {
                     stdio_to_socket: false,
                     privileged: true,
                 };
-                let (sandbox, sock) = self.factory.create_sandbox(&id, self.mounts(), false, false, &self.cgroup_limits(), Some(spec))?;
+                let (sandbox, sock) = self.factory.create_sandbox(
+                    &id,
+                    self.mounts(),
+                    false,
+                    false,
+                    &self.cgroup_limits(),
+                    Some(spec),
+                )?;
                 let sock = sock.ok_or_else(|| ForkError::NotReady("no zygote socket".into()))?;
                 let mut chan = UnixStream::from(sock);
                 let ready = read_frame(&mut chan, READY_TIMEOUT).map_err(|e| {
-                    ForkError::NotReady(format!("{e}; {}", sandbox.setup_error().unwrap_or_default()))
+                    ForkError::NotReady(format!(
+                        "{e}; {}",
+                        sandbox.setup_error().unwrap_or_default()
+                    ))
                 });
                 let ready = match ready {
                     Ok(r) => r,
@@ -304,7 +340,14 @@ impl Zygotes {
                 (sandbox, chan, ready)
             }
             Some(p) => {
-                let (sandbox, _) = self.factory.create_sandbox(&id, self.mounts(), false, false, &self.cgroup_limits(), None)?;
+                let (sandbox, _) = self.factory.create_sandbox(
+                    &id,
+                    self.mounts(),
+                    false,
+                    false,
+                    &self.cgroup_limits(),
+                    None,
+                )?;
                 if let Err(e) = sandbox.wait_ready() {
                     sandbox.destroy();
                     return Err(e.into());
@@ -335,7 +378,11 @@ impl Zygotes {
         let pid = ready["pid"].as_i64().unwrap_or(0) as i32;
         let failed_imports: Vec<String> = ready["failed"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         if !failed_imports.is_empty() {
             tracing::debug!(zygote = %id, ?failed_imports, "modules a zygote could not preload");
@@ -409,16 +456,32 @@ impl Zygotes {
     /// is short of memory.
     pub fn housekeeping(&self) {
         let idle_pause = Duration::from_secs(self.config.idle_pause_secs);
-        let nodes: Vec<Arc<Zygote>> = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let nodes: Vec<Arc<Zygote>> = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for z in &nodes {
-            let idle = z.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-            if idle >= idle_pause && !z.paused.load(Ordering::SeqCst) && z.channel.try_lock().is_ok() {
+            let idle = z
+                .last_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed();
+            if idle >= idle_pause
+                && !z.paused.load(Ordering::SeqCst)
+                && z.channel.try_lock().is_ok()
+            {
                 z.paused.store(true, Ordering::SeqCst);
                 let _ = sys::pidfd_stop(z.pidfd.as_raw_fd());
             }
         }
         if available_mb().is_some_and(|mb| mb < self.config.min_available_mb) {
-            let parents: BTreeSet<String> = nodes.iter().filter_map(|z| z.parent.as_ref().map(|p| p.id.clone())).collect();
+            let parents: BTreeSet<String> = nodes
+                .iter()
+                .filter_map(|z| z.parent.as_ref().map(|p| p.id.clone()))
+                .collect();
             let victim = nodes
                 .iter()
                 .filter(|z| !parents.contains(&z.id))
@@ -429,6 +492,16 @@ impl Zygotes {
                 v.kill();
             }
         }
+    }
+
+    /// Zygotes alive now (each has a sandbox of its own).
+    pub fn count(&self) -> usize {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|z| !z.is_dead())
+            .count()
     }
 
     /// Zygotes for `/status`: id, packages, pid, forks, memory.
@@ -453,7 +526,13 @@ impl Zygotes {
 
     /// Kills every zygote (shutdown). Blocking.
     pub fn shutdown(&self) {
-        let nodes: Vec<_> = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, z)| z).collect();
+        let nodes: Vec<_> = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, z)| z)
+            .collect();
         for z in nodes {
             z.kill();
         }
@@ -483,20 +562,32 @@ fn zygote_env(paths: &[String], sites: &[String], modules: &[String]) -> Vec<(St
 fn open_procs(files: &[PathBuf]) -> std::io::Result<Vec<OwnedFd>> {
     files
         .iter()
-        .map(|f| std::fs::OpenOptions::new().write(true).open(f).map(OwnedFd::from))
+        .map(|f| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .map(OwnedFd::from)
+        })
         .collect()
 }
 
 /// Importable top-level names of an installed package directory.
 pub fn top_level_modules(files: &Path) -> Vec<String> {
-    let Ok(rd) = std::fs::read_dir(files) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(files) else {
+        return Vec::new();
+    };
     let mut names = BTreeSet::new();
     let mut declared = None;
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".dist-info") {
             if let Ok(t) = std::fs::read_to_string(e.path().join("top_level.txt")) {
-                declared = Some(t.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect::<Vec<_>>());
+                declared = Some(
+                    t.lines()
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty())
+                        .collect::<Vec<_>>(),
+                );
             }
             continue;
         }
@@ -520,13 +611,18 @@ pub fn top_level_modules(files: &Path) -> Vec<String> {
     };
     candidates
         .into_iter()
-        .filter(|m| !m.starts_with('_') && !m.starts_with("test") && m != "setup" && m != "conftest")
+        .filter(|m| {
+            !m.starts_with('_') && !m.starts_with("test") && m != "setup" && m != "conftest"
+        })
         .collect()
 }
 
 fn has_pth(files: &Path) -> bool {
     std::fs::read_dir(files)
-        .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".pth")))
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".pth"))
+        })
         .unwrap_or(false)
 }
 
@@ -534,5 +630,9 @@ fn has_pth(files: &Path) -> bool {
 fn available_mb() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb / 1024)
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb / 1024)
 }

@@ -66,8 +66,16 @@ fn free_port() -> u16 {
 }
 
 impl Worker {
-    /// Starts a worker with extra TOML config lines.
+    /// Starts a worker with extra TOML config lines. Zygotes are off (new instances start
+    /// cold) unless the extra config has a `[zygotes]` table.
     pub fn start(extra_config: &str) -> Worker {
+        let zygotes = if extra_config.contains("[zygotes]") {
+            ""
+        } else {
+            "\n[zygotes]\nenabled = false\n"
+        };
+        let extra_config = format!("{extra_config}{zygotes}");
+        let extra_config = extra_config.as_str();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let root = tempfile::Builder::new()
             .prefix("kindling-e2e-")
@@ -226,9 +234,10 @@ impl Worker {
         pids
     }
 
-    /// Live sandboxes as the worker reports them.
+    /// Live sandboxes as the worker reports them: instances' and zygotes'.
     pub fn live_sandboxes(&self) -> u64 {
-        self.stats()["sandboxes.live"].as_u64().unwrap_or(u64::MAX)
+        let s = self.stats();
+        s["sandboxes.live"].as_u64().unwrap_or(u64::MAX) + s["zygotes.live"].as_u64().unwrap_or(0)
     }
 
     /// Waits until the worker's cgroups number exactly its live sandboxes (cleanup is async).

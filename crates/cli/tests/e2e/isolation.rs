@@ -498,7 +498,8 @@ def f(event):
     );
     assert_eq!(b["contents"], json!([]), "bob found alice's data: {b}");
     assert_eq!(b["visible"], json!([]), "bob sees alice's paths: {b}");
-    assert_eq!(b["handler"], json!(["f.py"]), "{b}");
+    // Bob's own code, byte-compiled at deploy.
+    assert_eq!(b["handler"], json!(["__pycache__", "f.py"]), "{b}");
     // Alice's sandbox was alive all along, secret and all.
     let r = w.run("alice", &json!({ "token": token }).to_string());
     assert_eq!(r.header("x-kindling-start"), Some("warm"));

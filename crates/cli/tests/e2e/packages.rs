@@ -295,7 +295,7 @@ fn requests_extras_markers_and_store_operations() {
 
     // 3. New code, unchanged requirements: no second resolution (the lock cache entry is not
     //    rewritten), no install, and quick.
-    let locks = w.root.path().join("pkgwork/locks");
+    let locks = w.root.path().join("locks");
     let lock_files = || -> Vec<(String, std::time::SystemTime, u64)> {
         use std::os::unix::fs::MetadataExt;
         let mut v: Vec<_> = std::fs::read_dir(&locks)
