@@ -53,6 +53,11 @@ pub enum BenchCommand {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// SeBS's perf-cost experiment: deploy benchmarks of benchmarks/, invoke each N times from
+    /// C clients with a start method, validate the outputs, write JSON and CSV results.
+    Run(crate::sebs::RunArgs),
+    /// Markdown report with tables and SVG/PNG plots of the results of `bench run`.
+    Report(crate::report::ReportArgs),
 }
 
 /// The handler every method runs.
@@ -78,6 +83,8 @@ pub async fn run(addr: SocketAddr, command: BenchCommand) -> Result<()> {
             pip_python,
             output,
         } => packages(addr, &requirements, &pip_python, output).await,
+        BenchCommand::Run(args) => crate::sebs::run(addr, args).await,
+        BenchCommand::Report(args) => crate::report::run(args),
     }
 }
 

@@ -3,6 +3,8 @@
 mod bench;
 mod client;
 mod examples;
+mod report;
+mod sebs;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};

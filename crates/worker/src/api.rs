@@ -498,6 +498,7 @@ fn gauges(worker: &Worker) -> Vec<(&'static str, u64)> {
         ("sandboxes.live", worker.pool.live_sandboxes() as u64),
         ("instances.idle", worker.pool.idle_instances() as u64),
         ("zygotes.live", worker.zygotes.count() as u64),
+        ("sandboxes.pooled", worker.zygotes.pooled() as u64),
         ("functions", worker.registry.list().len() as u64),
     ]
 }
@@ -512,6 +513,7 @@ fn status(worker: &Worker) -> Reply {
             "root": worker.config.root,
             "base": worker.base.info,
             "rootfs": worker.base.rootfs,
+            "storage_dir": worker.storage.as_ref().and_then(|s| s.backend().local_dir()),
             "cgroups": worker.cgroup_layout,
             "functions": worker.registry.list().len(),
             "sandboxes": worker.pool.live_sandboxes(),

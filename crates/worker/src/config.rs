@@ -44,10 +44,17 @@
 //! memory_mb = 2048                 # cgroup memory limit of each zygote
 //! idle_pause_secs = 60             # SIGSTOP a zygote unused this long (SIGCONT on next use)
 //! min_available_mb = 1024          # below this MemAvailable, evict idle zygotes (LRU, leaves first)
+//! sandbox_pool = 2                 # clean sandboxes kept ready for fork starts (0: none)
 //!
 //! [archive]                        # limits on uploaded function archives -> 400
 //! max_unpacked_bytes = 268435456
 //! max_entries = 100000
+//!
+//! [storage]                        # object storage for functions (Python module `storage`)
+//! enabled = true                   # serve it; when false, `import storage` calls fail
+//! dir = "/var/lib/kindling/storage"  # directory backend: <dir>/<bucket>/<key> (default <root>/storage)
+//! max_object_bytes = 268435456     # largest object one upload may store
+//! max_connections = 64             # storage calls served at once (more wait their turn)
 //! ```
 
 use serde::Deserialize;
@@ -97,6 +104,28 @@ pub struct Config {
     pub allow_unsafe_requirements: bool,
     pub installer_limits: crate::packages::InstallerLimits,
     pub zygotes: ZygoteConfig,
+    pub storage: StorageConfig,
+}
+
+/// Object storage for functions (`[storage]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub enabled: bool,
+    pub dir: Option<PathBuf>,
+    pub max_object_bytes: u64,
+    pub max_connections: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            max_object_bytes: 256 * 1024 * 1024,
+            max_connections: 64,
+        }
+    }
 }
 
 /// Zygote settings (`[zygotes]`).
@@ -109,6 +138,7 @@ pub struct ZygoteConfig {
     pub memory_mb: u64,
     pub idle_pause_secs: u64,
     pub min_available_mb: u64,
+    pub sandbox_pool: usize,
 }
 
 impl Default for ZygoteConfig {
@@ -124,6 +154,7 @@ impl Default for ZygoteConfig {
             memory_mb: 2048,
             idle_pause_secs: 60,
             min_available_mb: 1024,
+            sandbox_pool: 2,
         }
     }
 }
@@ -171,6 +202,7 @@ impl Default for Config {
             allow_unsafe_requirements: false,
             installer_limits: Default::default(),
             zygotes: ZygoteConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -236,6 +268,12 @@ impl Config {
         if !self.root.is_absolute() {
             return bad("root must be an absolute path");
         }
+        if self.storage.dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return bad("storage.dir must be an absolute path");
+        }
+        if self.storage.max_object_bytes == 0 || self.storage.max_connections == 0 {
+            return bad("storage.max_object_bytes and storage.max_connections must be positive");
+        }
         Ok(())
     }
 
@@ -258,6 +296,14 @@ impl Config {
                 .map(|d| d.join("uv"))
                 .find(|p| is_elf(p))
         })
+    }
+
+    /// Directory of the object storage's directory backend.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.storage
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.root.join("storage"))
     }
 
     /// Directory holding base root filesystems.
@@ -289,6 +335,23 @@ mod tests {
         assert_eq!(cfg.defaults.memory_mb, 64);
         assert_eq!(cfg.defaults.pids, 64);
         assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+    }
+
+    #[test]
+    fn storage_keys() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert_eq!(
+            cfg.storage_dir(),
+            PathBuf::from("/var/lib/kindling/storage")
+        );
+        assert_eq!(cfg.storage.max_object_bytes, 256 << 20);
+        let cfg: Config =
+            toml::from_str("[storage]\ndir = \"/srv/objects\"\nmax_object_bytes = 10\n").unwrap();
+        assert_eq!(cfg.storage_dir(), PathBuf::from("/srv/objects"));
+        assert!(cfg.validate().is_ok());
+        let cfg: Config = toml::from_str("[storage]\ndir = \"rel\"\n").unwrap();
+        assert!(cfg.validate().is_err());
+        assert!(toml::from_str::<Config>("[storage]\nbogus = 1\n").is_err());
     }
 
     #[test]

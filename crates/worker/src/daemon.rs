@@ -37,6 +37,8 @@ pub enum StartupError {
     Registry(#[from] crate::registry::RegistryError),
     #[error("package store")]
     Packages(#[from] PackageError),
+    #[error("object storage")]
+    Storage(#[from] crate::storage::ServiceError),
 }
 
 /// Why a deploy failed; the version in service (if any) stays.
@@ -59,6 +61,8 @@ pub struct Worker {
     pub base: Base,
     pub cgroup_layout: String,
     pub started: Instant,
+    /// Object storage for functions (None when disabled).
+    pub storage: Option<crate::storage::StorageService>,
     factory: Arc<Factory>,
 }
 
@@ -107,6 +111,9 @@ impl Worker {
             config.allow_unsafe_requirements,
         )?;
         factory.packages_dir = packages.dir.clone();
+        let storage =
+            crate::storage::start_configured(&config.storage, &config.storage_dir(), &root)?;
+        factory.storage_socket_dir = storage.as_ref().map(|s| s.socket_dir().to_path_buf());
         let factory = Arc::new(factory);
         let registry = Registry::open(
             &root.join("functions"),
@@ -122,6 +129,7 @@ impl Worker {
             config.sandbox_uid,
             config.sandbox_gid,
             config.max_open_files,
+            config.defaults.tmp_mb,
         ));
         let pool = Pool::new(
             factory.clone(),
@@ -152,6 +160,7 @@ impl Worker {
             metrics,
             base,
             started: Instant::now(),
+            storage,
             factory,
         }))
     }
@@ -280,7 +289,13 @@ impl Worker {
             tick.tick().await;
             self.pool.expire_idle();
             let z = self.zygotes.clone();
-            let _ = tokio::task::spawn_blocking(move || z.housekeeping()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                z.housekeeping();
+                if z.config.enabled {
+                    z.refill_pool();
+                }
+            })
+            .await;
         }
     }
 
@@ -288,6 +303,9 @@ impl Worker {
     pub fn shutdown(&self) {
         self.pool.shutdown();
         self.zygotes.shutdown();
+        if let Some(s) = &self.storage {
+            s.stop();
+        }
         if let Err(e) = self.factory.cgroups.remove_stale() {
             tracing::warn!("cleaning cgroups at shutdown: {e}");
         }

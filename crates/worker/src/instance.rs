@@ -12,7 +12,7 @@ use kindling_sandbox::spawner::Spawner;
 use kindling_sandbox::spec::{InstanceSpec, MountSpec, SandboxSpec};
 use kindling_sandbox::sys;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +67,9 @@ pub struct Factory {
     pub runtime_dir: PathBuf,
     /// The package store, bound read-only at /packages.
     pub packages_dir: PathBuf,
+    /// The object storage socket's directory, bound read-only into function sandboxes (None:
+    /// storage is off).
+    pub storage_socket_dir: Option<PathBuf>,
     pub mountpoint: PathBuf,
     pub uid: u32,
     pub gid: u32,
@@ -122,6 +125,7 @@ impl Factory {
             python,
             runtime_dir,
             packages_dir,
+            storage_socket_dir: None,
             mountpoint,
             uid,
             gid,
@@ -176,13 +180,13 @@ impl Factory {
     }
 
     /// The mounts of a function's sandbox: its code, the runtime, the package store, /tmp,
-    /// /proc and /dev.
+    /// /proc, /dev and the object storage socket.
     pub(crate) fn function_mounts(
         &self,
         function: &FunctionVersion,
         limits: &FunctionLimits,
     ) -> Vec<MountSpec> {
-        vec![
+        let mut mounts = vec![
             MountSpec::Bind {
                 source: function.dir.clone(),
                 target: "/handler".into(),
@@ -208,7 +212,19 @@ impl Factory {
             MountSpec::Dev {
                 target: "/dev".into(),
             },
-        ]
+        ];
+        mounts.extend(self.storage_mount());
+        mounts
+    }
+
+    /// The storage socket's directory at /kindling/storage-socket (after the /kindling bind,
+    /// whose runtime directory provides the mount point).
+    pub(crate) fn storage_mount(&self) -> Option<MountSpec> {
+        self.storage_socket_dir.as_ref().map(|dir| MountSpec::Bind {
+            source: dir.clone(),
+            target: crate::storage::SANDBOX_SOCKET_DIR.into(),
+            writable: false,
+        })
     }
 
     /// Cold start: a new sandbox running a fresh interpreter for `function`.
@@ -314,6 +330,32 @@ impl SandboxHandle {
     /// Memory charged to the sandbox's cgroup.
     pub(crate) fn memory_usage(&self) -> Option<u64> {
         self.cgroup.memory_usage().ok()
+    }
+
+    /// Mounts a host directory read-only at `target` inside the live sandbox: a detached copy
+    /// of the directory's mount is made here and attached by the sandbox's init.
+    pub(crate) fn attach(&self, source: &Path, target: &str) -> Result<(), StartError> {
+        let tree = sys::open_tree_clone(source, false)?;
+        sys::mount_tree_readonly(tree.as_raw_fd())?;
+        let req = kindling_sandbox::control::ControlRequest::Mount {
+            target: target.into(),
+        };
+        self.control.send(&req, &[tree.as_raw_fd()])?;
+        loop {
+            match self.control.recv::<ControlEvent>(false)? {
+                Some((ControlEvent::Mounted { .. }, _)) => return Ok(()),
+                Some((ControlEvent::Failed { message }, _)) => {
+                    return Err(StartError::Io(std::io::Error::other(message)))
+                }
+                Some(_) => continue,
+                None => return Err(StartError::Io(std::io::Error::other("sandbox init exited"))),
+            }
+        }
+    }
+
+    /// Sets the cgroup's limits (a pooled sandbox taking on a function).
+    pub(crate) fn set_limits(&self, limits: &CgroupLimits) -> Result<(), StartError> {
+        Ok(self.cgroup.set_limits(limits)?)
     }
 
     /// Blocks until the init reports its root filesystem ready (or its setup failure).

@@ -12,4 +12,5 @@ pub mod packages;
 pub mod pool;
 pub mod registry;
 pub mod runtime;
+pub mod storage;
 pub mod zygote;

@@ -1,5 +1,7 @@
 //! The in-sandbox runtime (Python), shipped inside the binary and installed under
-//! `<root>/runtime/<base>/`, bound read-only at `/kindling` in every sandbox.
+//! `<root>/runtime/<base>/`, bound read-only at `/kindling` in every sandbox: the runtime
+//! itself, the `storage` module function code imports for object storage, and an empty
+//! `storage-socket/` directory, the mount point of the storage socket's directory.
 //!
 //! It is byte-compiled once per base by the base's own interpreter (in a job sandbox), because
 //! compiling it at every cold start would cost milliseconds.
@@ -15,8 +17,11 @@ use std::time::Duration;
 /// The runtime's source.
 pub const SOURCE: &str = include_str!("../runtime/kindling_runtime.py");
 
-/// Module file name.
-const MODULE: &str = "kindling_runtime.py";
+/// The object storage client's source (`import storage`).
+pub const STORAGE_SOURCE: &str = include_str!("../runtime/storage.py");
+
+/// Module name and source of each file installed.
+const MODULES: &[(&str, &str)] = &[("kindling_runtime", SOURCE), ("storage", STORAGE_SOURCE)];
 
 /// Errors installing the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -41,15 +46,32 @@ pub fn install(root: &Path, base: &Base, factory: &Factory) -> Result<PathBuf, R
         move |source| RuntimeError::Io { path, source }
     };
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let file = dir.join(MODULE);
-    let pyc = dir
-        .join("__pycache__")
-        .join(format!("kindling_runtime.{}.pyc", base.info.cache_tag));
-    let unchanged = std::fs::read_to_string(&file).is_ok_and(|s| s == SOURCE) && pyc.is_file();
+    let mount_point = dir.join(crate::storage::SOCKET_DIR);
+    std::fs::create_dir_all(&mount_point).map_err(io_err(&mount_point))?;
+    let pyc = |module: &str| {
+        dir.join("__pycache__")
+            .join(format!("{module}.{}.pyc", base.info.cache_tag))
+    };
+    let unchanged = MODULES.iter().all(|(module, source)| {
+        std::fs::read_to_string(dir.join(format!("{module}.py"))).is_ok_and(|s| s == *source)
+            && pyc(module).is_file()
+    });
     if unchanged {
         return Ok(dir);
     }
-    std::fs::write(&file, SOURCE).map_err(io_err(&file))?;
+    for (module, source) in MODULES {
+        let file = dir.join(format!("{module}.py"));
+        std::fs::write(&file, source).map_err(io_err(&file))?;
+    }
+    let compile: Vec<String> = MODULES
+        .iter()
+        .map(|(module, _)| {
+            format!(
+                "py_compile.compile('/kindling/{module}.py', doraise=True, \
+                 invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)"
+            )
+        })
+        .collect();
     // An unchecked-hash pyc is never revalidated against the source at import (no stat, no
     // hashing at each cold start); it is rebuilt here whenever the shipped source changes.
     let out = factory.run_job(Job {
@@ -57,9 +79,7 @@ pub fn install(root: &Path, base: &Base, factory: &Factory) -> Result<PathBuf, R
             base.info.python.clone(),
             "-S".into(),
             "-c".into(),
-            "import py_compile; py_compile.compile('/kindling/kindling_runtime.py', doraise=True, \
-             invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)"
-                .into(),
+            format!("import py_compile; {}", compile.join("; ")),
         ],
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         mounts: vec![MountSpec::Bind {
@@ -79,7 +99,7 @@ pub fn install(root: &Path, base: &Base, factory: &Factory) -> Result<PathBuf, R
         timeout: Duration::from_secs(60),
         cwd: "/".into(),
     })?;
-    if out.code != Some(0) || !pyc.is_file() {
+    if out.code != Some(0) || !MODULES.iter().all(|(module, _)| pyc(module).is_file()) {
         return Err(RuntimeError::Compile(out.output));
     }
     Ok(dir)

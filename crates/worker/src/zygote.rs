@@ -68,11 +68,13 @@ pub struct Zygote {
 impl Zygote {
     /// Sends a request with descriptors and reads the reply.
     fn call(&self, req: &serde_json::Value, fds: &[RawFd]) -> Result<serde_json::Value, ForkError> {
+        // Holding the channel while resuming: housekeeping pauses only a zygote whose channel
+        // it holds, so a request can never be stopped halfway.
+        let mut chan = self.channel.lock().unwrap_or_else(|p| p.into_inner());
         if self.paused.swap(false, Ordering::SeqCst) {
             let _ = sys::pidfd_resume(self.pidfd.as_raw_fd());
         }
         *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        let mut chan = self.channel.lock().unwrap_or_else(|p| p.into_inner());
         let body = serde_json::to_vec(req).map_err(std::io::Error::other)?;
         let mut frame = (body.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(&body);
@@ -90,9 +92,17 @@ impl Zygote {
         }
     }
 
-    /// Whether the zygote is known to be gone.
+    /// Whether the zygote is gone: marked dead, or its process no longer exists.
     pub fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::SeqCst)
+        if self.dead.load(Ordering::SeqCst) {
+            return true;
+        }
+        // Signal 0 checks for existence; the zygote's init reaps it when it dies.
+        if sys::pidfd_send_signal(self.pidfd.as_raw_fd(), 0).is_err() {
+            self.dead.store(true, Ordering::SeqCst);
+            return true;
+        }
+        false
     }
 
     fn kill(&self) {
@@ -148,6 +158,10 @@ pub struct Zygotes {
     max_open_files: u64,
     uid: u32,
     gid: u32,
+    /// Clean sandboxes created ahead of fork starts (ids and handles).
+    pool: Mutex<Vec<(String, SandboxHandle)>>,
+    /// `/tmp` size of pooled sandboxes: the worker's default.
+    pool_tmp_mb: u64,
 }
 
 impl Zygotes {
@@ -157,6 +171,7 @@ impl Zygotes {
         uid: u32,
         gid: u32,
         max_open_files: u64,
+        pool_tmp_mb: u64,
     ) -> Self {
         let seccomp_hex = kindling_sandbox::seccomp::instance_filter_bytes()
             .iter()
@@ -171,6 +186,8 @@ impl Zygotes {
             max_open_files,
             uid,
             gid,
+            pool: Mutex::new(Vec::new()),
+            pool_tmp_mb,
         }
     }
 
@@ -213,7 +230,16 @@ impl Zygotes {
                 parent = Some(z);
                 continue;
             }
-            let z = Arc::new(self.create(set, parent.clone())?);
+            let z = match self.create(set, parent.clone()) {
+                Ok(z) => Arc::new(z),
+                Err(e) => {
+                    // A parent that cannot fork is replaced on the next need.
+                    if let (Some(p), ForkError::Io(_) | ForkError::Zygote(_)) = (&parent, &e) {
+                        self.discard(p);
+                    }
+                    return Err(e);
+                }
+            };
             tracing::info!(zygote = %z.id, packages = set.len(), pid = z.pid, "zygote ready");
             self.nodes
                 .lock()
@@ -410,25 +436,36 @@ impl Zygotes {
         })
     }
 
-    /// Fork start: a new sandbox for `function` whose instance is forked from `zygote`.
+    /// Fork start: a sandbox for `function` whose instance is forked from `zygote`. The sandbox
+    /// is a clean pre-created one from the pool when the function's mounts allow (its code is
+    /// attached while the sandbox lives), else created now.
     pub fn fork_start(
         &self,
         zygote: &Zygote,
         function: &Arc<FunctionVersion>,
         limits: &FunctionLimits,
     ) -> Result<Instance, ForkError> {
-        let id = self.factory.next_id();
-        let (sandbox, _) = self.factory.create_sandbox(
-            &id,
-            self.factory.function_mounts(function, limits),
-            limits.network,
-            true,
-            &limits.cgroup(),
-            None,
-        )?;
+        let (id, sandbox) = match self.take_pooled(function, limits) {
+            Some(pooled) => pooled,
+            None => {
+                let id = self.factory.next_id();
+                let (sandbox, _) = self.factory.create_sandbox(
+                    &id,
+                    self.factory.function_mounts(function, limits),
+                    limits.network,
+                    true,
+                    &limits.cgroup(),
+                    None,
+                )?;
+                // The child enters the sandbox's mount namespace, so its root must be complete.
+                if let Err(e) = sandbox.wait_ready() {
+                    sandbox.destroy();
+                    return Err(e.into());
+                }
+                (id, sandbox)
+            }
+        };
         let result = (|| {
-            // The child enters the sandbox's mount namespace, so its root must be complete.
-            sandbox.wait_ready()?;
             let (ours, theirs) = sys::socketpair(SocketKind::Stream)?;
             let procs = open_procs(&sandbox.cgroup_procs())?;
             let mut fds = vec![sandbox.pidfd_raw(), theirs.as_raw_fd()];
@@ -452,6 +489,80 @@ impl Zygotes {
         }
     }
 
+    /// A pooled sandbox made ready for `function`: limits set, code attached at /handler.
+    fn take_pooled(
+        &self,
+        function: &FunctionVersion,
+        limits: &FunctionLimits,
+    ) -> Option<(String, SandboxHandle)> {
+        if limits.network || limits.tmp_mb != self.pool_tmp_mb || self.config.sandbox_pool == 0 {
+            return None;
+        }
+        let (id, sandbox) = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+        let ready = sandbox
+            .set_limits(&limits.cgroup())
+            .and_then(|()| sandbox.attach(&function.dir, "/handler"));
+        match ready {
+            Ok(()) => Some((id, sandbox)),
+            Err(e) => {
+                tracing::warn!(sandbox = %id, "pooled sandbox unusable: {e}");
+                sandbox.destroy();
+                None
+            }
+        }
+    }
+
+    /// Tops the pool of clean sandboxes up to `sandbox_pool` (blocking; run off the request path).
+    pub fn refill_pool(&self) {
+        loop {
+            if self.pool.lock().unwrap_or_else(|p| p.into_inner()).len() >= self.config.sandbox_pool
+            {
+                return;
+            }
+            let id = self.factory.next_id();
+            let mounts = self.pool_mounts();
+            let made = self
+                .factory
+                .create_sandbox(&id, mounts, false, true, &self.cgroup_limits(), None)
+                .and_then(|(sandbox, _)| match sandbox.wait_ready() {
+                    Ok(()) => Ok(sandbox),
+                    Err(e) => {
+                        sandbox.destroy();
+                        Err(e)
+                    }
+                });
+            match made {
+                Ok(sandbox) => self
+                    .pool
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((id, sandbox)),
+                Err(e) => {
+                    tracing::warn!("cannot pre-create a sandbox: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Pooled sandboxes: a function's mounts without its code (attached on use).
+    fn pool_mounts(&self) -> Vec<MountSpec> {
+        let mut mounts = self.mounts();
+        for m in &mut mounts {
+            if let MountSpec::Tmpfs { size_bytes, .. } = m {
+                *size_bytes = self.pool_tmp_mb << 20;
+            }
+        }
+        // Function sandboxes reach object storage (see Factory::function_mounts).
+        mounts.extend(self.factory.storage_mount());
+        mounts
+    }
+
+    /// Sandboxes waiting in the pool.
+    pub fn pooled(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Pauses zygotes idle past `idle_pause_secs`; evicts idle leaf zygotes while the machine
     /// is short of memory.
     pub fn housekeeping(&self) {
@@ -469,12 +580,12 @@ impl Zygotes {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .elapsed();
-            if idle >= idle_pause
-                && !z.paused.load(Ordering::SeqCst)
-                && z.channel.try_lock().is_ok()
-            {
-                z.paused.store(true, Ordering::SeqCst);
-                let _ = sys::pidfd_stop(z.pidfd.as_raw_fd());
+            if idle >= idle_pause && !z.paused.load(Ordering::SeqCst) {
+                // Only while no request is in flight (the guard is held until the zygote stops).
+                if let Ok(_idle) = z.channel.try_lock() {
+                    z.paused.store(true, Ordering::SeqCst);
+                    let _ = sys::pidfd_stop(z.pidfd.as_raw_fd());
+                }
             }
         }
         if available_mb().is_some_and(|mb| mb < self.config.min_available_mb) {
@@ -509,6 +620,7 @@ impl Zygotes {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<_> = nodes
             .values()
+            .filter(|z| !z.is_dead())
             .map(|z| {
                 serde_json::json!({
                     "id": z.id, "pid": z.pid, "packages": z.packages,
@@ -524,8 +636,17 @@ impl Zygotes {
         out
     }
 
-    /// Kills every zygote (shutdown). Blocking.
+    /// Kills every zygote and pooled sandbox (shutdown). Blocking.
     pub fn shutdown(&self) {
+        let pooled: Vec<_> = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for (_, s) in pooled {
+            s.destroy();
+        }
         let nodes: Vec<_> = self
             .nodes
             .lock()

@@ -237,7 +237,9 @@ impl Worker {
     /// Live sandboxes as the worker reports them: instances' and zygotes'.
     pub fn live_sandboxes(&self) -> u64 {
         let s = self.stats();
-        s["sandboxes.live"].as_u64().unwrap_or(u64::MAX) + s["zygotes.live"].as_u64().unwrap_or(0)
+        s["sandboxes.live"].as_u64().unwrap_or(u64::MAX)
+            + s["zygotes.live"].as_u64().unwrap_or(0)
+            + s["sandboxes.pooled"].as_u64().unwrap_or(0)
     }
 
     /// Waits until the worker's cgroups number exactly its live sandboxes (cleanup is async).

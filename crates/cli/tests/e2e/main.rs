@@ -7,6 +7,8 @@ mod faults;
 mod harness;
 mod isolation;
 mod packages;
+mod storage;
+mod zygotes;
 
 use harness::Worker;
 
