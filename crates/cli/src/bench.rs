@@ -402,6 +402,33 @@ async fn packages(
             .request(Method::DELETE, &format!("/packages/{p}"), &[], Vec::new())
             .await?;
     }
+    let left: Vec<serde_json::Value> =
+        serde_json::from_slice(&c.get("/packages").await?.ok()?.body)?;
+    let in_use: Vec<String> = left
+        .iter()
+        .filter(|p| {
+            let key = format!(
+                "{}=={}",
+                p["name"].as_str().unwrap_or(""),
+                p["version"].as_str().unwrap_or("")
+            );
+            closure.contains(&key)
+        })
+        .map(|p| {
+            format!(
+                "{}=={} (used by {})",
+                p["name"].as_str().unwrap_or(""),
+                p["version"].as_str().unwrap_or(""),
+                p["users"]
+            )
+        })
+        .collect();
+    if !in_use.is_empty() {
+        bail!(
+            "cannot empty the store of the closure, other functions use: {}; remove them or run against a worker with its own --root",
+            in_use.join(", ")
+        );
+    }
     let bytes_empty = store_bytes(&mut c).await?;
 
     eprintln!("deploy with an empty store");

@@ -106,7 +106,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "python3")]
     pub python: String,
     /// Directory of the worker's storage backend (buckets as directories), where the input
-    /// objects of storage benchmarks are written; without it, those benchmarks fail to prepare.
+    /// objects of storage benchmarks are written (default: the worker's, from /status).
     #[arg(long)]
     pub storage_dir: Option<PathBuf>,
 }
@@ -1013,6 +1013,15 @@ pub async fn run(addr: SocketAddr, args: RunArgs) -> Result<()> {
             status.status
         );
     }
+    // Storage benchmarks write their inputs into the worker's own storage directory unless
+    // told otherwise (the directory backend: buckets as directories).
+    let status_json: serde_json::Value = serde_json::from_slice(&status.body).unwrap_or_default();
+    let storage_dir = args.storage_dir.clone().or_else(|| {
+        status_json["storage_dir"]
+            .as_str()
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+    });
     std::fs::create_dir_all(&args.output_dir)
         .with_context(|| format!("cannot create {}", args.output_dir.display()))?;
     let mut starts = args.start.clone();
@@ -1025,13 +1034,8 @@ pub async fn run(addr: SocketAddr, args: RunArgs) -> Result<()> {
         let dir = args.benchmarks_dir.join(bench);
         let function = format!("{}{bench}", args.prefix);
         let input_py = std::path::absolute(dir.join("input.py"))?;
-        let event = match generate_event(
-            &args.python,
-            &input_py,
-            args.size,
-            args.storage_dir.as_deref(),
-        )
-        .await
+        let event = match generate_event(&args.python, &input_py, args.size, storage_dir.as_deref())
+            .await
         {
             Ok(e) => e,
             Err(e) => {

@@ -44,7 +44,7 @@
 //! memory_mb = 2048                 # cgroup memory limit of each zygote
 //! idle_pause_secs = 60             # SIGSTOP a zygote unused this long (SIGCONT on next use)
 //! min_available_mb = 1024          # below this MemAvailable, evict idle zygotes (LRU, leaves first)
-//! sandbox_pool = 2                 # clean sandboxes kept ready for fork starts (0: none)
+//! sandbox_pool = 4                 # clean sandboxes kept ready for fork starts (0: none)
 //!
 //! [archive]                        # limits on uploaded function archives -> 400
 //! max_unpacked_bytes = 268435456
@@ -154,7 +154,7 @@ impl Default for ZygoteConfig {
             memory_mb: 2048,
             idle_pause_secs: 60,
             min_available_mb: 1024,
-            sandbox_pool: 2,
+            sandbox_pool: 4,
         }
     }
 }

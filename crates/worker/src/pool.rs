@@ -275,7 +275,11 @@ impl Pool {
         let (f, l) = (function.clone(), limits.clone());
         let result = tokio::task::spawn_blocking(move || {
             let z = zygotes.acquire(&f)?;
-            zygotes.fork_start(&z, &f, &l).inspect_err(|e| {
+            let started = zygotes.fork_start(&z, &f, &l);
+            // Top the sandbox pool up again right away, off the request path.
+            let refill = zygotes.clone();
+            std::thread::spawn(move || refill.refill_pool());
+            started.inspect_err(|e| {
                 // A zygote that cannot fork is replaced on the next need.
                 if matches!(e, ForkError::Io(_) | ForkError::Zygote(_)) {
                     zygotes.discard(&z);

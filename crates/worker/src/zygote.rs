@@ -162,6 +162,7 @@ pub struct Zygotes {
     pool: Mutex<Vec<(String, SandboxHandle)>>,
     /// `/tmp` size of pooled sandboxes: the worker's default.
     pool_tmp_mb: u64,
+    refilling: Mutex<()>,
 }
 
 impl Zygotes {
@@ -188,6 +189,7 @@ impl Zygotes {
             gid,
             pool: Mutex::new(Vec::new()),
             pool_tmp_mb,
+            refilling: Mutex::new(()),
         }
     }
 
@@ -514,6 +516,10 @@ impl Zygotes {
 
     /// Tops the pool of clean sandboxes up to `sandbox_pool` (blocking; run off the request path).
     pub fn refill_pool(&self) {
+        // One refiller at a time; others find the pool being filled and leave.
+        let Ok(_refilling) = self.refilling.try_lock() else {
+            return;
+        };
         loop {
             if self.pool.lock().unwrap_or_else(|p| p.into_inner()).len() >= self.config.sandbox_pool
             {
