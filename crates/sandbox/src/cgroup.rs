@@ -324,6 +324,14 @@ impl CgroupManager {
         }
     }
 
+    /// Removes the (empty) parent directories, on a clean shutdown. Leaves any that still hold
+    /// cgroups, such as another worker's.
+    pub fn remove_parent(&self) {
+        for (hierarchy, _) in self.hierarchies() {
+            let _ = fs::remove_dir(hierarchy.mount.join(&self.parent));
+        }
+    }
+
     /// Kills the processes of every cgroup under the parent and removes them all; for a worker
     /// starting after a crash. Tries every cgroup, then returns the first failure if any.
     pub fn remove_stale(&self) -> Result<usize, CgroupError> {

@@ -309,6 +309,7 @@ impl Worker {
         if let Err(e) = self.factory.cgroups.remove_stale() {
             tracing::warn!("cleaning cgroups at shutdown: {e}");
         }
+        self.factory.cgroups.remove_parent();
         tracing::info!("worker stopped");
     }
 }

@@ -451,18 +451,6 @@ impl Pool {
             }
         }
     }
-
-    /// Memory charged to the idle instances' cgroups, per instance id.
-    pub fn idle_memory(&self) -> Vec<(String, String, u64)> {
-        let map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        for (name, fp) in map.iter() {
-            for i in fp.idle.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                out.push((name.clone(), i.id.clone(), i.memory_usage().unwrap_or(0)));
-            }
-        }
-        out
-    }
 }
 
 fn ms(d: Duration) -> f64 {
