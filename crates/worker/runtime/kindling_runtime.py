@@ -390,11 +390,36 @@ def _zygote_loop(libc, socket, resource, failed):
                     pass
 
 
+# What a zygote needs to fork instances: setns (SYS_ADMIN; SYS_CHROOT for a mount namespace;
+# SYS_PTRACE because entering a sandbox through its init's pidfd is a ptrace-mode access to a
+# process holding every capability), dropping to the function's user (SETUID, SETGID) and its
+# bounding set (SETPCAP). Everything else goes before any package code runs at import.
+_ZYGOTE_CAPS = (6, 7, 8, 18, 19, 21)  # SETGID SETUID SETPCAP SYS_CHROOT SYS_PTRACE SYS_ADMIN
+
+
+def _narrow_capabilities(libc):
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    keep = 0
+    for cap in _ZYGOTE_CAPS:
+        keep |= 1 << cap
+    header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (Data * 2)(Data(keep & 0xFFFFFFFF, keep & 0xFFFFFFFF, 0), Data(keep >> 32, keep >> 32, 0))
+    _check(libc, libc.capset(ctypes.byref(header), data), "capset")
+
+
 def zygote_main():
     """Entry point of a root zygote: import the packages, then serve fork requests."""
     sys.dont_write_bytecode = True
     gc.disable()
     libc, socket, resource = _zygote_setup()
+    _narrow_capabilities(libc)
     _package_path_zygote()
     modules = [m for m in os.environ.get("KINDLING_PRELOAD", "").split(",") if m]
     failed = _import_all(modules)
