@@ -163,6 +163,7 @@ pub struct Zygotes {
     /// `/tmp` size of pooled sandboxes: the worker's default.
     pool_tmp_mb: u64,
     refilling: Mutex<()>,
+    stopping: AtomicBool,
 }
 
 impl Zygotes {
@@ -190,6 +191,7 @@ impl Zygotes {
             pool: Mutex::new(Vec::new()),
             pool_tmp_mb,
             refilling: Mutex::new(()),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -521,6 +523,9 @@ impl Zygotes {
             return;
         };
         loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
             if self.pool.lock().unwrap_or_else(|p| p.into_inner()).len() >= self.config.sandbox_pool
             {
                 return;
@@ -644,6 +649,9 @@ impl Zygotes {
 
     /// Kills every zygote and pooled sandbox (shutdown). Blocking.
     pub fn shutdown(&self) {
+        // No refill may start now, and one in flight is waited for (it holds `refilling`).
+        self.stopping.store(true, Ordering::SeqCst);
+        let _refilling = self.refilling.lock().unwrap_or_else(|p| p.into_inner());
         let pooled: Vec<_> = self
             .pool
             .lock()

@@ -1033,3 +1033,17 @@ fn killed_zygote_tree_is_replaced() {
     seen.extend(worker_processes(&w));
     finish(w, seen);
 }
+
+/// Regression: a pool refill still creating sandboxes while the worker shut down left their
+/// cgroups behind. Stopping right after a burst of fork starts (each triggers a refill) must
+/// leave no cgroup (`stop` checks).
+#[test]
+fn stop_during_pool_refill_leaves_nothing() {
+    for _ in 0..3 {
+        // A large pool keeps the refill busy for a while after the fork.
+        let w = start("max_sandboxes = 512", "sandbox_pool = 100\n");
+        w.deploy_ok("hello", &[("f.py", HELLO)]);
+        fork_ok(&w, "hello", &json!({}));
+        w.stop();
+    }
+}
