@@ -744,3 +744,52 @@ fn deleted_function_is_404() {
     assert_eq!(w.live_sandboxes(), 0);
     finish(w);
 }
+
+/// `kill -9` of the worker: its sandboxes' processes die with it (spawner and inits follow
+/// through PDEATHSIG) and the next worker on the same root removes the cgroups left behind.
+#[test]
+fn worker_crash_leaves_nothing_after_restart() {
+    let mut w = Worker::start("");
+    w.deploy_ok("hello", &[("f.py", HELLO)]);
+    for _ in 0..3 {
+        assert_eq!(w.run_cold("hello", "{}").status, 200);
+    }
+    let pids = w.sandbox_pids();
+    assert!(!pids.is_empty(), "no sandbox processes to orphan");
+    w.crash();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pids
+        .iter()
+        .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    {
+        // A process that is already a zombie is dead; only running ones count.
+        let running: Vec<_> = pids
+            .iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .is_ok_and(|s| !s.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+            })
+            .collect();
+        if running.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox processes outlived the worker: {running:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !w.cgroups().is_empty(),
+        "the crash left no cgroups to clean (test is moot)"
+    );
+    w.spawn();
+    assert!(
+        w.log_text().contains("left behind by a previous worker"),
+        "{}",
+        w.log_text()
+    );
+    w.assert_no_leaks();
+    assert_eq!(w.run("hello", "{}").status, 200);
+    w.stop();
+}

@@ -95,7 +95,26 @@ impl Worker {
         )
         .expect("config");
         let log = root.path().join("worker.log");
-        let logf = std::fs::File::create(&log).expect("log");
+        let mut w = Worker {
+            addr,
+            root,
+            cgroup_parent,
+            child: None,
+            log,
+        };
+        w.spawn();
+        w
+    }
+
+    /// Starts the worker process on this worker's config (again, after `crash`) and waits
+    /// until it answers.
+    pub fn spawn(&mut self) {
+        let config = self.root.path().join("config.toml");
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
         let child = Command::new(kindling_bin())
             .arg("up")
             .arg("--config")
@@ -106,13 +125,8 @@ impl Worker {
             .stderr(logf)
             .spawn()
             .expect("start worker");
-        let mut w = Worker {
-            addr,
-            root,
-            cgroup_parent,
-            child: Some(child),
-            log,
-        };
+        self.child = Some(child);
+        let w = self;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(r) = w.try_request("GET", "/status", &[], b"") {
@@ -132,7 +146,6 @@ impl Worker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        w
     }
 
     pub fn log_text(&self) -> String {
