@@ -1,7 +1,8 @@
 //! The pool: idle instances kept warm per function, and the scheduling of each invocation onto
-//! an instance — warm when an idle instance of the same function version exists, cold otherwise
-//! — within the per-function instance limit, a bounded wait queue, and the worker-wide sandbox
-//! limit (idle instances of other functions are evicted, least recently used first).
+//! an instance — warm when an idle instance of the same function version exists, else forked
+//! from a zygote, else cold — within the per-function instance limit, a bounded wait queue, and
+//! the worker-wide sandbox limit (idle instances of other functions are evicted, least recently
+//! used first).
 
 use crate::instance::{Factory, FunctionLimits, Instance, InvokeError, Reply, StartError};
 use crate::metrics::Metrics;
@@ -169,12 +170,14 @@ impl Pool {
         let permit = match fp.busy.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                if fp.waiting.fetch_add(1, Ordering::SeqCst) >= self.config.max_queue_per_function {
-                    fp.waiting.fetch_sub(1, Ordering::SeqCst);
+                // Counted while queued, also when the caller goes away mid-wait (the future is
+                // dropped, and with it the guard).
+                let queued = Queued::enter(&fp.waiting);
+                if queued.position >= self.config.max_queue_per_function {
                     return Err(PoolError::QueueFull(function.name.clone()));
                 }
                 let p = fp.busy.clone().acquire_owned().await;
-                fp.waiting.fetch_sub(1, Ordering::SeqCst);
+                drop(queued);
                 p.map_err(|_| PoolError::ShuttingDown)?
             }
         };
@@ -450,6 +453,26 @@ impl Pool {
                 self.live.fetch_sub(1, Ordering::SeqCst);
             }
         }
+    }
+}
+
+/// One place in a function's wait queue, given back on drop.
+struct Queued<'a> {
+    counter: &'a AtomicUsize,
+    /// Callers already waiting when this one arrived.
+    position: usize,
+}
+
+impl<'a> Queued<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        let position = counter.fetch_add(1, Ordering::SeqCst);
+        Self { counter, position }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
