@@ -398,19 +398,10 @@ pub fn write_report(dir: &Path, runs: &[RunFile]) -> Result<Written> {
             "![{bench} latency CDF](plots/{stem}.svg) ([PNG](plots/{stem}.png))\n"
         );
     }
-    let latency: Vec<Vec<Bar>> = benches
-        .iter()
-        .map(|b| {
-            starts
-                .iter()
-                .map(|s| {
-                    let run = runs.iter().find(|r| r.benchmark == *b && r.start == *s)?;
-                    let s = Summary::of(&mut client_ms(run))?;
-                    Some((s.p50, Some(s.p99)))
-                })
-                .collect()
-        })
-        .collect();
+    let latency = bars(&benches, &starts, runs, |run| {
+        let s = Summary::of(&mut client_ms(run))?;
+        Some((s.p50, Some(s.p99)))
+    });
     if latency.iter().flatten().any(Option::is_some) {
         let plot = Plot::Bars {
             title: "client latency: p50 (solid) and p99 (light) per benchmark".into(),
@@ -426,19 +417,10 @@ pub fn write_report(dir: &Path, runs: &[RunFile]) -> Result<Written> {
             "### p50 and p99 per benchmark\n\n![p50/p99](plots/latency.svg) ([PNG](plots/latency.png))\n"
         );
     }
-    let memory: Vec<Vec<Bar>> = benches
-        .iter()
-        .map(|b| {
-            starts
-                .iter()
-                .map(|s| {
-                    let run = runs.iter().find(|r| r.benchmark == *b && r.start == *s)?;
-                    let m = memory_mb(run);
-                    (!m.is_empty()).then(|| (mean(&m), None))
-                })
-                .collect()
-        })
-        .collect();
+    let memory = bars(&benches, &starts, runs, |run| {
+        let m = memory_mb(run);
+        (!m.is_empty()).then(|| (mean(&m), None))
+    });
     if memory.iter().flatten().any(Option::is_some) {
         let plot = Plot::Bars {
             title: "memory per instance (sandbox cgroup usage, mean)".into(),
@@ -471,6 +453,27 @@ pub fn write_report(dir: &Path, runs: &[RunFile]) -> Result<Written> {
 /// One bar: its value and an optional upper value drawn lighter on top (p50 and p99); None
 /// where a benchmark has no result for a start method.
 type Bar = Option<(f64, Option<f64>)>;
+
+/// One bar per benchmark (group) and start method (series), from the run of that pair if any.
+fn bars(
+    benches: &[&str],
+    starts: &[StartMethod],
+    runs: &[RunFile],
+    value: impl Fn(&RunFile) -> Bar,
+) -> Vec<Vec<Bar>> {
+    benches
+        .iter()
+        .map(|b| {
+            starts
+                .iter()
+                .map(|s| {
+                    let run = runs.iter().find(|r| r.benchmark == *b && r.start == *s)?;
+                    value(run)
+                })
+                .collect()
+        })
+        .collect()
+}
 
 enum Plot {
     /// One step line per start method.
