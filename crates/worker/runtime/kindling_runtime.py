@@ -185,8 +185,10 @@ def main():
 # namespace), with a set of packages imported. On request it forks: the child joins the target
 # sandbox (cgroup through descriptors the worker opened, then the namespaces of the sandbox's
 # init through a pidfd), drops every privilege exactly as a cold instance does (bounding set,
-# uid/gid, no_new_privs, the same seccomp filter) and serves the function. Requests are frames
-# like the invocation protocol, carrying descriptors (SCM_RIGHTS).
+# uid/gid, no_new_privs, the same seccomp filter), sends a `ready` frame and waits for one frame
+# with the environment of the function it becomes (the worker attaches the function's code
+# first), then serves it. The worker forks such children ahead of need ("seeds"). Requests are
+# frames like the invocation protocol, carrying descriptors (SCM_RIGHTS).
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -326,16 +328,36 @@ def _child(libc, socket, resource, zsock, req, fds):
             os._exit(0)
         _drop_privileges(libc, resource, req)
         os.environ.clear()
-        os.environ.update(dict(req["env"]))
+        _prefault()
     except BaseException as exc:
         try:
             os.write(2, f"kindling: forked instance setup failed: {exc}\n".encode())
         finally:
             os._exit(127)
     try:
-        main()
+        # Entered and unprivileged: say so, then wait for the function this child becomes (the
+        # worker attaches its code at /handler first). A child may wait here for a long time,
+        # forked ahead of need.
+        _send_frame(b"ready")
+        assignment = _recv()
+        if assignment is not None:
+            os.environ.update(loads(assignment.decode("utf-8", "surrogateescape")))
+            main()
     finally:
         os._exit(0)
+
+
+def _send_frame(payload):
+    os.write(_FD, len(payload).to_bytes(4, "big") + payload)
+
+
+def _prefault():
+    """Runs, once, what every invocation runs (JSON both ways, clocks, formatting), so that a
+    child forked ahead of need has its own copies of those pages before its first request."""
+    start = time.perf_counter()
+    event = loads('{"request-id": "x", "n": [1, 2.5, "s", null, true, {"k": false}]}')
+    dumps({"begin": f"{time.time():.6f}", "result": {"output": event}})
+    f"ok {(time.perf_counter() - start) * 1000.0:.3f}\n".encode() + "{}".encode("utf-8", "surrogateescape")
 
 
 def _package_path_zygote():

@@ -82,6 +82,22 @@ impl Worker {
         let mountpoint = root.join("sandboxes").join("root");
         mkdir(&mountpoint)?;
         let cgroups = CgroupManager::detect(&config.cgroup_parent)?;
+        if config.cgroup_favor_dynmods {
+            match cgroups.favor_dynmods() {
+                Ok(Some(mount)) => tracing::info!(
+                    mount = %mount.display(),
+                    "remounted with favordynmods: moving a process into a sandbox's cgroup no \
+                     longer waits for an RCU grace period"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    "{e} ({}); sandbox starts pay an RCU grace period",
+                    std::error::Error::source(&e)
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
+            }
+        }
         let stale = cgroups.remove_stale()?;
         if stale > 0 {
             tracing::warn!(
@@ -292,7 +308,7 @@ impl Worker {
             let _ = tokio::task::spawn_blocking(move || {
                 z.housekeeping();
                 if z.config.enabled {
-                    z.refill_pool();
+                    z.refill();
                 }
             })
             .await;

@@ -225,6 +225,12 @@ impl Pool {
         let t = Instant::now();
         let result = instance.invoke(request_id, event, limits.timeout).await;
         let in_instance = ms(t.elapsed());
+        if start != StartMethod::Warm && self.zygotes.config.enabled {
+            // Replace the seed or pooled sandbox this start may have used, off the request path
+            // and after the invocation, so that it does not compete with the new instance.
+            let zygotes = self.zygotes.clone();
+            std::thread::spawn(move || zygotes.refill());
+        }
         timing.handler_ms = result.as_ref().map(|r| r.handler_ms).unwrap_or(0.0);
         timing.instance_ms = (in_instance - timing.handler_ms).max(0.0);
         timing.total_ms = ms(t0.elapsed());
@@ -278,11 +284,7 @@ impl Pool {
         let (f, l) = (function.clone(), limits.clone());
         let result = tokio::task::spawn_blocking(move || {
             let z = zygotes.acquire(&f)?;
-            let started = zygotes.fork_start(&z, &f, &l);
-            // Top the sandbox pool up again right away, off the request path.
-            let refill = zygotes.clone();
-            std::thread::spawn(move || refill.refill_pool());
-            started.inspect_err(|e| {
+            zygotes.fork_start(&z, &f, &l).inspect_err(|e| {
                 // A zygote that cannot fork is replaced on the next need.
                 if matches!(e, ForkError::Io(_) | ForkError::Zygote(_)) {
                     zygotes.discard(&z);
@@ -291,7 +293,12 @@ impl Pool {
         })
         .await;
         match result {
-            Ok(Ok(i)) => Some(i),
+            Ok(Ok((i, seeded))) => {
+                if seeded {
+                    self.metrics.add("fork.seeded", 1);
+                }
+                Some(i)
+            }
             Ok(Err(e)) => {
                 tracing::warn!(function = %function.name, "fork start failed, starting cold: {e}");
                 self.metrics.add("fork.fallback", 1);

@@ -8,6 +8,12 @@
 //! Zygotes form a tree: a child is forked from its parent and imports the packages it adds.
 //! They are created on first need, paused (SIGSTOP) when idle, evicted under memory pressure,
 //! and recreated on next need after they die.
+//!
+//! Forking a large interpreter costs milliseconds (page tables), and so does the child's way
+//! into its sandbox; a zygote that has started an instance therefore keeps `seeds` children
+//! forked ahead of need, each waiting entered and unprivileged in a clean sandbox until a
+//! function takes it: then only the function's limits, code and environment are applied on the
+//! request path.
 
 use crate::config::ZygoteConfig;
 use crate::instance::{Factory, FunctionLimits, Instance, SandboxHandle, StartError};
@@ -17,7 +23,7 @@ use kindling_sandbox::cgroup::Limits as CgroupLimits;
 use kindling_sandbox::spec::{InstanceSpec, MountSpec};
 use kindling_sandbox::sys::{self, SocketKind};
 use std::collections::{BTreeSet, HashMap};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -61,6 +67,8 @@ pub struct Zygote {
     paused: AtomicBool,
     dead: AtomicBool,
     pub forks: AtomicU64,
+    /// Whether it has started an instance (then it keeps seeds).
+    serves_instances: AtomicBool,
     /// Modules that failed to preload (they are imported by the instance instead).
     pub failed_imports: Vec<String>,
 }
@@ -133,6 +141,41 @@ impl Drop for Zygote {
     }
 }
 
+/// A child forked ahead of need (like Android's unspecialized app processes): it has entered a
+/// clean sandbox and dropped every privilege, and waits on `channel` for the function it becomes.
+struct Seed {
+    id: String,
+    sandbox: SandboxHandle,
+    channel: UnixStream,
+    /// Whether its `ready` frame was read.
+    ready: bool,
+}
+
+impl Seed {
+    /// Waits for the child's `ready` frame (sent once it is entered and unprivileged).
+    fn wait_ready(&mut self) -> Result<(), ForkError> {
+        self.channel.set_read_timeout(Some(FORK_TIMEOUT))?;
+        let mut frame = [0u8; 9];
+        let got = self.channel.read_exact(&mut frame);
+        self.channel.set_read_timeout(None)?;
+        match got {
+            Ok(()) if &frame == b"\0\0\0\x05ready" => {
+                self.ready = true;
+                Ok(())
+            }
+            Ok(()) => Err(ForkError::Zygote(
+                "forked child sent a malformed ready frame".into(),
+            )),
+            Err(e) => Err(ForkError::Zygote(format!(
+                "forked child did not get ready ({e}); {}",
+                self.sandbox
+                    .setup_error()
+                    .unwrap_or_else(|| "see the worker log".into())
+            ))),
+        }
+    }
+}
+
 /// Reads one length-prefixed JSON frame.
 fn read_frame(chan: &mut UnixStream, timeout: Duration) -> Result<serde_json::Value, ForkError> {
     chan.set_read_timeout(Some(timeout))?;
@@ -160,6 +203,8 @@ pub struct Zygotes {
     gid: u32,
     /// Clean sandboxes created ahead of fork starts (ids and handles).
     pool: Mutex<Vec<(String, SandboxHandle)>>,
+    /// Seeds by the package set of the zygote they were forked from.
+    seeds: Mutex<HashMap<PackageSet, Vec<Seed>>>,
     /// `/tmp` size of pooled sandboxes: the worker's default.
     pool_tmp_mb: u64,
     refilling: Mutex<()>,
@@ -189,6 +234,7 @@ impl Zygotes {
             uid,
             gid,
             pool: Mutex::new(Vec::new()),
+            seeds: Mutex::new(HashMap::new()),
             pool_tmp_mb,
             refilling: Mutex::new(()),
             stopping: AtomicBool::new(false),
@@ -436,21 +482,34 @@ impl Zygotes {
             paused: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             forks: AtomicU64::new(0),
+            serves_instances: AtomicBool::new(false),
             failed_imports,
         })
     }
 
-    /// Fork start: a sandbox for `function` whose instance is forked from `zygote`. The sandbox
-    /// is a clean pre-created one from the pool when the function's mounts allow (its code is
-    /// attached while the sandbox lives), else created now.
+    /// Fork start: an instance of `function` forked from `zygote`. A seed of the zygote (a
+    /// child forked ahead of need, waiting in a clean sandbox) becomes the instance when there is
+    /// one and the function's mounts allow; else a child is forked now, into a clean pooled
+    /// sandbox or one created for the function. Says whether a seed was used.
     pub fn fork_start(
         &self,
         zygote: &Zygote,
         function: &Arc<FunctionVersion>,
         limits: &FunctionLimits,
-    ) -> Result<Instance, ForkError> {
-        let (id, sandbox) = match self.take_pooled(function, limits) {
-            Some(pooled) => pooled,
+    ) -> Result<(Instance, bool), ForkError> {
+        zygote.serves_instances.store(true, Ordering::SeqCst);
+        let clean = self.fits_clean_sandbox(limits);
+        if clean {
+            while let Some(seed) = self.take_seed(&zygote.packages) {
+                match self.assign(seed, function, limits, true) {
+                    Ok(i) => return Ok((i, true)),
+                    Err(e) => tracing::warn!(function = %function.name, "seed unusable: {e}"),
+                }
+            }
+        }
+        let pooled = if clean { self.take_pooled() } else { None };
+        let (id, sandbox) = match pooled {
+            Some(p) => p,
             None => {
                 let id = self.factory.next_id();
                 let (sandbox, _) = self.factory.create_sandbox(
@@ -466,9 +525,28 @@ impl Zygotes {
                     sandbox.destroy();
                     return Err(e.into());
                 }
-                (id, sandbox)
+                let child = self.fork_into(zygote, id, sandbox)?;
+                return Ok((self.assign(child, function, limits, false)?, false));
             }
         };
+        let child = self.fork_into(zygote, id, sandbox)?;
+        Ok((self.assign(child, function, limits, true)?, false))
+    }
+
+    /// Whether `function` can run in a clean sandbox (pooled or seeded): the pool's mounts.
+    fn fits_clean_sandbox(&self, limits: &FunctionLimits) -> bool {
+        !limits.network && limits.tmp_mb == self.pool_tmp_mb
+    }
+
+    /// Forks a child of `zygote` into `sandbox`, where it enters the sandbox's cgroup and
+    /// namespaces, drops every privilege and waits for its function. Destroys the sandbox on
+    /// failure.
+    fn fork_into(
+        &self,
+        zygote: &Zygote,
+        id: String,
+        sandbox: SandboxHandle,
+    ) -> Result<Seed, ForkError> {
         let result = (|| {
             let (ours, theirs) = sys::socketpair(SocketKind::Stream)?;
             let procs = open_procs(&sandbox.cgroup_procs())?;
@@ -478,14 +556,18 @@ impl Zygotes {
                 "op": "fork", "kind": "instance", "sandbox": id,
                 "uid": self.uid, "gid": self.gid, "nofile": self.max_open_files,
                 "seccomp": self.seccomp_hex,
-                "env": self.factory.instance_env(function, &id),
             });
             zygote.call(&req, &fds)?;
             zygote.forks.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, ForkError>(ours)
+            Ok::<_, ForkError>(UnixStream::from(ours))
         })();
         match result {
-            Ok(sock) => Ok(Instance::new(id, function, limits, sandbox, sock)?),
+            Ok(channel) => Ok(Seed {
+                id,
+                sandbox,
+                channel,
+                ready: false,
+            }),
             Err(e) => {
                 sandbox.destroy();
                 Err(e)
@@ -493,32 +575,107 @@ impl Zygotes {
         }
     }
 
-    /// A pooled sandbox made ready for `function`: limits set, code attached at /handler.
-    fn take_pooled(
+    /// Makes a forked child an instance of `function`: sets the sandbox's limits and attaches
+    /// the function's code (a clean sandbox), waits for the child's setup, then sends it the
+    /// function's environment, upon which it imports the handler. Destroys the sandbox on
+    /// failure.
+    fn assign(
         &self,
-        function: &FunctionVersion,
+        mut seed: Seed,
+        function: &Arc<FunctionVersion>,
         limits: &FunctionLimits,
-    ) -> Option<(String, SandboxHandle)> {
-        if limits.network || limits.tmp_mb != self.pool_tmp_mb || self.config.sandbox_pool == 0 {
-            return None;
-        }
-        let (id, sandbox) = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-        let ready = sandbox
-            .set_limits(&limits.cgroup())
-            .and_then(|()| sandbox.attach(&function.dir, "/handler"));
-        match ready {
-            Ok(()) => Some((id, sandbox)),
+        clean: bool,
+    ) -> Result<Instance, ForkError> {
+        let result = (|| {
+            if clean {
+                seed.sandbox.set_limits(&limits.cgroup())?;
+                seed.sandbox.attach(&function.dir, "/handler")?;
+            }
+            if !seed.ready {
+                seed.wait_ready()?;
+            }
+            let env: serde_json::Map<String, serde_json::Value> = self
+                .factory
+                .instance_env(function, &seed.id)
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+            let body = serde_json::to_vec(&env).map_err(std::io::Error::other)?;
+            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            seed.channel.write_all(&frame)?;
+            Ok::<_, ForkError>(())
+        })();
+        match result {
+            Ok(()) => {
+                let Seed {
+                    id,
+                    sandbox,
+                    channel,
+                    ..
+                } = seed;
+                Ok(Instance::new(
+                    id,
+                    function,
+                    limits,
+                    sandbox,
+                    channel.into(),
+                )?)
+            }
             Err(e) => {
-                tracing::warn!(sandbox = %id, "pooled sandbox unusable: {e}");
-                sandbox.destroy();
-                None
+                seed.sandbox.destroy();
+                Err(e)
             }
         }
     }
 
-    /// Tops the pool of clean sandboxes up to `sandbox_pool` (blocking; run off the request path).
-    pub fn refill_pool(&self) {
-        // One refiller at a time; others find the pool being filled and leave.
+    /// A clean sandbox from the pool.
+    fn take_pooled(&self) -> Option<(String, SandboxHandle)> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// A seed of the zygote holding `set`.
+    fn take_seed(&self, set: &PackageSet) -> Option<Seed> {
+        let mut seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
+        let list = seeds.get_mut(set)?;
+        let seed = list.pop();
+        if list.is_empty() {
+            seeds.remove(set);
+        }
+        seed
+    }
+
+    /// Destroys the seeds of the zygote holding `set`.
+    fn drop_seeds(&self, set: &PackageSet) {
+        let dropped = self
+            .seeds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(set);
+        for seed in dropped.into_iter().flatten() {
+            seed.sandbox.destroy();
+        }
+    }
+
+    /// A live zygote that started instances and has fewer than `seeds` seeds.
+    fn short_of_seeds(&self) -> Option<Arc<Zygote>> {
+        if self.config.seeds == 0 {
+            return None;
+        }
+        let seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|z| z.serves_instances.load(Ordering::SeqCst) && !z.is_dead())
+            .find(|z| seeds.get(&z.packages).map_or(0, Vec::len) < self.config.seeds)
+            .cloned()
+    }
+
+    /// Forks seeds for the zygotes that start instances, then tops the pool of clean sandboxes
+    /// up to `sandbox_pool` (blocking; run off the request path).
+    pub fn refill(&self) {
+        // One refiller at a time; others find the work being done and leave.
         let Ok(_refilling) = self.refilling.try_lock() else {
             return;
         };
@@ -526,32 +683,68 @@ impl Zygotes {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
+            if let Some(z) = self.short_of_seeds() {
+                let clean = match self.take_pooled() {
+                    Some(p) => Ok(p),
+                    None => self.create_clean(),
+                };
+                let seeded = clean
+                    .and_then(|(id, sandbox)| self.fork_into(&z, id, sandbox))
+                    .and_then(|mut seed| match seed.wait_ready() {
+                        Ok(()) => Ok(seed),
+                        Err(e) => {
+                            seed.sandbox.destroy();
+                            Err(e)
+                        }
+                    });
+                match seeded {
+                    Ok(seed) => self
+                        .seeds
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(z.packages.clone())
+                        .or_default()
+                        .push(seed),
+                    Err(e) => {
+                        tracing::warn!(zygote = %z.id, "cannot fork a seed: {e}");
+                        if matches!(e, ForkError::Io(_) | ForkError::Zygote(_)) {
+                            self.discard(&z);
+                        }
+                        return;
+                    }
+                }
+                continue;
+            }
             if self.pool.lock().unwrap_or_else(|p| p.into_inner()).len() >= self.config.sandbox_pool
             {
                 return;
             }
-            let id = self.factory.next_id();
-            let mounts = self.pool_mounts();
-            let made = self
-                .factory
-                .create_sandbox(&id, mounts, false, true, &self.cgroup_limits(), None)
-                .and_then(|(sandbox, _)| match sandbox.wait_ready() {
-                    Ok(()) => Ok(sandbox),
-                    Err(e) => {
-                        sandbox.destroy();
-                        Err(e)
-                    }
-                });
-            match made {
-                Ok(sandbox) => self
-                    .pool
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((id, sandbox)),
+            match self.create_clean() {
+                Ok(p) => self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(p),
                 Err(e) => {
                     tracing::warn!("cannot pre-create a sandbox: {e}");
                     return;
                 }
+            }
+        }
+    }
+
+    /// A clean sandbox: a function's mounts without its code, its root complete.
+    fn create_clean(&self) -> Result<(String, SandboxHandle), ForkError> {
+        let id = self.factory.next_id();
+        let (sandbox, _) = self.factory.create_sandbox(
+            &id,
+            self.pool_mounts(),
+            false,
+            true,
+            &self.cgroup_limits(),
+            None,
+        )?;
+        match sandbox.wait_ready() {
+            Ok(()) => Ok((id, sandbox)),
+            Err(e) => {
+                sandbox.destroy();
+                Err(e.into())
             }
         }
     }
@@ -572,6 +765,16 @@ impl Zygotes {
     /// Sandboxes waiting in the pool.
     pub fn pooled(&self) -> usize {
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Seeds waiting to become instances.
+    pub fn seeded(&self) -> usize {
+        self.seeds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     /// Pauses zygotes idle past `idle_pause_secs`; evicts idle leaf zygotes while the machine
@@ -611,6 +814,7 @@ impl Zygotes {
             if let Some(v) = victim {
                 tracing::warn!(zygote = %v.id, "evicting zygote under memory pressure");
                 self.discard(v);
+                self.drop_seeds(&v.packages);
                 v.kill();
             }
         }
@@ -628,6 +832,7 @@ impl Zygotes {
 
     /// Zygotes for `/status`: id, packages, pid, forks, memory.
     pub fn describe(&self) -> Vec<serde_json::Value> {
+        let seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<_> = nodes
             .values()
@@ -637,6 +842,7 @@ impl Zygotes {
                     "id": z.id, "pid": z.pid, "packages": z.packages,
                     "parent": z.parent.as_ref().map(|p| p.id.clone()),
                     "forks": z.forks.load(Ordering::Relaxed),
+                    "seeds": seeds.get(&z.packages).map_or(0, Vec::len),
                     "paused": z.paused.load(Ordering::Relaxed),
                     "memory_bytes": z.memory_usage(),
                     "failed_imports": z.failed_imports,
@@ -660,6 +866,16 @@ impl Zygotes {
             .collect();
         for (_, s) in pooled {
             s.destroy();
+        }
+        let seeds: Vec<_> = self
+            .seeds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .flat_map(|(_, list)| list)
+            .collect();
+        for seed in seeds {
+            seed.sandbox.destroy();
         }
         let nodes: Vec<_> = self
             .nodes

@@ -247,12 +247,13 @@ impl Worker {
         pids
     }
 
-    /// Live sandboxes as the worker reports them: instances' and zygotes'.
+    /// Live sandboxes as the worker reports them: instances', zygotes', pooled and seeded ones.
     pub fn live_sandboxes(&self) -> u64 {
         let s = self.stats();
         s["sandboxes.live"].as_u64().unwrap_or(u64::MAX)
             + s["zygotes.live"].as_u64().unwrap_or(0)
             + s["sandboxes.pooled"].as_u64().unwrap_or(0)
+            + s["sandboxes.seeded"].as_u64().unwrap_or(0)
     }
 
     /// Waits until the worker's cgroups number exactly its live sandboxes (cleanup is async).

@@ -649,6 +649,85 @@ fn forked_handler_exception_and_timeout() {
     finish(w, seen);
 }
 
+// --- seeds -------------------------------------------------------------------------------
+
+const ENV_PROBE: &str = r#"import os
+
+def f(event):
+    return {"uid": os.getuid(), "gid": os.getgid(), "greeting": os.environ.get("GREETING"),
+            "sandbox": os.environ.get("KINDLING_SANDBOX"), "cwd": os.getcwd()}
+"#;
+
+/// Waits until the worker holds `n` seeds.
+fn wait_seeded(w: &Worker, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(w, "sandboxes.seeded") != n {
+        assert!(
+            Instant::now() < deadline,
+            "no {n} seeds: {}\nworker log:\n{}",
+            w.stats(),
+            w.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A seed, forked before any function needed it, becomes an instance of exactly the function
+/// that takes it: that function's code, environment and sandbox, unprivileged.
+#[test]
+fn seeds_become_instances_of_the_function_that_takes_them() {
+    let w = start("", "");
+    w.deploy_ok(
+        "envy",
+        &[
+            ("f.py", ENV_PROBE),
+            ("ol.yaml", "environment:\n  GREETING: hi\n"),
+        ],
+    );
+    w.deploy_ok("hello", &[("f.py", HELLO)]);
+    // The first fork start asks the zygote; afterwards one seed waits for the next.
+    let (first, r1) = fork_ok(&w, "envy", &json!({}));
+    assert_eq!(stat(&w, "fork.seeded"), 0, "{}", w.stats());
+    wait_seeded(&w, 1);
+    let (v, r) = fork_ok(&w, "envy", &json!({}));
+    assert_eq!(stat(&w, "fork.seeded"), 1, "{}", w.stats());
+    for (v, r) in [(&first, &r1), (&v, &r)] {
+        assert_eq!(v["uid"], 65534, "{v}");
+        assert_eq!(v["gid"], 65534, "{v}");
+        assert_eq!(
+            v["greeting"], "hi",
+            "the function's environment is missing: {v}"
+        );
+        assert_eq!(v["cwd"], "/handler", "{v}");
+        assert_eq!(v["sandbox"], sandbox_of(r), "{v}");
+    }
+    assert_ne!(
+        sandbox_of(&r1),
+        sandbox_of(&r),
+        "two forced forks share a sandbox"
+    );
+    // The seed was replaced; another function takes the next one, without envy's environment.
+    wait_seeded(&w, 1);
+    let (h, _) = fork_ok(&w, "hello", &json!({"name": "seed"}));
+    assert_eq!(h, json!({"hello": "seed"}));
+    assert_eq!(stat(&w, "fork.seeded"), 2, "{}", w.stats());
+    let leak = r#"import os
+
+def f(event):
+    return {"greeting": os.environ.get("GREETING")}
+"#;
+    w.deploy_ok("plain", &[("f.py", leak)]);
+    wait_seeded(&w, 1);
+    let (p, _) = fork_ok(&w, "plain", &json!({}));
+    assert_eq!(
+        p,
+        json!({"greeting": null}),
+        "a seed carried another function's environment"
+    );
+    let seen = worker_processes(&w);
+    finish(w, seen);
+}
+
 // --- package versions --------------------------------------------------------------------
 
 const SIX_FN: &str = r#"import sys
@@ -661,7 +740,19 @@ def f(event):
 
 #[test]
 fn pinned_versions_fork_only_from_matching_zygotes() {
-    let w = start(UV, "tree = [[\"six\"]]\n");
+    pinned_versions(0);
+}
+
+/// With seeds, instances come from children forked ahead of need: still each from the zygote
+/// holding exactly its function's six (the module it imports is the preloaded one).
+#[test]
+fn pinned_versions_seeded_from_matching_zygotes() {
+    pinned_versions(1);
+}
+
+/// Without seeds every fork happens at request time, so the zygote that forked is observable.
+fn pinned_versions(seeds: usize) {
+    let w = start(UV, &format!("tree = [[\"six\"]]\nseeds = {seeds}\n"));
     for (name, pin) in [("six16", "1.16.0"), ("six17", "1.17.0")] {
         let r = w.deploy(
             name,
@@ -711,6 +802,9 @@ fn pinned_versions_fork_only_from_matching_zygotes() {
                     .starts_with(&format!("/packages/{key}/files/")),
                 "{name}: {v}"
             );
+            if seeds > 0 {
+                continue;
+            }
             let after = forks_by_packages(&w);
             // Exactly one zygote forked, and it holds exactly this function's six.
             let grew: Vec<&(Vec<String>, u64, i64)> = after
@@ -863,7 +957,8 @@ fn proc_state(pid: i32) -> Option<char> {
 
 #[test]
 fn idle_zygote_pauses_and_resumes() {
-    let w = start("", "idle_pause_secs = 1\n");
+    // No seeds: every fork start asks the zygote itself, which must be resumed for it.
+    let w = start("", "idle_pause_secs = 1\nseeds = 0\n");
     w.deploy_ok("hello", &[("f.py", HELLO)]);
     let (v, _) = fork_ok(&w, "hello", &json!({"name": "a"}));
     assert_eq!(v, json!({"hello": "a"}));
