@@ -733,8 +733,13 @@ mod tests {
             "def f(event):\n    return [event, 'ol']\n",
         )
         .expect("w");
-        let runtime = Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker/runtime");
-        let runtime = runtime.canonicalize().expect("runtime dir");
+        let runtime = d.join("runtime");
+        std::fs::create_dir_all(&runtime).expect("mkdir");
+        std::fs::write(
+            runtime.join("kindling_runtime.py"),
+            kindling_worker::runtime::SOURCE,
+        )
+        .expect("w");
         let s = |p: &Path| p.to_string_lossy().into_owned();
         let code = driver(&s(&handler), &s(&runtime));
         let run = |format: &str, event: &str| {
