@@ -1,12 +1,25 @@
 //! `kindling bench`: start-up latency measured side by side with baselines in one run.
 //!
-//! `startup` deploys a hello function and measures, end to end from this client: Kindling cold
-//! (forced with `X-Kindling-Start: cold`), Kindling warm, `runc run` of the same handler in the
-//! same root filesystem, and a bare `chroot ROOTFS python3` of the same handler.
+//! `startup` compares start methods end to end from this client. Without benchmark names it
+//! deploys a hello function (OpenLambda format) and measures Kindling cold (forced with
+//! `X-Kindling-Start: cold`), fork (forced with `fork`, after one untimed fork that creates the
+//! zygotes) and warm, `runc run` of the same handler in the same root filesystem, and a bare
+//! `chroot ROOTFS python3` of the same handler. With benchmark names (SeBS layout, under
+//! `--benchmarks-dir`) it does the same for each benchmark in one run: deploy, generate the
+//! event for `--size`, measure Kindling cold, fork and warm, then the chroot and runc baselines
+//! (`crate::baseline`) running the same handler with the same event in the instance layout the
+//! worker reports, and checks every output with the benchmark's `validate()`: an output that
+//! fails its check counts as incorrect, never as a start.
 
+use crate::baseline::{self, ChrootTree, RuncBundle};
 use crate::client::Client;
+use crate::sebs::{Invocation, Size, StartMethod, Status};
 use anyhow::{anyhow, bail, Context, Result};
+use hyper::body::Bytes;
 use hyper::Method;
+use kindling_sandbox::cgroup::Limits;
+use kindling_sandbox::spec::MountSpec;
+use kindling_worker::instance::InstanceLayout;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,18 +28,9 @@ use std::time::Instant;
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
-    /// Cold and warm start latency against runc and a bare chroot, same rootfs, one run.
-    Startup {
-        /// Measured starts per method.
-        #[arg(long, default_value_t = 50)]
-        repetitions: usize,
-        /// Write the results as JSON here.
-        #[arg(long)]
-        output: Option<PathBuf>,
-        /// Skip the runc baseline (if runc is not installed).
-        #[arg(long)]
-        no_runc: bool,
-    },
+    /// Cold, fork and warm start latency against runc and a bare chroot, same rootfs, one run:
+    /// of a hello function, or of benchmarks of benchmarks/ with their outputs checked.
+    Startup(StartupArgs),
     /// Cold, fork and warm starts of hello, numpy and pandas functions, and the memory of
     /// forked against cold-started instances.
     Fork {
@@ -60,6 +64,36 @@ pub enum BenchCommand {
     Report(crate::report::ReportArgs),
 }
 
+#[derive(clap::Args)]
+pub struct StartupArgs {
+    /// Benchmarks to measure: directory names under --benchmarks-dir (none: the built-in hello
+    /// function).
+    #[arg(value_name = "BENCH")]
+    pub benchmarks: Vec<String>,
+    /// Input size passed to each benchmark's generate_input().
+    #[arg(long, value_enum, default_value_t = Size::Small)]
+    pub size: Size,
+    /// Directory of the benchmarks (SeBS layout).
+    #[arg(long, default_value = "benchmarks")]
+    pub benchmarks_dir: PathBuf,
+    /// Measured starts per method (and benchmark).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repetitions: u64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Skip the runc baseline (if runc is not installed).
+    #[arg(long)]
+    pub no_runc: bool,
+    /// Python that runs the benchmarks' input.py (generate_input, validate).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Directory of the worker's storage backend, where the input objects of storage
+    /// benchmarks are written (default: the worker's, from /status).
+    #[arg(long)]
+    pub storage_dir: Option<PathBuf>,
+}
+
 /// The handler every method runs.
 const HANDLER: &str = "def f(event):\n    return {\"hello\": \"world\"}\n";
 
@@ -68,11 +102,8 @@ const DRIVER: &str = "import json, sys\nprint(json.dumps(f(json.loads(sys.argv[1
 
 pub async fn run(addr: SocketAddr, command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Startup {
-            repetitions,
-            output,
-            no_runc,
-        } => startup(addr, repetitions, output, no_runc).await,
+        BenchCommand::Startup(args) if args.benchmarks.is_empty() => startup(addr, args).await,
+        BenchCommand::Startup(args) => startup_benchmarks(addr, args).await,
         BenchCommand::Fork {
             repetitions,
             memory_instances,
@@ -109,19 +140,98 @@ impl Samples {
     }
 }
 
-async fn startup(
-    addr: SocketAddr,
-    reps: usize,
-    output: Option<PathBuf>,
-    no_runc: bool,
-) -> Result<()> {
+/// The worker's `/status`, with a clear error when no worker answers.
+async fn worker_status(c: &mut Client, addr: SocketAddr) -> Result<serde_json::Value> {
+    let r = c.get("/status").await?;
+    if !r.status.is_success() {
+        bail!(
+            "{addr} answered /status with {}; is it a Kindling worker?",
+            r.status
+        );
+    }
+    serde_json::from_slice(&r.body).context("the worker's /status is not JSON")
+}
+
+fn status_rootfs(status: &serde_json::Value) -> Result<PathBuf> {
+    Ok(PathBuf::from(status["rootfs"].as_str().ok_or_else(
+        || anyhow!("worker did not report its rootfs"),
+    )?))
+}
+
+/// One start of the hello function, timed from this client; fails unless it came back with
+/// `expect` as its start method and the right output.
+async fn hello_once(c: &mut Client, forced: Option<&str>, expect: &str) -> Result<(f64, String)> {
+    let headers: Vec<(&str, &str)> = forced
+        .map(|m| vec![("x-kindling-start", m)])
+        .unwrap_or_default();
+    let t = Instant::now();
+    let r = c
+        .request(Method::POST, "/run/bench-hello", &headers, "{}")
+        .await?
+        .ok()?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let how = r.header("x-kindling-start").unwrap_or("");
+    if how != expect {
+        bail!(
+            "expected a {expect} start, got `{how}`{}",
+            if expect == "fork" {
+                " (are zygotes enabled?)"
+            } else {
+                ""
+            }
+        );
+    }
+    check(&r.body)?;
+    Ok((ms, r.header("x-kindling-timing").unwrap_or("").to_string()))
+}
+
+/// The runc baseline of the hello function: the same isolation as a function sandbox (new
+/// namespaces, no network, a read-only root, /proc, /dev and a /tmp tmpfs).
+fn hello_layout() -> InstanceLayout {
+    InstanceLayout {
+        interpreter: Vec::new(),
+        mounts: vec![
+            MountSpec::Proc {
+                target: "/proc".into(),
+            },
+            MountSpec::Dev {
+                target: "/dev".into(),
+            },
+            MountSpec::Tmpfs {
+                target: "/tmp".into(),
+                size_bytes: 64 << 20,
+            },
+        ],
+        env: [
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/tmp"),
+            ("LANG", "C.UTF-8"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec(),
+        cwd: "/".into(),
+        uid: 65534,
+        gid: 65534,
+        limits: Limits {
+            memory_bytes: Some(256 << 20),
+            cpu_cores: None,
+            pids: Some(64),
+        },
+        network: false,
+    }
+}
+
+async fn startup(addr: SocketAddr, args: StartupArgs) -> Result<()> {
+    let StartupArgs {
+        repetitions,
+        output,
+        no_runc,
+        ..
+    } = args;
+    let reps = repetitions as usize;
     let mut c = Client::new(addr);
-    let status: serde_json::Value = serde_json::from_slice(&c.get("/status").await?.ok()?.body)?;
-    let rootfs = PathBuf::from(
-        status["rootfs"]
-            .as_str()
-            .ok_or_else(|| anyhow!("worker did not report its rootfs"))?,
-    );
+    let status = worker_status(&mut c, addr).await?;
+    let rootfs = status_rootfs(&status)?;
     let python = status["base"]["python"]
         .as_str()
         .unwrap_or("/usr/bin/python3")
@@ -136,27 +246,18 @@ async fn startup(
     let mut cold = Samples::default();
     let mut cold_server = Samples::default();
     for _ in 0..reps {
-        let t = Instant::now();
-        let r = c
-            .request(
-                Method::POST,
-                "/run/bench-hello",
-                &[("x-kindling-start", "cold")],
-                event,
-            )
-            .await?
-            .ok()?;
-        cold.0.push(t.elapsed().as_secs_f64() * 1000.0);
-        if r.header("x-kindling-start") != Some("cold") {
-            bail!(
-                "forced cold start came back as {:?}",
-                r.header("x-kindling-start")
-            );
-        }
-        check(&r.body)?;
-        if let Some(total) = timing_total(r.header("x-kindling-timing")) {
+        let (ms, timing) = hello_once(&mut c, Some("cold"), "cold").await?;
+        cold.0.push(ms);
+        if let Some(total) = timing_total(Some(&timing)) {
             cold_server.0.push(total);
         }
+    }
+    eprintln!("kindling fork x{reps} (after one untimed fork that creates the zygotes)");
+    hello_once(&mut c, Some("fork"), "fork").await?;
+    let mut fork = Samples::default();
+    for _ in 0..reps {
+        fork.0
+            .push(hello_once(&mut c, Some("fork"), "fork").await?.0);
     }
     eprintln!("kindling warm x{reps}");
     let mut warm = Samples::default();
@@ -164,19 +265,7 @@ async fn startup(
         .await?
         .ok()?;
     for _ in 0..reps {
-        let t = Instant::now();
-        let r = c
-            .request(Method::POST, "/run/bench-hello", &[], event)
-            .await?
-            .ok()?;
-        warm.0.push(t.elapsed().as_secs_f64() * 1000.0);
-        if r.header("x-kindling-start") != Some("warm") {
-            bail!(
-                "expected a warm start, got {:?}",
-                r.header("x-kindling-start")
-            );
-        }
-        check(&r.body)?;
+        warm.0.push(hello_once(&mut c, None, "warm").await?.0);
     }
     let code = format!("{HANDLER}{DRIVER}");
     eprintln!("chroot python3 x{reps}");
@@ -201,26 +290,24 @@ async fn startup(
     let mut runc = Samples::default();
     if !no_runc {
         eprintln!("runc run x{reps}");
-        let bundle =
-            std::env::temp_dir().join(format!("kindling-bench-runc-{}", std::process::id()));
-        std::fs::create_dir_all(&bundle)?;
-        std::fs::write(
-            bundle.join("config.json"),
-            oci_config(&rootfs, &[python.as_str(), "-c", &code, event]).to_string(),
-        )?;
+        let config = baseline::oci_config(
+            &rootfs,
+            &hello_layout(),
+            &[python.clone(), "-c".into(), code.clone(), event.into()],
+        );
+        let bundle = RuncBundle::create(Path::new("runc"), "hello", &config)?;
         for i in 0..reps {
             let id = format!("kindling-bench-{}-{i}", std::process::id());
             let t = Instant::now();
             let out = Command::new("runc")
                 .args(["run", "--bundle"])
-                .arg(&bundle)
+                .arg(bundle.path())
                 .arg(&id)
                 .stdin(Stdio::null())
                 .output()
                 .context("cannot run runc (apt-get install runc, or pass --no-runc)")?;
             runc.0.push(t.elapsed().as_secs_f64() * 1000.0);
             if !out.status.success() {
-                let _ = std::fs::remove_dir_all(&bundle);
                 bail!(
                     "runc baseline failed: {}",
                     String::from_utf8_lossy(&out.stderr)
@@ -228,7 +315,6 @@ async fn startup(
             }
             check(&out.stdout)?;
         }
-        let _ = std::fs::remove_dir_all(&bundle);
     }
 
     let cold50 = cold.pct(50.0);
@@ -239,12 +325,14 @@ async fn startup(
         "rootfs": rootfs,
         "kindling_cold": cold.json(),
         "kindling_cold_inside_worker": cold_server.json(),
+        "kindling_fork": fork.json(),
         "kindling_warm": warm.json(),
         "chroot_python3": chroot.json(),
         "runc_run": if no_runc { serde_json::Value::Null } else { runc.json() },
         "ratios": {
             "cold_p50_over_chroot_p50": cold50 / chroot.pct(50.0),
             "cold_p50_over_runc_p50": if no_runc { serde_json::Value::Null } else { json!(cold50 / runc.pct(50.0)) },
+            "cold_p50_over_fork_p50": cold50 / fork.pct(50.0),
         },
     });
     println!(
@@ -254,6 +342,7 @@ async fn startup(
     for (name, s) in [
         ("kindling cold", &cold),
         ("kindling cold (in worker)", &cold_server),
+        ("kindling fork", &fork),
         ("kindling warm", &warm),
         ("chroot python3", &chroot),
         ("runc run", &runc),
@@ -278,6 +367,7 @@ async fn startup(
             cold50 / runc.pct(50.0)
         );
     }
+    println!("cold p50 / fork p50   = {:.2}", cold50 / fork.pct(50.0));
     println!("warm p50 = {:.3} ms (target <= 1 ms)", warm.pct(50.0));
     if let Some(path) = output {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
@@ -304,33 +394,356 @@ fn timing_total(header: Option<&str>) -> Option<f64> {
         .find_map(|kv| kv.strip_prefix("total=")?.parse().ok())
 }
 
-/// A minimal OCI runtime config running `args` in `rootfs` (read-only) with the same isolation
-/// Kindling gives a function: new pid, mount, ipc, uts and net namespaces, /proc, /dev, /tmp.
-fn oci_config(rootfs: &Path, args: &[&str]) -> serde_json::Value {
-    json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": 65534, "gid": 65534},
-            "args": args,
-            "env": ["PATH=/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8"],
-            "cwd": "/",
-            "noNewPrivileges": true,
-            "capabilities": {"bounding": [], "effective": [], "permitted": [], "ambient": []}
-        },
-        "root": {"path": rootfs, "readonly": true},
-        "hostname": "bench",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "size=65536k"]}
-        ],
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}],
-            "resources": {"memory": {"limit": 268435456}, "pids": {"limit": 64}},
-            "maskedPaths": [], "readonlyPaths": []
+/// The starts of one method on one benchmark: latencies of the correct ones, and counts.
+struct MethodResult {
+    /// Key in the JSON results.
+    key: &'static str,
+    label: &'static str,
+    /// Client latency of every `ok` start (output checked).
+    samples: Samples,
+    ok: usize,
+    incorrect: usize,
+    failed: usize,
+    first_problem: Option<String>,
+}
+
+impl MethodResult {
+    fn of(key: &'static str, label: &'static str, invocations: &[Invocation]) -> Self {
+        let count = |s: Status| invocations.iter().filter(|i| i.status == s).count();
+        MethodResult {
+            key,
+            label,
+            samples: Samples(
+                invocations
+                    .iter()
+                    .filter(|i| i.status == Status::Ok)
+                    .map(|i| i.times.client as f64 / 1000.0)
+                    .collect(),
+            ),
+            ok: count(Status::Ok),
+            incorrect: count(Status::Incorrect),
+            failed: count(Status::Error),
+            first_problem: invocations
+                .iter()
+                .find(|i| i.status != Status::Ok)
+                .map(|i| {
+                    format!(
+                        "{}: {}",
+                        i.status.as_str(),
+                        i.error.as_deref().unwrap_or("-")
+                    )
+                }),
         }
-    })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let mut v = self.samples.json();
+        v["n_ok"] = json!(self.ok);
+        v["n_incorrect"] = json!(self.incorrect);
+        v["n_failed"] = json!(self.failed);
+        v["first_problem"] = json!(self.first_problem);
+        v
+    }
+}
+
+/// What every benchmark of one `bench startup` run shares.
+struct StartupRun {
+    addr: SocketAddr,
+    args: StartupArgs,
+    rootfs: PathBuf,
+    storage_dir: Option<PathBuf>,
+    chroot: PathBuf,
+    runc: Option<PathBuf>,
+}
+
+/// Resolves after SIGINT or SIGTERM: the run is dropped, so that the baselines' guards
+/// unmount the chroot tree and remove the bundle.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => if r.is_err() { term.recv().await; },
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Whether this process runs as root (the chroot baseline mounts and chroots).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+async fn startup_benchmarks(addr: SocketAddr, args: StartupArgs) -> Result<()> {
+    crate::sebs::check_benchmarks(&args.benchmarks_dir, &args.benchmarks)?;
+    let mut c = Client::new(addr);
+    let status = worker_status(&mut c, addr).await?;
+    if !is_root() {
+        bail!("`bench startup BENCH...` runs its baselines with mount, chroot and runc: run it as root");
+    }
+    let chroot = baseline::host_program("chroot")?;
+    let runc = if args.no_runc {
+        None
+    } else {
+        Some(baseline::host_program("runc").context("apt-get install runc, or pass --no-runc")?)
+    };
+    let storage_dir = args.storage_dir.clone().or_else(|| {
+        status["storage_dir"]
+            .as_str()
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+    });
+    let run = StartupRun {
+        addr,
+        rootfs: status_rootfs(&status)?,
+        storage_dir,
+        chroot,
+        runc,
+        args,
+    };
+    let mut results = Vec::new();
+    let mut problems = Vec::new();
+    let mut stopped = None;
+    let measured = async {
+        for bench in &run.args.benchmarks {
+            // A worker that went away ends the run with the client's one message.
+            if let Err(e) = c.get("/status").await {
+                stopped = Some(e);
+                break;
+            }
+            match startup_benchmark(&mut c, &run, bench).await {
+                Ok((result, mut p)) => {
+                    results.push(result);
+                    problems.append(&mut p);
+                }
+                Err(e) => {
+                    eprintln!("{bench}: {e:#}");
+                    problems.push(format!("{bench}: {e}"));
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = measured => {}
+        () = stop_signal() => bail!("interrupted (the baselines' mounts and bundles are removed)"),
+    }
+    if let Some(path) = &run.args.output {
+        let report = json!({
+            "benchmark": "startup",
+            "size": run.args.size,
+            "repetitions": run.args.repetitions,
+            "rootfs": run.rootfs,
+            "worker": addr.to_string(),
+            "kindling_version": env!("CARGO_PKG_VERSION"),
+            "results": results,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("results written to {}", path.display());
+    }
+    if let Some(e) = stopped {
+        return Err(e);
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    Ok(())
+}
+
+/// Measures one benchmark: Kindling cold, fork and warm, then the chroot and runc baselines.
+/// Returns its JSON result and its problems (incorrect or failed starts).
+async fn startup_benchmark(
+    c: &mut Client,
+    run: &StartupRun,
+    bench: &str,
+) -> Result<(serde_json::Value, Vec<String>)> {
+    let args = &run.args;
+    let reps = args.repetitions;
+    let dir = args.benchmarks_dir.join(bench);
+    let function = format!("bench-{bench}");
+    let input_py = std::path::absolute(dir.join("input.py"))?;
+    let event = crate::sebs::generate_event(
+        &args.python,
+        &input_py,
+        args.size,
+        run.storage_dir.as_deref(),
+    )
+    .await
+    .context("cannot prepare the input")?;
+    eprintln!("{bench}: deploying {function}");
+    crate::sebs::deploy(c, &function, &dir).await?;
+    let info: serde_json::Value =
+        serde_json::from_slice(&c.get(&format!("/registry/{function}")).await?.ok()?.body)?;
+    let layout: InstanceLayout = serde_json::from_value(info["instance"].clone()).context(
+        "the worker does not report how instances are laid out (`instance` in GET /registry/<name>); is it older than this kindling?",
+    )?;
+    let body = Bytes::from(serde_json::to_vec(&event)?);
+    let limit = crate::sebs::reply_limit(&dir);
+    let mut methods = Vec::new();
+
+    for (start, key, label) in [
+        (StartMethod::Cold, "kindling_cold", "kindling cold"),
+        (StartMethod::Fork, "kindling_fork", "kindling fork"),
+        (StartMethod::Warm, "kindling_warm", "kindling warm"),
+    ] {
+        let progress = crate::sebs::Progress::new(format!("{bench} {label}"), reps);
+        let ticker = progress.spawn_ticker();
+        let plan = crate::sebs::Plan {
+            addr: run.addr,
+            function: function.clone(),
+            event: body.clone(),
+            start,
+            repetitions: reps,
+            clients: 1,
+            limit,
+        };
+        let mut invocations = crate::sebs::measure(&plan, progress.clone()).await;
+        progress.finish(ticker);
+        if start == StartMethod::Warm {
+            // Cold and fork are forced (a reply with another method is already a failure);
+            // warm is the default policy after the warm-up, so check that it was one.
+            for inv in &mut invocations {
+                if inv.status == Status::Ok && inv.start.as_deref() != Some("warm") {
+                    let why = format!(
+                        "expected a warm start, the worker used {}",
+                        inv.start.as_deref().unwrap_or("an unreported method")
+                    );
+                    *inv = inv.clone().fail(why);
+                }
+            }
+        }
+        crate::sebs::validate(&args.python, &input_py, &event, &mut invocations).await?;
+        methods.push(MethodResult::of(key, label, &invocations));
+    }
+
+    let argv = baseline::driver_argv(&layout);
+    let input = serde_json::to_vec(&event)?;
+    {
+        // Prepared once, not timed; unmounted when dropped, on every path out of this block.
+        let tree = ChrootTree::prepare(&run.rootfs, &layout, bench)?;
+        let progress = crate::sebs::Progress::new(format!("{bench} chroot python3"), reps);
+        let ticker = progress.spawn_ticker();
+        let mut invocations = Vec::new();
+        for _ in 0..reps {
+            let inv = tree
+                .start_once(&run.chroot, &layout, &argv, &input, limit)
+                .await;
+            progress.record(inv.status == Status::Ok);
+            invocations.push(inv);
+        }
+        progress.finish(ticker);
+        drop(tree);
+        crate::sebs::validate(&args.python, &input_py, &event, &mut invocations).await?;
+        methods.push(MethodResult::of(
+            "chroot_python3",
+            "chroot python3",
+            &invocations,
+        ));
+    }
+    if let Some(runc) = &run.runc {
+        baseline::check_mount_points(&run.rootfs, &layout)?;
+        let config = baseline::oci_config(&run.rootfs, &layout, &argv);
+        let mut bundle = RuncBundle::create(runc, bench, &config)?;
+        let progress = crate::sebs::Progress::new(format!("{bench} runc run"), reps);
+        let ticker = progress.spawn_ticker();
+        let mut invocations = Vec::new();
+        for _ in 0..reps {
+            let inv = bundle.start_once(&input, limit).await;
+            progress.record(inv.status == Status::Ok);
+            invocations.push(inv);
+        }
+        progress.finish(ticker);
+        drop(bundle);
+        crate::sebs::validate(&args.python, &input_py, &event, &mut invocations).await?;
+        methods.push(MethodResult::of("runc_run", "runc run", &invocations));
+    }
+
+    let p50 = |key: &str| {
+        methods
+            .iter()
+            .find(|m| m.key == key)
+            .map_or(f64::NAN, |m| m.samples.pct(50.0))
+    };
+    let cold50 = p50("kindling_cold");
+    let ratio = |key: &str| {
+        let r = cold50 / p50(key);
+        if r.is_finite() {
+            json!(r)
+        } else {
+            serde_json::Value::Null
+        }
+    };
+    println!(
+        "\n{bench} (size {}, {reps} starts per method)",
+        args.size.as_str()
+    );
+    println!(
+        "{:<16} {:>5} {:>9} {:>6} {:>9} {:>9} {:>9}",
+        "method", "ok", "incorrect", "failed", "p50 ms", "p90 ms", "p99 ms"
+    );
+    let mut problems = Vec::new();
+    for m in &methods {
+        let ms = |p: f64| {
+            let v = m.samples.pct(p);
+            if v.is_finite() {
+                format!("{v:.3}")
+            } else {
+                "-".into()
+            }
+        };
+        println!(
+            "{:<16} {:>5} {:>9} {:>6} {:>9} {:>9} {:>9}",
+            m.label,
+            m.ok,
+            m.incorrect,
+            m.failed,
+            ms(50.0),
+            ms(90.0),
+            ms(99.0)
+        );
+        if m.incorrect > 0 || m.failed > 0 {
+            eprintln!(
+                "  {bench} {}: first {}",
+                m.label,
+                m.first_problem.as_deref().unwrap_or("-")
+            );
+            problems.push(format!(
+                "{bench} {}: {} incorrect, {} failed",
+                m.label, m.incorrect, m.failed
+            ));
+        }
+    }
+    let fmt = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |r| format!("{r:.2}"));
+    let ratios = json!({
+        "cold_p50_over_fork_p50": ratio("kindling_fork"),
+        "cold_p50_over_chroot_p50": ratio("chroot_python3"),
+        "cold_p50_over_runc_p50": ratio("runc_run"),
+    });
+    println!(
+        "cold/fork p50 = {}, cold/chroot p50 = {}, cold/runc p50 = {}",
+        fmt(&ratios["cold_p50_over_fork_p50"]),
+        fmt(&ratios["cold_p50_over_chroot_p50"]),
+        fmt(&ratios["cold_p50_over_runc_p50"])
+    );
+    let mut result = json!({
+        "benchmark": bench,
+        "function": function,
+        "size": args.size,
+        "memory_mb": crate::sebs::config_memory(&dir),
+        "runc_run": serde_json::Value::Null,
+        "ratios": ratios,
+    });
+    for m in &methods {
+        result[m.key] = m.json();
+    }
+    Ok((result, problems))
 }
 
 /// Deploys a function with `requirements`, returning the final deploy JSON and the wall time.

@@ -1,5 +1,6 @@
 //! `kindling`: the worker daemon, its command-line client, and the benchmarks.
 
+mod baseline;
 mod bench;
 mod client;
 mod examples;

@@ -226,7 +226,7 @@ impl RunFile {
     }
 }
 
-fn now_unix() -> f64 {
+pub(crate) fn now_unix() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -269,12 +269,13 @@ fn tail(text: &str, max: usize) -> &str {
 }
 
 impl Invocation {
-    fn failed(error: String, begin: f64, end: f64, client: Duration) -> Self {
+    /// A successful invocation timed by the client, with nothing else known yet.
+    fn timed(begin: f64, end: f64, client: Duration) -> Self {
         Invocation {
             request_id: String::new(),
             start: None,
-            status: Status::Error,
-            error: Some(error),
+            status: Status::Ok,
+            error: None,
             times: Times {
                 client: client.as_micros() as u64,
                 client_begin: begin,
@@ -282,14 +283,15 @@ impl Invocation {
                 ..Times::default()
             },
             provider_times: ProviderTimes::default(),
-            stats: Stats {
-                failure: true,
-                ..Stats::default()
-            },
+            stats: Stats::default(),
             timing: BTreeMap::new(),
             container_id: None,
             output: Value::Null,
         }
+    }
+
+    fn failed(error: String, begin: f64, end: f64, client: Duration) -> Self {
+        Self::timed(begin, end, client).fail(error)
     }
 
     /// Builds the record of one invocation from the worker's reply. The status is `ok` or
@@ -346,51 +348,14 @@ impl Invocation {
             container_id: r.header("x-kindling-sandbox").map(str::to_string),
             output: Value::Null,
         };
-        let fail = |mut inv: Invocation, why: String| {
-            inv.status = Status::Error;
-            inv.stats.failure = true;
-            inv.error = Some(why);
-            inv
-        };
         if !r.status.is_success() {
             let why = format!("HTTP {}: {}", r.status, tail(r.text().trim_end(), 2000));
             inv.output = Value::String(r.text());
-            return fail(inv, why);
+            return inv.fail(why);
         }
-        let envelope: Value = match serde_json::from_slice(&r.body) {
-            Ok(v) => v,
-            Err(_) => {
-                let why = format!("not a SeBS envelope: {}", tail(&r.text(), 500));
-                inv.output = Value::String(r.text());
-                return fail(inv, why);
-            }
-        };
-        if let (Some(b), Some(e)) = (
-            envelope.get("begin").and_then(envelope_f64),
-            envelope.get("end").and_then(envelope_f64),
-        ) {
-            inv.times.benchmark = ((e - b) * 1e6).round().max(0.0) as u64;
-        }
-        if let Some(cold) = envelope.get("is_cold").and_then(Value::as_bool) {
-            inv.stats.cold_start = cold;
-        }
-        if inv.request_id.is_empty() {
-            if let Some(id) = envelope.get("request_id").and_then(Value::as_str) {
-                inv.request_id = id.to_string();
-            }
-        }
-        if inv.container_id.is_none() {
-            inv.container_id = envelope
-                .get("container_id")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-        }
-        let has_output = envelope
-            .get("result")
-            .is_some_and(|r| r.get("output").is_some());
-        inv.output = envelope;
-        if !has_output {
-            return fail(inv, "not a SeBS envelope: no result.output".into());
+        let inv = inv.with_envelope(&r.body);
+        if inv.status != Status::Ok {
+            return inv;
         }
         if let Some(forced) = asked.forced() {
             if start.as_deref() != Some(forced) {
@@ -398,10 +363,83 @@ impl Invocation {
                     "asked for a {forced} start, the worker used {}",
                     start.as_deref().unwrap_or("an unreported method")
                 );
-                return fail(inv, why);
+                return inv.fail(why);
             }
         }
         inv
+    }
+
+    /// Builds the record of one run of a baseline (a process that printed the SeBS envelope,
+    /// see `crate::baseline`): `ok` when it exited 0 with an envelope holding `result.output`.
+    pub(crate) fn from_baseline(
+        run: Result<std::process::Output>,
+        client: Duration,
+        begin: f64,
+        end: f64,
+    ) -> Self {
+        let out = match run {
+            Ok(out) => out,
+            Err(e) => return Self::failed(format!("{e:#}"), begin, end, client),
+        };
+        let mut inv = Self::timed(begin, end, client);
+        inv.stats.cold_start = true;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let why = format!("{}: {}", out.status, tail(err.trim_end(), 2000));
+            inv.output = Value::String(String::from_utf8_lossy(&out.stdout).into_owned());
+            return inv.fail(why);
+        }
+        inv.with_envelope(&out.stdout)
+    }
+
+    /// Marks this invocation failed (`error`), saying why.
+    pub(crate) fn fail(mut self, why: String) -> Self {
+        self.status = Status::Error;
+        self.stats.failure = true;
+        self.error = Some(why);
+        self
+    }
+
+    /// Reads the SeBS envelope in `body` (the function's response) into this record; an
+    /// invocation whose body is not an envelope with `result.output` fails.
+    fn with_envelope(mut self, body: &[u8]) -> Self {
+        let envelope: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(_) => {
+                let text = String::from_utf8_lossy(body).into_owned();
+                let why = format!("not a SeBS envelope: {}", tail(&text, 500));
+                self.output = Value::String(text);
+                return self.fail(why);
+            }
+        };
+        if let (Some(b), Some(e)) = (
+            envelope.get("begin").and_then(envelope_f64),
+            envelope.get("end").and_then(envelope_f64),
+        ) {
+            self.times.benchmark = ((e - b) * 1e6).round().max(0.0) as u64;
+        }
+        if let Some(cold) = envelope.get("is_cold").and_then(Value::as_bool) {
+            self.stats.cold_start = cold;
+        }
+        if self.request_id.is_empty() {
+            if let Some(id) = envelope.get("request_id").and_then(Value::as_str) {
+                self.request_id = id.to_string();
+            }
+        }
+        if self.container_id.is_none() {
+            self.container_id = envelope
+                .get("container_id")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
+        let has_output = envelope
+            .get("result")
+            .is_some_and(|r| r.get("output").is_some());
+        self.output = envelope;
+        if !has_output {
+            return self.fail("not a SeBS envelope: no result.output".into());
+        }
+        self
     }
 
     /// `result.output` of the envelope: what `validate()` checks.
@@ -574,7 +612,7 @@ async fn run_driver(python: &str, args: &[&str], stdin: Vec<u8>) -> Result<Vec<u
     Ok(out.stdout)
 }
 
-async fn generate_event(
+pub(crate) async fn generate_event(
     python: &str,
     input_py: &Path,
     size: Size,
@@ -595,7 +633,7 @@ async fn generate_event(
 
 /// Validates every distinct output of `invocations` once, turning `ok` into `incorrect` where
 /// `validate()` says no (or raises, or the validator cannot run).
-async fn validate(
+pub(crate) async fn validate(
     python: &str,
     input_py: &Path,
     event: &Value,
@@ -672,7 +710,7 @@ pub fn statistics(invocations: &[Invocation], asked: StartMethod) -> Statistics 
 }
 
 /// A progress line on stderr: redrawn in place on a terminal, every 10 s otherwise.
-struct Progress {
+pub(crate) struct Progress {
     label: String,
     total: u64,
     done: AtomicU64,
@@ -681,6 +719,24 @@ struct Progress {
 }
 
 impl Progress {
+    pub(crate) fn new(label: String, total: u64) -> Arc<Self> {
+        Arc::new(Progress {
+            label,
+            total,
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            began: Instant::now(),
+        })
+    }
+
+    /// Counts one finished invocation.
+    pub(crate) fn record(&self, ok: bool) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn line(&self) -> String {
         let done = self.done.load(Ordering::Relaxed);
         let width = 24;
@@ -696,7 +752,7 @@ impl Progress {
         )
     }
 
-    fn spawn_ticker(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn_ticker(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let p = self.clone();
         tokio::spawn(async move {
             let tty = std::io::stderr().is_terminal();
@@ -713,7 +769,7 @@ impl Progress {
         })
     }
 
-    fn finish(&self, ticker: tokio::task::JoinHandle<()>) {
+    pub(crate) fn finish(&self, ticker: tokio::task::JoinHandle<()>) {
         ticker.abort();
         if std::io::stderr().is_terminal() {
             eprintln!("\r{}\x1b[K", self.line());
@@ -751,21 +807,21 @@ async fn invoke(
     (r, elapsed, begin, now_unix())
 }
 
-/// Invokes `function` `reps` times from `clients` concurrent clients; returns the invocations
-/// in the order they were started.
 /// What one experiment invokes, how and how often.
-struct Plan {
-    addr: SocketAddr,
-    function: String,
-    event: Bytes,
-    start: StartMethod,
-    repetitions: u64,
-    clients: u64,
+pub(crate) struct Plan {
+    pub(crate) addr: SocketAddr,
+    pub(crate) function: String,
+    pub(crate) event: Bytes,
+    pub(crate) start: StartMethod,
+    pub(crate) repetitions: u64,
+    pub(crate) clients: u64,
     /// Longest wait for one reply.
-    limit: Duration,
+    pub(crate) limit: Duration,
 }
 
-async fn measure(plan: &Plan, progress: Arc<Progress>) -> Vec<Invocation> {
+/// Invokes the plan's function `repetitions` times from `clients` concurrent clients; returns
+/// the invocations in the order they were started.
+pub(crate) async fn measure(plan: &Plan, progress: Arc<Progress>) -> Vec<Invocation> {
     let Plan {
         addr,
         ref function,
@@ -827,10 +883,7 @@ async fn measure(plan: &Plan, progress: Arc<Progress>) -> Vec<Invocation> {
                         Invocation::from_response(asked, r, elapsed, begin, end)
                     }
                 };
-                progress.done.fetch_add(1, Ordering::Relaxed);
-                if inv.status != Status::Ok {
-                    progress.failed.fetch_add(1, Ordering::Relaxed);
-                }
+                progress.record(inv.status == Status::Ok);
                 done.push((n, inv));
             }
             done
@@ -847,7 +900,7 @@ async fn measure(plan: &Plan, progress: Arc<Progress>) -> Vec<Invocation> {
     all.into_iter().map(|(_, inv)| inv).collect()
 }
 
-async fn deploy(c: &mut Client, function: &str, dir: &Path) -> Result<Value> {
+pub(crate) async fn deploy(c: &mut Client, function: &str, dir: &Path) -> Result<Value> {
     let packed = pack_benchmark(dir)?;
     let mut last = Value::Null;
     let status = c
@@ -888,13 +941,13 @@ fn config_value(dir: &Path, key: &str) -> Option<f64> {
     serde_json::from_str::<Value>(&text).ok()?[key].as_f64()
 }
 
-fn config_memory(dir: &Path) -> Option<u64> {
+pub(crate) fn config_memory(dir: &Path) -> Option<u64> {
     config_value(dir, "memory").map(|m| m as u64)
 }
 
 /// How long the client waits for one reply: twice the function's `timeout` (60 s when
 /// config.json has none) plus 30 s, so that the worker's own timeout answers first.
-fn reply_limit(dir: &Path) -> Duration {
+pub(crate) fn reply_limit(dir: &Path) -> Duration {
     let timeout = config_value(dir, "timeout")
         .filter(|t| *t > 0.0)
         .unwrap_or(60.0);
@@ -1074,13 +1127,7 @@ pub async fn run(addr: SocketAddr, args: RunArgs) -> Result<()> {
                 }
                 return Err(e);
             }
-            let progress = Arc::new(Progress {
-                label: format!("{bench} {}", start.as_str()),
-                total: args.repetitions,
-                done: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
-                began: Instant::now(),
-            });
+            let progress = Progress::new(format!("{bench} {}", start.as_str()), args.repetitions);
             let ticker = progress.spawn_ticker();
             let begin = now_unix();
             let plan = Plan {

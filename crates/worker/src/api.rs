@@ -465,10 +465,12 @@ fn info(worker: &Worker, name: &str) -> Reply {
         return error(StatusCode::BAD_REQUEST, "invalid-name", e.to_string());
     }
     match worker.registry.get(name) {
-        Some(v) => json(
-            StatusCode::OK,
-            &serde_json::to_value(v.as_ref()).unwrap_or_default(),
-        ),
+        Some(v) => {
+            // The version as deployed, plus how its instances are laid out (for baselines).
+            let mut body = serde_json::to_value(v.as_ref()).unwrap_or_default();
+            body["instance"] = serde_json::to_value(worker.instance_layout(&v)).unwrap_or_default();
+            json(StatusCode::OK, &body)
+        }
         None => error(
             StatusCode::NOT_FOUND,
             "not-found",

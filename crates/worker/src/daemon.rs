@@ -298,6 +298,11 @@ impl Worker {
         }
     }
 
+    /// How instances of `f` are laid out (mounts, environment, user, limits).
+    pub fn instance_layout(&self, f: &FunctionVersion) -> crate::instance::InstanceLayout {
+        self.factory.instance_layout(f, &self.limits_for(f))
+    }
+
     /// Periodic housekeeping: expire idle instances past their keep-alive.
     pub async fn housekeeping(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

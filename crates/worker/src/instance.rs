@@ -247,15 +247,20 @@ impl Factory {
         Instance::new(id, function, limits, sandbox, sock)
     }
 
+    /// The interpreter of an instance and its flags: no `site` (the runtime puts exactly the
+    /// function's closure on `sys.path`), no `PYTHON*` variables.
+    fn interpreter(&self) -> Vec<String> {
+        vec![self.python.clone(), "-S".into(), "-E".into()]
+    }
+
     fn instance_spec(&self, function: &FunctionVersion, id: &str) -> InstanceSpec {
+        let mut argv = self.interpreter();
+        argv.extend([
+            "-c".into(),
+            "import sys; sys.path.insert(0, '/kindling'); import kindling_runtime; kindling_runtime.main()".into(),
+        ]);
         InstanceSpec {
-            argv: vec![
-                self.python.clone(),
-                "-S".into(),
-                "-E".into(),
-                "-c".into(),
-                "import sys; sys.path.insert(0, '/kindling'); import kindling_runtime; kindling_runtime.main()".into(),
-            ],
+            argv,
             env: self.instance_env(function, id),
             cwd: "/handler".into(),
             uid: self.uid,
@@ -263,6 +268,26 @@ impl Factory {
             max_open_files: self.max_open_files,
             stdio_to_socket: false,
             privileged: false,
+        }
+    }
+
+    /// How an instance of `function` is laid out, for `GET /registry/<name>`.
+    pub fn instance_layout(
+        &self,
+        function: &FunctionVersion,
+        limits: &FunctionLimits,
+    ) -> InstanceLayout {
+        let mut env = self.instance_env(function, "");
+        env.retain(|(k, _)| k != "KINDLING_SANDBOX");
+        InstanceLayout {
+            interpreter: self.interpreter(),
+            mounts: self.function_mounts(function, limits),
+            env,
+            cwd: "/handler".into(),
+            uid: self.uid,
+            gid: self.gid,
+            limits: limits.cgroup(),
+            network: limits.network,
         }
     }
 
@@ -292,6 +317,26 @@ impl Factory {
         );
         env
     }
+}
+
+/// How the instances of a function are set up, as `GET /registry/<name>` reports it under
+/// `instance`: what a benchmark baseline (`kindling bench startup`) needs to run the same
+/// handler outside Kindling in the same layout (host paths of the code, runtime, package store
+/// and storage socket, and the environment naming the function's package closure).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct InstanceLayout {
+    /// The interpreter (a path inside the sandbox) and its flags; the runtime's `-c` follows.
+    pub interpreter: Vec<String>,
+    /// The sandbox's mounts in order, sources as host paths.
+    pub mounts: Vec<MountSpec>,
+    /// The instance's environment, less the per-sandbox `KINDLING_SANDBOX`.
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    /// The unprivileged user and group function code runs as.
+    pub uid: u32,
+    pub gid: u32,
+    pub limits: CgroupLimits,
+    pub network: bool,
 }
 
 /// The sandbox under an instance; destroying it kills every process and removes the cgroup.

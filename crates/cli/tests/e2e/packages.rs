@@ -601,6 +601,51 @@ fn deploy_v1(w: &Worker) {
     );
     assert_eq!(names(&v["packages"]), BTreeSet::from(["six".to_string()]));
     assert_eq!(call(w, "fn"), json!({"v": 1}));
+    assert_instance_layout(w, "fn", "six");
+}
+
+/// `GET /registry/<name>` reports how the function's instances are laid out (what the
+/// baselines of `kindling bench startup` reproduce): the code, runtime and store as host
+/// paths, and the closure in the environment.
+fn assert_instance_layout(w: &Worker, name: &str, package: &str) {
+    let info = w
+        .request("GET", &format!("/registry/{name}"), &[], b"")
+        .json();
+    let layout = &info["instance"];
+    let bind = |target: &str| {
+        layout["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["kind"] == "bind" && m["target"] == target)
+            .unwrap_or_else(|| panic!("no bind at {target}: {layout}"))["source"]
+            .as_str()
+            .expect("source")
+            .to_string()
+    };
+    let code = std::path::PathBuf::from(bind("/handler"));
+    assert!(code.starts_with(w.root.path().join("functions").join(name)));
+    assert!(code.join("f.py").is_file(), "no f.py in {}", code.display());
+    assert_eq!(
+        std::path::PathBuf::from(bind("/packages")),
+        w.root.path().join("packages")
+    );
+    assert!(std::path::Path::new(&bind("/kindling"))
+        .join("kindling_runtime.py")
+        .is_file());
+    let env: std::collections::HashMap<String, String> =
+        serde_json::from_value::<Vec<(String, String)>>(layout["env"].clone())
+            .expect("env pairs")
+            .into_iter()
+            .collect();
+    let path = &env["KINDLING_PATH"];
+    assert!(
+        path.starts_with(&format!("/packages/{package}==")) && path.ends_with("/files"),
+        "KINDLING_PATH={path}"
+    );
+    assert!(!env.contains_key("KINDLING_SANDBOX"));
+    assert_eq!(layout["cwd"], "/handler");
+    assert_eq!(layout["interpreter"][1], "-S");
 }
 
 /// A package or version that doesn't exist, conflicting requirements, and an sdist whose build
