@@ -164,6 +164,9 @@ async fn hello_once(c: &mut Client, forced: Option<&str>, expect: &str) -> Resul
     let headers: Vec<(&str, &str)> = forced
         .map(|m| vec![("x-kindling-start", m)])
         .unwrap_or_default();
+    if forced.is_some() {
+        c.settle().await?;
+    }
     let t = Instant::now();
     let r = c
         .request(Method::POST, "/run/bench-hello", &headers, "{}")
@@ -965,6 +968,9 @@ async fn start_once(
     let headers: Vec<(&str, &str)> = method
         .map(|m| vec![("x-kindling-start", m)])
         .unwrap_or_default();
+    if method.is_some() {
+        c.settle().await?;
+    }
     let t = Instant::now();
     let r = c
         .request(Method::POST, &format!("/run/{name}"), &headers, "{}")

@@ -137,4 +137,21 @@ impl Client {
     pub async fn get(&mut self, path: &str) -> Result<Response> {
         self.request(Method::GET, path, &[], Bytes::new()).await
     }
+
+    /// Waits (up to 10 s) until the worker has no background work pending (refills of seeds and
+    /// pooled sandboxes, sandboxes being destroyed), so that a measured start neither competes
+    /// with it nor finds the previous start's seed not yet replaced.
+    pub async fn settle(&mut self) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stats: serde_json::Value =
+                serde_json::from_slice(&self.get("/stats").await?.ok()?.body)?;
+            if stats["background.pending"].as_u64().unwrap_or(0) == 0
+                || std::time::Instant::now() >= deadline
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
 }

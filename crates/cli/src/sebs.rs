@@ -878,6 +878,11 @@ pub(crate) async fn measure(plan: &Plan, progress: Arc<Progress>) -> Vec<Invocat
                 let inv = match &opened {
                     Err(e) => Invocation::failed(e.clone(), now_unix(), now_unix(), Duration::ZERO),
                     Ok(()) => {
+                        if asked != StartMethod::Warm && clients == 1 {
+                            // Sequential starts: each on a worker done with the last one's
+                            // background work (bursts measure starts under load instead).
+                            let _ = c.settle().await;
+                        }
                         let (r, elapsed, begin, end) =
                             invoke(&mut c, addr, &path, asked, event.clone(), limit).await;
                         Invocation::from_response(asked, r, elapsed, begin, end)

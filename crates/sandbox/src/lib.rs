@@ -12,3 +12,4 @@ pub mod seccomp;
 pub mod spawner;
 pub mod spec;
 pub mod sys;
+pub mod working_set;

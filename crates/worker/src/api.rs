@@ -502,6 +502,10 @@ fn gauges(worker: &Worker) -> Vec<(&'static str, u64)> {
         ("zygotes.live", worker.zygotes.count() as u64),
         ("sandboxes.pooled", worker.zygotes.pooled() as u64),
         ("sandboxes.seeded", worker.zygotes.seeded() as u64),
+        (
+            "background.pending",
+            worker.pool.background_pending() as u64,
+        ),
         ("functions", worker.registry.list().len() as u64),
     ]
 }

@@ -15,9 +15,9 @@
 //!                                  # on one machine need different ones
 //! cgroup_favor_dynmods = true      # at start, remount a cgroup hierarchy with `favordynmods`
 //!                                  # (Linux 6.0+, machine-wide): moving a process into a sandbox's
-//!                                  # cgroup then no longer waits for an RCU grace period (~6 ms on
-//!                                  # the development VM, paid by every cold and fork start), at
-//!                                  # the cost of slightly slower fork/exit for every process
+//!                                  # cgroup (every cold and fork start) then need not wait for an
+//!                                  # RCU grace period, at the cost of slightly slower fork/exit for
+//!                                  # every process (the kernel's documented trade-off)
 //! sandbox_uid = 65534              # unprivileged uid/gid function code runs as
 //! sandbox_gid = 65534
 //! max_open_files = 1024            # RLIMIT_NOFILE of instances

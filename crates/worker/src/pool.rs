@@ -7,7 +7,7 @@
 use crate::instance::{Factory, FunctionLimits, Instance, InvokeError, Reply, StartError};
 use crate::metrics::Metrics;
 use crate::registry::FunctionVersion;
-use crate::zygote::{ForkError, Zygotes};
+use crate::zygote::{ForkError, Forked, Zygotes};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,6 +111,8 @@ pub struct Pool {
     metrics: Arc<Metrics>,
     functions: Mutex<HashMap<String, Arc<FunctionPool>>>,
     live: Arc<AtomicUsize>,
+    /// Sandboxes being destroyed in the background.
+    destroying: Arc<AtomicUsize>,
 }
 
 impl Pool {
@@ -127,6 +129,7 @@ impl Pool {
             metrics,
             functions: Mutex::new(HashMap::new()),
             live: Arc::new(AtomicUsize::new(0)),
+            destroying: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -141,6 +144,11 @@ impl Pool {
                 })
             })
             .clone()
+    }
+
+    /// Background work in flight: sandboxes being destroyed, refills of seeds and the pool.
+    pub fn background_pending(&self) -> usize {
+        self.destroying.load(Ordering::SeqCst) + self.zygotes.refills_pending()
     }
 
     /// Sandboxes alive now (idle and busy).
@@ -189,8 +197,8 @@ impl Pool {
             StartPolicy::Cold | StartPolicy::Fork => None,
             StartPolicy::Any => self.take_idle(&fp, function),
         };
-        let (mut instance, start) = match warm {
-            Some(i) => (i, StartMethod::Warm),
+        let (mut instance, start, forked) = match warm {
+            Some(i) => (i, StartMethod::Warm, None),
             None => {
                 let t = Instant::now();
                 self.reserve_sandbox()?;
@@ -199,7 +207,7 @@ impl Pool {
                     StartPolicy::Any | StartPolicy::Fork => self.fork_start(function, limits).await,
                 };
                 let made = match forked {
-                    Some(i) => Ok((i, StartMethod::Fork)),
+                    Some((i, f)) => Ok((i, StartMethod::Fork, Some(f))),
                     None => {
                         let factory = self.factory.clone();
                         let (f, l) = (function.clone(), limits.clone());
@@ -207,13 +215,13 @@ impl Pool {
                             .await
                             .map_err(|e| StartError::Io(std::io::Error::other(e)))
                             .and_then(|r| r)
-                            .map(|i| (i, StartMethod::Cold))
+                            .map(|i| (i, StartMethod::Cold, None))
                     }
                 };
                 match made {
-                    Ok((i, how)) => {
+                    Ok((i, how, f)) => {
                         timing.sandbox_ms = ms(t.elapsed());
-                        (i, how)
+                        (i, how, f)
                     }
                     Err(e) => {
                         self.live.fetch_sub(1, Ordering::SeqCst);
@@ -227,9 +235,10 @@ impl Pool {
         let in_instance = ms(t.elapsed());
         if start != StartMethod::Warm && self.zygotes.config.enabled {
             // Replace the seed or pooled sandbox this start may have used, off the request path
-            // and after the invocation, so that it does not compete with the new instance.
-            let zygotes = self.zygotes.clone();
-            std::thread::spawn(move || zygotes.refill());
+            // and after the invocation, so that it does not compete with the new instance; a
+            // forked instance that served its first invocation shows what seeds will write.
+            let learn = forked.filter(|_| result.is_ok());
+            self.zygotes.schedule_refill(learn);
         }
         timing.handler_ms = result.as_ref().map(|r| r.handler_ms).unwrap_or(0.0);
         timing.instance_ms = (in_instance - timing.handler_ms).max(0.0);
@@ -276,7 +285,7 @@ impl Pool {
         &self,
         function: &Arc<FunctionVersion>,
         limits: &FunctionLimits,
-    ) -> Option<Instance> {
+    ) -> Option<(Instance, Forked)> {
         if !self.zygotes.config.enabled {
             return None;
         }
@@ -293,11 +302,11 @@ impl Pool {
         })
         .await;
         match result {
-            Ok(Ok((i, seeded))) => {
-                if seeded {
+            Ok(Ok((i, forked))) => {
+                if forked.seeded {
                     self.metrics.add("fork.seeded", 1);
                 }
-                Some(i)
+                Some((i, forked))
             }
             Ok(Err(e)) => {
                 tracing::warn!(function = %function.name, "fork start failed, starting cold: {e}");
@@ -378,9 +387,12 @@ impl Pool {
     fn destroy(&self, instance: Instance) {
         let live = self.live.clone();
         let metrics = self.metrics.clone();
+        let destroying = self.destroying.clone();
+        destroying.fetch_add(1, Ordering::SeqCst);
         let work = move || {
             instance.destroy();
             live.fetch_sub(1, Ordering::SeqCst);
+            destroying.fetch_sub(1, Ordering::SeqCst);
             metrics.add("sandboxes.destroyed", 1);
         };
         match tokio::runtime::Handle::try_current() {

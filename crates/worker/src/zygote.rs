@@ -27,7 +27,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,13 @@ use std::time::{Duration, Instant};
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a fork request may take.
 const FORK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many forked instances (after their first invocation) a zygote learns its seeds' working
+/// set from.
+const LEARN_FROM: usize = 4;
+/// Most pages a seed writes ahead of need (64 MiB).
+const MAX_PREFAULT_PAGES: usize = 16384;
+/// A refill waits this long first, so that it does not compete with the response it follows.
+const REFILL_DELAY: Duration = Duration::from_millis(2);
 
 /// Why a fork start did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +60,23 @@ pub enum ForkError {
 
 /// A package set: sorted `<name>==<version>` keys.
 pub type PackageSet = BTreeSet<String>;
+
+/// How a fork start went: the zygote's package set, the child's host pid, whether it was a seed.
+#[derive(Debug, Clone)]
+pub struct Forked {
+    pub zygote: PackageSet,
+    pub pid: i32,
+    pub seeded: bool,
+}
+
+/// The pages seeds of one zygote write ahead of need: those its forked instances wrote during
+/// their first invocation (REAP's idea of recording a first invocation's working set, applied
+/// to copy-on-write after fork).
+#[derive(Default)]
+struct WorkingSet {
+    pages: BTreeSet<u64>,
+    learned_from: usize,
+}
 
 /// One zygote process.
 pub struct Zygote {
@@ -147,6 +171,8 @@ struct Seed {
     id: String,
     sandbox: SandboxHandle,
     channel: UnixStream,
+    /// The child's pid in the host's pid namespace.
+    pid: i32,
     /// Whether its `ready` frame was read.
     ready: bool,
 }
@@ -205,9 +231,12 @@ pub struct Zygotes {
     pool: Mutex<Vec<(String, SandboxHandle)>>,
     /// Seeds by the package set of the zygote they were forked from.
     seeds: Mutex<HashMap<PackageSet, Vec<Seed>>>,
+    /// What seeds write ahead of need, by zygote package set.
+    working_sets: Mutex<HashMap<PackageSet, WorkingSet>>,
     /// `/tmp` size of pooled sandboxes: the worker's default.
     pool_tmp_mb: u64,
     refilling: Mutex<()>,
+    refills_pending: AtomicUsize,
     stopping: AtomicBool,
 }
 
@@ -235,8 +264,10 @@ impl Zygotes {
             gid,
             pool: Mutex::new(Vec::new()),
             seeds: Mutex::new(HashMap::new()),
+            working_sets: Mutex::new(HashMap::new()),
             pool_tmp_mb,
             refilling: Mutex::new(()),
+            refills_pending: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
         }
     }
@@ -496,13 +527,19 @@ impl Zygotes {
         zygote: &Zygote,
         function: &Arc<FunctionVersion>,
         limits: &FunctionLimits,
-    ) -> Result<(Instance, bool), ForkError> {
+    ) -> Result<(Instance, Forked), ForkError> {
         zygote.serves_instances.store(true, Ordering::SeqCst);
+        let forked = |pid, seeded| Forked {
+            zygote: zygote.packages.clone(),
+            pid,
+            seeded,
+        };
         let clean = self.fits_clean_sandbox(limits);
         if clean {
             while let Some(seed) = self.take_seed(&zygote.packages) {
+                let pid = seed.pid;
                 match self.assign(seed, function, limits, true) {
-                    Ok(i) => return Ok((i, true)),
+                    Ok(i) => return Ok((i, forked(pid, true))),
                     Err(e) => tracing::warn!(function = %function.name, "seed unusable: {e}"),
                 }
             }
@@ -525,12 +562,68 @@ impl Zygotes {
                     sandbox.destroy();
                     return Err(e.into());
                 }
-                let child = self.fork_into(zygote, id, sandbox)?;
-                return Ok((self.assign(child, function, limits, false)?, false));
+                let child = self.fork_into(zygote, id, sandbox, &[])?;
+                let pid = child.pid;
+                return Ok((
+                    self.assign(child, function, limits, false)?,
+                    forked(pid, false),
+                ));
             }
         };
-        let child = self.fork_into(zygote, id, sandbox)?;
-        Ok((self.assign(child, function, limits, true)?, false))
+        let child = self.fork_into(zygote, id, sandbox, &[])?;
+        let pid = child.pid;
+        Ok((
+            self.assign(child, function, limits, true)?,
+            forked(pid, false),
+        ))
+    }
+
+    /// Learns from a forked instance that has served its first invocation which pages its
+    /// zygote's seeds should write ahead of need. Blocking.
+    pub fn learn(&self, forked: &Forked) {
+        if self.config.seeds == 0 {
+            return;
+        }
+        if self
+            .working_sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&forked.zygote)
+            .is_some_and(|w| w.learned_from >= LEARN_FROM)
+        {
+            return;
+        }
+        let pages =
+            match kindling_sandbox::working_set::written_pages(forked.pid, MAX_PREFAULT_PAGES) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(
+                        pid = forked.pid,
+                        "cannot read a forked instance's pages: {e}"
+                    );
+                    return;
+                }
+            };
+        let mut sets = self.working_sets.lock().unwrap_or_else(|p| p.into_inner());
+        let ws = sets.entry(forked.zygote.clone()).or_default();
+        ws.learned_from += 1;
+        for page in pages {
+            if ws.pages.len() >= MAX_PREFAULT_PAGES {
+                break;
+            }
+            ws.pages.insert(page);
+        }
+        tracing::debug!(pages = ws.pages.len(), "seed working set learned");
+    }
+
+    /// The runs of pages seeds of the zygote holding `set` write ahead of need.
+    fn prefault(&self, set: &PackageSet) -> Vec<(u64, u64)> {
+        self.working_sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(set)
+            .map(|w| kindling_sandbox::working_set::runs(w.pages.iter().copied()))
+            .unwrap_or_default()
     }
 
     /// Whether `function` can run in a clean sandbox (pooled or seeded): the pool's mounts.
@@ -546,6 +639,7 @@ impl Zygotes {
         zygote: &Zygote,
         id: String,
         sandbox: SandboxHandle,
+        prefault: &[(u64, u64)],
     ) -> Result<Seed, ForkError> {
         let result = (|| {
             let (ours, theirs) = sys::socketpair(SocketKind::Stream)?;
@@ -555,17 +649,19 @@ impl Zygotes {
             let req = serde_json::json!({
                 "op": "fork", "kind": "instance", "sandbox": id,
                 "uid": self.uid, "gid": self.gid, "nofile": self.max_open_files,
-                "seccomp": self.seccomp_hex,
+                "seccomp": self.seccomp_hex, "prefault": prefault,
             });
-            zygote.call(&req, &fds)?;
+            let reply = zygote.call(&req, &fds)?;
             zygote.forks.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, ForkError>(UnixStream::from(ours))
+            let pid = reply["pid"].as_i64().unwrap_or(0) as i32;
+            Ok::<_, ForkError>((UnixStream::from(ours), pid))
         })();
         match result {
-            Ok(channel) => Ok(Seed {
+            Ok((channel, pid)) => Ok(Seed {
                 id,
                 sandbox,
                 channel,
+                pid,
                 ready: false,
             }),
             Err(e) => {
@@ -672,6 +768,27 @@ impl Zygotes {
             .cloned()
     }
 
+    /// On a thread of its own, learns from `forked` (a forked instance that has served its
+    /// first invocation) if given, then runs [`Zygotes::refill`]; `/stats` counts it as pending
+    /// until done.
+    pub fn schedule_refill(self: &Arc<Self>, forked: Option<Forked>) {
+        self.refills_pending.fetch_add(1, Ordering::SeqCst);
+        let zygotes = self.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(REFILL_DELAY);
+            if let Some(f) = forked {
+                zygotes.learn(&f);
+            }
+            zygotes.refill();
+            zygotes.refills_pending.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Refills scheduled and not finished.
+    pub fn refills_pending(&self) -> usize {
+        self.refills_pending.load(Ordering::SeqCst)
+    }
+
     /// Forks seeds for the zygotes that start instances, then tops the pool of clean sandboxes
     /// up to `sandbox_pool` (blocking; run off the request path).
     pub fn refill(&self) {
@@ -688,8 +805,9 @@ impl Zygotes {
                     Some(p) => Ok(p),
                     None => self.create_clean(),
                 };
+                let prefault = self.prefault(&z.packages);
                 let seeded = clean
-                    .and_then(|(id, sandbox)| self.fork_into(&z, id, sandbox))
+                    .and_then(|(id, sandbox)| self.fork_into(&z, id, sandbox, &prefault))
                     .and_then(|mut seed| match seed.wait_ready() {
                         Ok(()) => Ok(seed),
                         Err(e) => {
@@ -833,6 +951,7 @@ impl Zygotes {
     /// Zygotes for `/status`: id, packages, pid, forks, memory.
     pub fn describe(&self) -> Vec<serde_json::Value> {
         let seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
+        let working_sets = self.working_sets.lock().unwrap_or_else(|p| p.into_inner());
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<_> = nodes
             .values()
@@ -843,6 +962,7 @@ impl Zygotes {
                     "parent": z.parent.as_ref().map(|p| p.id.clone()),
                     "forks": z.forks.load(Ordering::Relaxed),
                     "seeds": seeds.get(&z.packages).map_or(0, Vec::len),
+                    "seed_write_ahead_pages": working_sets.get(&z.packages).map_or(0, |w| w.pages.len()),
                     "paused": z.paused.load(Ordering::Relaxed),
                     "memory_bytes": z.memory_usage(),
                     "failed_imports": z.failed_imports,

@@ -689,6 +689,13 @@ fn seeds_become_instances_of_the_function_that_takes_them() {
     let (first, r1) = fork_ok(&w, "envy", &json!({}));
     assert_eq!(stat(&w, "fork.seeded"), 0, "{}", w.stats());
     wait_seeded(&w, 1);
+    // The seed was forked after the first instance's invocation, which showed what pages a
+    // seed should write ahead of need.
+    let zs = zygotes(&w);
+    assert!(
+        zs[0]["seed_write_ahead_pages"].as_u64().unwrap() > 0,
+        "nothing learned from the first forked instance: {zs:?}"
+    );
     let (v, r) = fork_ok(&w, "envy", &json!({}));
     assert_eq!(stat(&w, "fork.seeded"), 1, "{}", w.stats());
     for (v, r) in [(&first, &r1), (&v, &r)] {
