@@ -261,6 +261,17 @@ def _import_all(modules):
     return failed
 
 
+def _import_submodules(names):
+    """Imports the submodules of this zygote's packages that its functions import. Names from
+    `from a.b import c` may be attributes rather than modules (c a class): those, like any
+    submodule that fails, are simply not preloaded."""
+    for name in names:
+        try:
+            __import__(name)
+        except BaseException:
+            pass
+
+
 def _enter(libc, fds):
     """In a forked child: join the target sandbox's cgroup and namespaces."""
     pidfd, sock, procs = fds[0], fds[1], fds[2:]
@@ -324,6 +335,7 @@ def _child(libc, socket, resource, zsock, req, fds):
             os.environ["KINDLING_SITE"] = ":".join(req.get("sites", []))
             _package_path_zygote()
             failed = _import_all(req.get("modules", []))
+            _import_submodules(req.get("submodules", []))
             _zygote_loop(libc, socket, resource, failed)
             os._exit(0)
         _drop_privileges(libc, resource, req)

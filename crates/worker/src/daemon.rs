@@ -189,14 +189,14 @@ impl Worker {
         tar_gz: &[u8],
         progress: &(dyn Fn(String) + Sync),
     ) -> Result<(Deployed, EnsureStats), DeployError> {
-        let staged = self.registry.stage(name, tar_gz)?;
+        let mut staged = self.registry.stage(name, tar_gz)?;
         if staged.unchanged.is_some() {
             return Ok((
                 self.registry.commit(staged, Default::default())?,
                 EnsureStats::default(),
             ));
         }
-        self.precompile(&staged.version.dir);
+        staged.version.imports = self.precompile(&staged.version.dir);
         let started = Instant::now();
         let resolved = (|| {
             let Some(reqs) = staged.requirements.as_deref() else {
@@ -237,17 +237,16 @@ impl Worker {
     }
 
     /// Byte-compiles a staged function's code with the base's interpreter, so that instances
-    /// (which see it read-only) import bytecode instead of compiling at every start. A syntax
-    /// error is not a deploy error: the invocation reports it with its traceback.
-    fn precompile(&self, dir: &Path) {
+    /// (which see it read-only) import bytecode instead of compiling at every start, and returns
+    /// the modules the code imports (parsed, never run). A syntax error is not a deploy error:
+    /// the invocation reports it with its traceback.
+    fn precompile(&self, dir: &Path) -> Vec<String> {
         let job = crate::instance::Job {
             argv: vec![
                 self.base.info.python.clone(),
                 "-S".into(),
-                "-m".into(),
-                "compileall".into(),
-                "-q".into(),
-                "/handler".into(),
+                "-c".into(),
+                PRECOMPILE.into(),
             ],
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             mounts: vec![kindling_sandbox::spec::MountSpec::Bind {
@@ -268,9 +267,16 @@ impl Worker {
             cwd: "/".into(),
         };
         match self.factory.run_job(job) {
-            Ok(out) if out.code == Some(0) => {}
-            Ok(out) => tracing::debug!("precompiling function code: {}", out.output.trim()),
-            Err(e) => tracing::warn!("cannot precompile function code: {e}"),
+            Ok(out) => {
+                if out.code != Some(0) {
+                    tracing::debug!("precompiling function code: {}", out.output.trim());
+                }
+                imports_of(&out.output)
+            }
+            Err(e) => {
+                tracing::warn!("cannot precompile function code: {e}");
+                Vec::new()
+            }
         }
     }
 
@@ -332,5 +338,63 @@ impl Worker {
         }
         self.factory.cgroups.remove_parent();
         tracing::info!("worker stopped");
+    }
+}
+
+/// The deploy-time job on a function's code (at /handler): byte-compile it, then list the
+/// modules it imports by absolute name, parsed with `ast` (nothing runs), on one marked line.
+const PRECOMPILE: &str = r#"
+import ast, compileall, json, os
+compileall.compile_dir("/handler", quiet=1)
+names = set()
+for root, dirs, files in os.walk("/handler"):
+    for f in files:
+        if not f.endswith(".py"):
+            continue
+        try:
+            with open(os.path.join(root, f), "rb") as src:
+                tree = ast.parse(src.read())
+        except (SyntaxError, ValueError, OSError, RecursionError, MemoryError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module)
+                names.update(node.module + "." + a.name for a in node.names if a.name != "*")
+print("\nkindling-imports " + json.dumps(sorted(names)[:2000]))
+"#;
+
+/// The module list of the precompile job's output (its last marked line).
+fn imports_of(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("kindling-imports "))
+        .and_then(|json| serde_json::from_str::<Vec<String>>(json).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| {
+            !m.is_empty()
+                && m.len() <= 200
+                && m.split('.').all(|part| {
+                    !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod precompile_tests {
+    use super::imports_of;
+
+    #[test]
+    fn imports_come_from_the_last_marked_line_and_are_checked() {
+        let out = "*** Error compiling '/handler/bad.py'...\n\
+                   kindling-imports [\"old\"]\n\
+                   kindling-imports [\"numpy\", \"sklearn.linear_model\", \"a;b\", \"\", \"x..y\"]\n";
+        assert_eq!(imports_of(out), vec!["numpy", "sklearn.linear_model"]);
+        assert!(imports_of("no marker").is_empty());
+        assert!(imports_of("kindling-imports not json").is_empty());
     }
 }

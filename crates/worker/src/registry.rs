@@ -81,6 +81,11 @@ pub struct FunctionVersion {
     pub config: FunctionConfig,
     /// The resolved package closure (empty without requirements).
     pub lock: Lock,
+    /// Modules the function's code imports by absolute name (`import a.b`, `from a.b import c`
+    /// gives `a.b` and `a.b.c`), found by parsing it at deploy; zygotes preload those of their
+    /// packages.
+    #[serde(default)]
+    pub imports: Vec<String>,
 }
 
 /// The outcome of a deploy.
@@ -145,7 +150,8 @@ impl Registry {
             let hash = hash.trim().to_string();
             match load_version(&name, &hash, &fdir.join(&hash)) {
                 Ok(mut v) => {
-                    v.lock = read_lock(&fdir.join(format!("{hash}.lock.json")));
+                    v.lock = read_json(&fdir.join(format!("{hash}.lock.json")));
+                    v.imports = read_json(&fdir.join(format!("{hash}.imports.json")));
                     current.insert(name, Arc::new(v));
                 }
                 Err(e) => tracing::warn!(function = %name, "skipping unloadable function: {e}"),
@@ -224,6 +230,10 @@ impl Registry {
         let text =
             serde_json::to_string(&lock).map_err(|e| io_at(&lock_path)(io::Error::other(e)))?;
         std::fs::write(&lock_path, text).map_err(io_at(&lock_path))?;
+        let imports_path = fdir.join(format!("{hash}.imports.json"));
+        let text = serde_json::to_string(&version.imports)
+            .map_err(|e| io_at(&imports_path)(io::Error::other(e)))?;
+        std::fs::write(&imports_path, text).map_err(io_at(&imports_path))?;
         let vdir = fdir.join(&hash);
         if vdir.exists() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -246,6 +256,7 @@ impl Registry {
         if let Some(old) = old.filter(|o| o.hash != hash) {
             let _ = std::fs::remove_dir_all(&old.dir);
             let _ = std::fs::remove_file(fdir.join(format!("{}.lock.json", old.hash)));
+            let _ = std::fs::remove_file(fdir.join(format!("{}.imports.json", old.hash)));
         }
         Ok(Deployed {
             version,
@@ -359,10 +370,12 @@ fn load_version(name: &str, hash: &str, dir: &Path) -> Result<FunctionVersion, R
         dir: dir.to_path_buf(),
         config,
         lock: Lock::default(),
+        imports: Vec::new(),
     })
 }
 
-fn read_lock(path: &Path) -> Lock {
+/// A JSON file written by `commit`; missing or unreadable gives the default.
+fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> T {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())

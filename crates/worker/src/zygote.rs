@@ -38,8 +38,8 @@ const FORK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many forked instances (after their first invocation) a zygote learns its seeds' working
 /// set from.
 const LEARN_FROM: usize = 4;
-/// Most pages a seed writes ahead of need (64 MiB).
-const MAX_PREFAULT_PAGES: usize = 16384;
+/// Most pages a seed writes ahead of need (32 MiB).
+const MAX_PREFAULT_PAGES: usize = 8192;
 /// A refill waits this long first, so that it does not compete with the response it follows.
 const REFILL_DELAY: Duration = Duration::from_millis(2);
 
@@ -311,7 +311,14 @@ impl Zygotes {
                 parent = Some(z);
                 continue;
             }
-            let z = match self.create(set, parent.clone()) {
+            // The zygote the function forks from also preloads the submodules of its packages
+            // that the function's code imports (e.g. `sklearn.linear_model`).
+            let imports: &[String] = if *set == target {
+                &function.imports
+            } else {
+                &[]
+            };
+            let z = match self.create(set, parent.clone(), imports) {
                 Ok(z) => Arc::new(z),
                 Err(e) => {
                     // A parent that cannot fork is replaced on the next need.
@@ -386,8 +393,15 @@ impl Zygotes {
         }
     }
 
-    /// Creates the zygote for `set`: from scratch (the root), or forked from `parent`.
-    fn create(&self, set: &PackageSet, parent: Option<Arc<Zygote>>) -> Result<Zygote, ForkError> {
+    /// Creates the zygote for `set`: from scratch (the root), or forked from `parent`. Of
+    /// `imports` (module names a function imports), the submodules of the set's packages are
+    /// preloaded too, where they exist.
+    fn create(
+        &self,
+        set: &PackageSet,
+        parent: Option<Arc<Zygote>>,
+        imports: &[String],
+    ) -> Result<Zygote, ForkError> {
         let id = format!("zy-{}", self.factory.next_id());
         let paths: Vec<String> = set.iter().map(|k| format!("/packages/{k}/files")).collect();
         let inherited = parent
@@ -398,6 +412,11 @@ impl Zygotes {
             .difference(&inherited)
             .flat_map(|k| top_level_modules(&self.factory.packages_dir.join(k).join("files")))
             .collect();
+        let tops: BTreeSet<String> = set
+            .iter()
+            .flat_map(|k| top_level_modules(&self.factory.packages_dir.join(k).join("files")))
+            .collect();
+        let submodules = submodules_of(imports, &tops);
         let sites: Vec<String> = set
             .iter()
             .filter(|k| has_pth(&self.factory.packages_dir.join(k).join("files")))
@@ -466,6 +485,7 @@ impl Zygotes {
                 let req = serde_json::json!({
                     "op": "fork", "kind": "zygote", "sandbox": id,
                     "paths": paths, "sites": sites, "modules": modules,
+                    "submodules": submodules,
                 });
                 if let Err(e) = p.call(&req, &fds) {
                     sandbox.destroy();
@@ -1010,6 +1030,19 @@ impl Zygotes {
     }
 }
 
+/// The names in `imports` below one of the top-level modules `tops` (`a.b` for `a`), sorted so
+/// that a package comes before its submodules.
+fn submodules_of(imports: &[String], tops: &BTreeSet<String>) -> Vec<String> {
+    let mut out: Vec<String> = imports
+        .iter()
+        .filter(|m| m.split_once('.').is_some_and(|(top, _)| tops.contains(top)))
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn zygote_env(paths: &[String], sites: &[String], modules: &[String]) -> Vec<(String, String)> {
     [
         ("PATH", "/usr/local/bin:/usr/bin:/bin".to_string()),
@@ -1106,4 +1139,30 @@ fn available_mb() -> Option<u64> {
         .parse::<u64>()
         .ok()
         .map(|kb| kb / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_submodules_of_the_zygotes_packages_are_preloaded() {
+        let imports: Vec<String> = [
+            "sklearn.linear_model",
+            "sklearn",
+            "json",
+            "os.path",
+            "helpers.io",
+            "pandas.core.frame",
+            "sklearn.linear_model",
+            "numpy_extra.x",
+        ]
+        .map(String::from)
+        .to_vec();
+        let tops: BTreeSet<String> = ["sklearn", "pandas", "numpy"].map(String::from).into();
+        assert_eq!(
+            submodules_of(&imports, &tops),
+            vec!["pandas.core.frame", "sklearn.linear_model"]
+        );
+    }
 }

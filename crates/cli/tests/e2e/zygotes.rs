@@ -735,6 +735,41 @@ def f(event):
     finish(w, seen);
 }
 
+// --- submodules -------------------------------------------------------------------------
+
+/// `import idna` does not import `idna.codec`; the function does.
+const CODEC_FN: &str = r#"import sys
+preloaded = "idna.codec" in sys.modules
+import idna.codec
+
+def f(event):
+    return {"preloaded": preloaded, "codec": idna.codec.__name__}
+"#;
+
+/// The zygote a function forks from has also imported the submodules of its packages that the
+/// function's code imports (found by parsing the code at deploy); a cold start has not.
+#[test]
+fn zygote_preloads_the_submodules_a_function_imports() {
+    let w = start(UV, "tree = [[\"idna\"]]\n");
+    let r = w.deploy(
+        "codec",
+        &[("f.py", CODEC_FN), ("requirements.txt", "idna\n")],
+    );
+    assert_eq!(r.status, 200, "deploy: {}", r.text());
+    let (v, _) = fork_ok(&w, "codec", &json!({}));
+    assert_eq!(v["preloaded"], true, "idna.codec was not preloaded: {v}");
+    let r = w.request("POST", "/run/codec", &[("X-Kindling-Start", "cold")], b"{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["preloaded"],
+        false,
+        "a cold start had it: {}",
+        r.text()
+    );
+    let seen = worker_processes(&w);
+    finish(w, seen);
+}
+
 // --- package versions --------------------------------------------------------------------
 
 const SIX_FN: &str = r#"import sys
