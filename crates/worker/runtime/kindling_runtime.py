@@ -340,8 +340,8 @@ def _child(libc, socket, resource, zsock, req, fds):
             os._exit(0)
         _drop_privileges(libc, resource, req)
         os.environ.clear()
-        _prefault()
-        _write_ahead(req.get("prefault"))
+        _warm_up()
+        _write_ahead(req.get("write_ahead"))
     except BaseException as exc:
         try:
             os.write(2, f"kindling: forked instance setup failed: {exc}\n".encode())
@@ -392,7 +392,7 @@ def _send_frame(payload):
     os.write(_FD, len(payload).to_bytes(4, "big") + payload)
 
 
-def _prefault():
+def _warm_up():
     """Runs, once, what every invocation runs (JSON both ways, clocks, formatting), so that a
     child forked ahead of need has its own copies of those pages before its first request."""
     start = time.perf_counter()

@@ -39,7 +39,7 @@ const FORK_TIMEOUT: Duration = Duration::from_secs(10);
 /// set from.
 const LEARN_FROM: usize = 4;
 /// Most pages a seed writes ahead of need (32 MiB).
-const MAX_PREFAULT_PAGES: usize = 8192;
+const MAX_WRITE_AHEAD_PAGES: usize = 8192;
 /// A refill waits this long first, so that it does not compete with the response it follows.
 const REFILL_DELAY: Duration = Duration::from_millis(2);
 
@@ -614,7 +614,7 @@ impl Zygotes {
             return;
         }
         let pages =
-            match kindling_sandbox::working_set::written_pages(forked.pid, MAX_PREFAULT_PAGES) {
+            match kindling_sandbox::working_set::written_pages(forked.pid, MAX_WRITE_AHEAD_PAGES) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(
@@ -628,7 +628,7 @@ impl Zygotes {
         let ws = sets.entry(forked.zygote.clone()).or_default();
         ws.learned_from += 1;
         for page in pages {
-            if ws.pages.len() >= MAX_PREFAULT_PAGES {
+            if ws.pages.len() >= MAX_WRITE_AHEAD_PAGES {
                 break;
             }
             ws.pages.insert(page);
@@ -637,7 +637,7 @@ impl Zygotes {
     }
 
     /// The runs of pages seeds of the zygote holding `set` write ahead of need.
-    fn prefault(&self, set: &PackageSet) -> Vec<(u64, u64)> {
+    fn write_ahead(&self, set: &PackageSet) -> Vec<(u64, u64)> {
         self.working_sets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -659,7 +659,7 @@ impl Zygotes {
         zygote: &Zygote,
         id: String,
         sandbox: SandboxHandle,
-        prefault: &[(u64, u64)],
+        write_ahead: &[(u64, u64)],
     ) -> Result<Seed, ForkError> {
         let result = (|| {
             let (ours, theirs) = sys::socketpair(SocketKind::Stream)?;
@@ -669,7 +669,7 @@ impl Zygotes {
             let req = serde_json::json!({
                 "op": "fork", "kind": "instance", "sandbox": id,
                 "uid": self.uid, "gid": self.gid, "nofile": self.max_open_files,
-                "seccomp": self.seccomp_hex, "prefault": prefault,
+                "seccomp": self.seccomp_hex, "write_ahead": write_ahead,
             });
             let reply = zygote.call(&req, &fds)?;
             zygote.forks.fetch_add(1, Ordering::Relaxed);
@@ -825,9 +825,9 @@ impl Zygotes {
                     Some(p) => Ok(p),
                     None => self.create_clean(),
                 };
-                let prefault = self.prefault(&z.packages);
+                let write_ahead = self.write_ahead(&z.packages);
                 let seeded = clean
-                    .and_then(|(id, sandbox)| self.fork_into(&z, id, sandbox, &prefault))
+                    .and_then(|(id, sandbox)| self.fork_into(&z, id, sandbox, &write_ahead))
                     .and_then(|mut seed| match seed.wait_ready() {
                         Ok(()) => Ok(seed),
                         Err(e) => {
