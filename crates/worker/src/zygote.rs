@@ -1031,11 +1031,17 @@ impl Zygotes {
 }
 
 /// The names in `imports` below one of the top-level modules `tops` (`a.b` for `a`), sorted so
-/// that a package comes before its submodules.
+/// that a package comes before its submodules. Names come from function code, so private parts
+/// (`a._b`, `a.__main__`, which may run a program when imported) are never preloaded: a shared,
+/// privileged zygote imports only a package's public modules.
 fn submodules_of(imports: &[String], tops: &BTreeSet<String>) -> Vec<String> {
     let mut out: Vec<String> = imports
         .iter()
-        .filter(|m| m.split_once('.').is_some_and(|(top, _)| tops.contains(top)))
+        .filter(|m| {
+            m.split_once('.').is_some_and(|(top, rest)| {
+                tops.contains(top) && rest.split('.').all(|part| !part.starts_with('_'))
+            })
+        })
         .cloned()
         .collect();
     out.sort();
@@ -1156,6 +1162,8 @@ mod tests {
             "pandas.core.frame",
             "sklearn.linear_model",
             "numpy_extra.x",
+            "pandas.__main__",
+            "sklearn.utils._testing",
         ]
         .map(String::from)
         .to_vec();
