@@ -148,10 +148,11 @@ def _sebs_envelope(fn, event, request_id, is_cold, container_id):
     }
 
 
-def main():
+def main(forked=False):
     sys.dont_write_bytecode = True
     kind = os.environ.get("KINDLING_FORMAT", "ol")
     container_id = os.environ.get("KINDLING_SANDBOX", "")
+    inherited = set(sys.modules) if forked else None
     fn, load_error = _load(kind)
     is_cold = True
     while True:
@@ -176,6 +177,11 @@ def main():
             else:
                 status, body = "error", _traceback()
         is_cold = False
+        if inherited is not None:
+            # Once, before the first reply: what this forked instance imported beyond its
+            # zygote (the worker may have the zygote import the packages' part of it).
+            _send_frame(b"modules\n" + dumps(sorted(set(sys.modules) - inherited)).encode())
+            inherited = None
         _send(status, (time.perf_counter() - start) * 1000.0, body)
 
 
@@ -355,7 +361,7 @@ def _child(libc, socket, resource, zsock, req, fds):
         assignment = _recv()
         if assignment is not None:
             os.environ.update(loads(assignment.decode("utf-8", "surrogateescape")))
-            main()
+            main(forked=True)
     finally:
         os._exit(0)
 
@@ -424,6 +430,11 @@ def _zygote_loop(libc, socket, resource, failed):
         req, fds = got
         try:
             if req.get("op") == "ping":
+                _zsend(zsock, {"ok": True})
+                continue
+            if req.get("op") == "import":
+                # Submodules of this zygote's packages that a forked instance imported.
+                _import_submodules(req.get("modules", []))
                 _zsend(zsock, {"ok": True})
                 continue
             if req.get("op") != "fork" or len(fds) < 2:

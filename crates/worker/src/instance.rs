@@ -21,6 +21,10 @@ use tokio::net::UnixStream;
 
 /// Largest response an instance may send.
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+/// Prefix of a forked instance's one report of the modules it imported (a JSON list follows).
+const MODULES_FRAME: &[u8] = b"modules\n";
+/// Largest such report.
+const MAX_MODULES_FRAME: usize = 1024 * 1024;
 
 /// Why an invocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -462,6 +466,8 @@ pub struct Instance {
     pub created: Instant,
     pub last_used: Instant,
     pub invocations: u64,
+    /// What a forked instance reported importing beyond its zygote's modules.
+    loaded_modules: Option<Vec<String>>,
 }
 
 impl Instance {
@@ -485,6 +491,7 @@ impl Instance {
             created: Instant::now(),
             last_used: Instant::now(),
             invocations: 0,
+            loaded_modules: None,
         })
     }
 
@@ -524,15 +531,35 @@ impl Instance {
         frame.push(b'\n');
         frame.extend_from_slice(event);
         self.stream.write_all(&frame).await?;
-        let mut head = [0u8; 4];
-        self.stream.read_exact(&mut head).await?;
-        let n = u32::from_be_bytes(head) as usize;
-        if n > MAX_RESPONSE {
-            return Ok(Err(InvokeError::Protocol));
+        loop {
+            let mut head = [0u8; 4];
+            self.stream.read_exact(&mut head).await?;
+            let n = u32::from_be_bytes(head) as usize;
+            if n > MAX_RESPONSE {
+                return Ok(Err(InvokeError::Protocol));
+            }
+            let mut payload = vec![0u8; n];
+            self.stream.read_exact(&mut payload).await?;
+            // A forked instance reports, once, before its first reply, the modules it imported
+            // beyond its zygote's (see `Zygotes::learn`).
+            if let Some(list) = payload.strip_prefix(MODULES_FRAME) {
+                if self.loaded_modules.is_some() || n > MAX_MODULES_FRAME {
+                    return Ok(Err(InvokeError::Protocol));
+                }
+                let modules: Vec<String> = serde_json::from_slice(list).unwrap_or_default();
+                self.loaded_modules = Some(modules);
+                continue;
+            }
+            return Ok(parse_reply(payload));
         }
-        let mut payload = vec![0u8; n];
-        self.stream.read_exact(&mut payload).await?;
-        Ok(parse_reply(payload))
+    }
+
+    /// The modules the instance reported importing beyond its zygote's (once).
+    pub(crate) fn take_loaded_modules(&mut self) -> Vec<String> {
+        self.loaded_modules
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Destroys the sandbox (blocking: call from a blocking context).

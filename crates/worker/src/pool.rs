@@ -237,7 +237,9 @@ impl Pool {
             // Replace the seed or pooled sandbox this start may have used, off the request path
             // and after the invocation, so that it does not compete with the new instance; a
             // forked instance that served its first invocation shows what seeds will write.
-            let learn = forked.filter(|_| result.is_ok());
+            let learn = forked
+                .filter(|_| result.is_ok())
+                .map(|f| (f, instance.take_loaded_modules()));
             self.zygotes.schedule_refill(learn);
         }
         timing.handler_ms = result.as_ref().map(|r| r.handler_ms).unwrap_or(0.0);

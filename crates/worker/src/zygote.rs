@@ -75,6 +75,9 @@ pub struct Forked {
 #[derive(Default)]
 struct WorkingSet {
     pages: BTreeSet<u64>,
+    /// Submodules forked instances imported, which the zygote imports too (also when it is
+    /// recreated).
+    modules: BTreeSet<String>,
     learned_from: usize,
 }
 
@@ -412,11 +415,16 @@ impl Zygotes {
             .difference(&inherited)
             .flat_map(|k| top_level_modules(&self.factory.packages_dir.join(k).join("files")))
             .collect();
-        let tops: BTreeSet<String> = set
-            .iter()
-            .flat_map(|k| top_level_modules(&self.factory.packages_dir.join(k).join("files")))
-            .collect();
-        let submodules = submodules_of(imports, &tops);
+        let mut imports = imports.to_vec();
+        if let Some(ws) = self
+            .working_sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(set)
+        {
+            imports.extend(ws.modules.iter().cloned());
+        }
+        let submodules = submodules_of(&imports, &self.top_level_of(set));
         let sites: Vec<String> = set
             .iter()
             .filter(|k| has_pth(&self.factory.packages_dir.join(k).join("files")))
@@ -598,9 +606,11 @@ impl Zygotes {
         ))
     }
 
-    /// Learns from a forked instance that has served its first invocation which pages its
-    /// zygote's seeds should write ahead of need. Blocking.
-    pub fn learn(&self, forked: &Forked) {
+    /// Learns from a forked instance that has served its first invocation: which submodules of
+    /// its packages the zygote should import too (those the instance imported on the way, e.g.
+    /// plugins loaded on first use; the zygote imports them now, so later forks inherit them),
+    /// and which pages its zygote's seeds should write ahead of need. Blocking.
+    pub fn learn(&self, forked: &Forked, modules: &[String]) {
         if self.config.seeds == 0 {
             return;
         }
@@ -613,6 +623,7 @@ impl Zygotes {
         {
             return;
         }
+        self.import_into_zygote(&forked.zygote, modules);
         let pages =
             match kindling_sandbox::working_set::written_pages(forked.pid, MAX_WRITE_AHEAD_PAGES) {
                 Ok(p) => p,
@@ -634,6 +645,55 @@ impl Zygotes {
             ws.pages.insert(page);
         }
         tracing::debug!(pages = ws.pages.len(), "seed working set learned");
+    }
+
+    /// Has the live zygote holding `set` import the public submodules of its packages among
+    /// `modules` (names reported by an instance: untrusted, so filtered like function imports).
+    fn import_into_zygote(&self, set: &PackageSet, modules: &[String]) {
+        let wanted = submodules_of(modules, &self.top_level_of(set));
+        let fresh: Vec<String> = {
+            let mut sets = self.working_sets.lock().unwrap_or_else(|p| p.into_inner());
+            let known = &mut sets.entry(set.clone()).or_default().modules;
+            wanted
+                .into_iter()
+                .filter(|m| known.insert(m.clone()))
+                .collect()
+        };
+        if fresh.is_empty() {
+            return;
+        }
+        let Some(z) = self.live(set) else {
+            return;
+        };
+        let req = serde_json::json!({"op": "import", "modules": fresh});
+        match z.call(&req, &[]) {
+            // Seeds forked before lack the modules: the refill that follows forks new ones.
+            Ok(_) => self.drop_seeds(set),
+            Err(e) => {
+                // Its channel may be out of step (a reply still to come): replace the zygote,
+                // without those modules.
+                tracing::warn!(zygote = %z.id, "zygote could not import learned modules: {e}");
+                if let Some(ws) = self
+                    .working_sets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(set)
+                {
+                    for m in &fresh {
+                        ws.modules.remove(m);
+                    }
+                }
+                self.discard(&z);
+                z.kill();
+            }
+        }
+    }
+
+    /// The top-level modules of the packages of `set`.
+    fn top_level_of(&self, set: &PackageSet) -> BTreeSet<String> {
+        set.iter()
+            .flat_map(|k| top_level_modules(&self.factory.packages_dir.join(k).join("files")))
+            .collect()
     }
 
     /// The runs of pages seeds of the zygote holding `set` write ahead of need.
@@ -789,15 +849,15 @@ impl Zygotes {
     }
 
     /// On a thread of its own, learns from `forked` (a forked instance that has served its
-    /// first invocation) if given, then runs [`Zygotes::refill`]; `/stats` counts it as pending
-    /// until done.
-    pub fn schedule_refill(self: &Arc<Self>, forked: Option<Forked>) {
+    /// first invocation, and the modules it reported importing) if given, then runs
+    /// [`Zygotes::refill`]; `/stats` counts it as pending until done.
+    pub fn schedule_refill(self: &Arc<Self>, forked: Option<(Forked, Vec<String>)>) {
         self.refills_pending.fetch_add(1, Ordering::SeqCst);
         let zygotes = self.clone();
         std::thread::spawn(move || {
             std::thread::sleep(REFILL_DELAY);
-            if let Some(f) = forked {
-                zygotes.learn(&f);
+            if let Some((f, modules)) = forked {
+                zygotes.learn(&f, &modules);
             }
             zygotes.refill();
             zygotes.refills_pending.fetch_sub(1, Ordering::SeqCst);

@@ -531,6 +531,9 @@ fn forked_instance_pids_limit() {
         zs[0]["id"].as_str().unwrap().to_string(),
         zs[0]["pid"].as_i64().unwrap() as i32,
     );
+    // A seed is forked in the background after the first call; for an instant it is in the
+    // zygote's cgroup, so the zygote is sampled only once that is done.
+    settle(&w);
     let zygote_procs_before = w.processes_of_sandbox(&zid).len();
     let mut seen = worker_processes(&w);
     // The bomb runs (warm) in the forked instance, whose sandbox is sampled meanwhile.
@@ -658,6 +661,19 @@ def f(event):
             "sandbox": os.environ.get("KINDLING_SANDBOX"), "cwd": os.getcwd()}
 "#;
 
+/// Waits until the worker has no background work pending (seed and pool refills, removals).
+fn settle(w: &Worker) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(w, "background.pending") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "background work never ended: {}",
+            w.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits until the worker holds `n` seeds.
 fn wait_seeded(w: &Worker, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -765,6 +781,42 @@ fn zygote_preloads_the_submodules_a_function_imports() {
         false,
         "a cold start had it: {}",
         r.text()
+    );
+    let seen = worker_processes(&w);
+    finish(w, seen);
+}
+
+/// Imports `idna.codec` only when called, by a name no parser sees.
+const LAZY_CODEC_FN: &str = r#"import importlib, sys
+preloaded = "idna.codec" in sys.modules
+
+def f(event):
+    importlib.import_module("idna." + "codec")
+    return {"preloaded": preloaded}
+"#;
+
+/// What a forked instance imports on its first call (here by a computed name) is reported to
+/// the worker, and the zygote imports the packages' part of it: later forks inherit it.
+#[test]
+fn zygote_learns_the_submodules_forked_instances_import() {
+    let w = start(UV, "tree = [[\"idna\"]]\n");
+    let r = w.deploy(
+        "lazy",
+        &[("f.py", LAZY_CODEC_FN), ("requirements.txt", "idna\n")],
+    );
+    assert_eq!(r.status, 200, "deploy: {}", r.text());
+    let (v, _) = fork_ok(&w, "lazy", &json!({}));
+    assert_eq!(
+        v["preloaded"], false,
+        "nothing could have taught the zygote yet: {v}"
+    );
+    // The seed forked after that first invocation comes from a zygote that learned.
+    settle(&w);
+    wait_seeded(&w, 1);
+    let (v, _) = fork_ok(&w, "lazy", &json!({}));
+    assert_eq!(
+        v["preloaded"], true,
+        "the zygote did not learn idna.codec: {v}"
     );
     let seen = worker_processes(&w);
     finish(w, seen);
