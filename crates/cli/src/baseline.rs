@@ -90,8 +90,14 @@ pub fn driver_argv(layout: &InstanceLayout) -> Vec<String> {
 /// the source of the last bind mount above it, or else in `rootfs`.
 fn host_path(rootfs: &Path, mounts: &[MountSpec], target: &Path) -> PathBuf {
     for m in mounts.iter().rev() {
+        // The baselines bind the whole store where the worker binds a function's closure.
         if let MountSpec::Bind {
             source, target: t, ..
+        }
+        | MountSpec::Packages {
+            store: source,
+            target: t,
+            ..
         } = m
         {
             if let Ok(rest) = target.strip_prefix(t) {
@@ -109,7 +115,8 @@ fn target_of(m: &MountSpec) -> &Path {
         MountSpec::Bind { target, .. }
         | MountSpec::Tmpfs { target, .. }
         | MountSpec::Proc { target }
-        | MountSpec::Dev { target } => target,
+        | MountSpec::Dev { target }
+        | MountSpec::Packages { target, .. } => target,
     }
 }
 
@@ -135,7 +142,9 @@ pub fn check_mount_points(rootfs: &Path, layout: &InstanceLayout) -> Result<()> 
 
 fn describe(m: &MountSpec) -> String {
     match m {
-        MountSpec::Bind { source, .. } => source.display().to_string(),
+        MountSpec::Bind { source, .. } | MountSpec::Packages { store: source, .. } => {
+            source.display().to_string()
+        }
         MountSpec::Tmpfs { .. } => "a tmpfs".into(),
         MountSpec::Proc { .. } => "proc".into(),
         MountSpec::Dev { .. } => "/dev".into(),
@@ -186,6 +195,8 @@ pub fn chroot_steps(rootfs: &Path, tree: &Path, layout: &InstanceLayout) -> Vec<
             MountSpec::Bind {
                 source, writable, ..
             } => bind_step(source, at, *writable),
+            // The whole store (the closure on sys.path is the same).
+            MountSpec::Packages { store, .. } => bind_step(store, at, false),
             MountSpec::Dev { .. } => bind_step(Path::new("/dev"), at, false),
             MountSpec::Tmpfs { size_bytes, .. } => {
                 let mut first = os(&["-t", "tmpfs", "-o"]);
@@ -328,6 +339,8 @@ fn oci_mount(m: &MountSpec) -> Value {
             writable,
         } => json!({"destination": target, "type": "bind", "source": source,
                     "options": ["bind", if *writable { "rw" } else { "ro" }, "nosuid", "nodev"]}),
+        MountSpec::Packages { store, target, .. } => json!({"destination": target, "type": "bind",
+            "source": store, "options": ["bind", "ro", "nosuid", "nodev"]}),
         MountSpec::Tmpfs { target, size_bytes } => json!({"destination": target, "type": "tmpfs",
             "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", format!("size={size_bytes}")]}),
         MountSpec::Proc { target } => {

@@ -18,8 +18,13 @@ pub enum ControlRequest {
     /// Start another instance; the message carries its end of the invocation socket.
     Spawn { instance: InstanceSpec },
     /// Replace whatever is mounted at `target` with the detached mount tree the message carries
-    /// (made with [`sys::open_tree_clone`] in the worker's mount namespace).
-    Mount { target: PathBuf },
+    /// (made with [`sys::open_tree_clone`] in the worker's mount namespace); with `create`, make
+    /// the directory `target` first if it is missing (an entry of a `Packages` mount).
+    Mount {
+        target: PathBuf,
+        #[serde(default)]
+        create: bool,
+    },
     /// Kill every process of the sandbox except init.
     KillInstances,
 }
@@ -28,8 +33,16 @@ pub enum ControlRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ControlEvent {
-    /// The root filesystem is ready and the first instance (if any) was started.
-    Ready { instance_pid: Option<i32> },
+    /// The root filesystem is ready and the first instance (if any) was started. With
+    /// `export_namespaces`, the message carries a pidfd of the first instance (if any), then
+    /// one descriptor per entry of `namespaces` (names as in `/proc/<pid>/ns`).
+    Ready {
+        instance_pid: Option<i32>,
+        #[serde(default)]
+        instance_pidfd: bool,
+        #[serde(default)]
+        namespaces: Vec<String>,
+    },
     /// A `Spawn` request succeeded.
     Spawned { pid: i32 },
     /// A `Mount` request succeeded.

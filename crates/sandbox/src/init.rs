@@ -6,7 +6,7 @@
 //! kernel kills whatever else still runs in the namespace.
 
 use crate::control::{ControlChannel, ControlEvent, ControlRequest};
-use crate::spec::{InstanceSpec, SandboxSpec};
+use crate::spec::{InstanceSpec, Privilege, SandboxSpec, UserNamespace};
 use crate::{rootfs, seccomp, sys};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -15,18 +15,51 @@ use std::path::Path;
 /// Descriptor number an instance finds its invocation socket on.
 pub const INSTANCE_FD: RawFd = 3;
 
+/// The namespaces an init exports with `Ready` (see [`SandboxSpec::export_namespaces`]).
+pub const EXPORTED_NAMESPACES: [&str; 6] = ["user", "pid", "mnt", "ipc", "uts", "net"];
+
 /// Runs the init of a freshly cloned sandbox. Never returns.
-pub fn run(spec: &SandboxSpec, control: ControlChannel, instance: Option<OwnedFd>) -> ! {
+///
+/// `detached` is what the spawner prepared for a sandbox in a user namespace of its own (see
+/// [`rootfs::detach`]); `None` for a sandbox in the host's.
+pub fn run(
+    spec: &SandboxSpec,
+    control: ControlChannel,
+    instance: Option<OwnedFd>,
+    detached: Option<rootfs::Detached>,
+) -> ! {
     // If the spawner dies, so does the sandbox.
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
     sys::set_process_name(c"kindling-init");
-    let ready = setup(spec).and_then(|()| match (&spec.instance, instance) {
-        (Some(inst), Some(sock)) => spawn_instance(inst, sock).map(Some),
-        _ => Ok(None),
+    let ready = setup(spec, detached).and_then(|namespaces| {
+        let pid = match (&spec.instance, instance) {
+            (Some(inst), Some(sock)) => Some(spawn_instance(inst, sock, &spec.user_namespace)?),
+            _ => None,
+        };
+        Ok((pid, namespaces))
     });
     match ready {
-        Ok(instance_pid) => {
-            let _ = control.send(&ControlEvent::Ready { instance_pid }, &[]);
+        Ok((instance_pid, namespaces)) => {
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            let mut instance_pidfd = false;
+            if spec.export_namespaces {
+                if let Some(pidfd) = instance_pid.and_then(|p| sys::pidfd_open(p).ok()) {
+                    fds.push(pidfd);
+                    instance_pidfd = true;
+                }
+            }
+            fds.extend(namespaces);
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            let event = ControlEvent::Ready {
+                instance_pid,
+                instance_pidfd,
+                namespaces: if spec.export_namespaces {
+                    EXPORTED_NAMESPACES.iter().map(|n| n.to_string()).collect()
+                } else {
+                    Vec::new()
+                },
+            };
+            let _ = control.send(&event, &raw);
         }
         Err(message) => {
             let _ = control.send(&ControlEvent::SetupFailed { message }, &[]);
@@ -36,12 +69,43 @@ pub fn run(spec: &SandboxSpec, control: ControlChannel, instance: Option<OwnedFd
     serve(&control)
 }
 
-fn setup(spec: &SandboxSpec) -> Result<(), String> {
-    for procs in &spec.cgroup_procs {
-        std::fs::write(procs, "0")
-            .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
+/// Joins the cgroup, builds the root and the rest of the sandbox; returns descriptors of the
+/// sandbox's namespaces when the spec asks to export them.
+fn setup(spec: &SandboxSpec, detached: Option<rootfs::Detached>) -> Result<Vec<OwnedFd>, String> {
+    // Nothing of this process (memory, descriptors, /proc entries) may be reachable from the
+    // processes it starts, whatever user they run as.
+    sys::set_not_dumpable().map_err(|e| format!("making init undumpable: {e}"))?;
+    match (&spec.user_namespace, &detached) {
+        (UserNamespace::Host, None) => {
+            for procs in &spec.cgroup_procs {
+                std::fs::write(procs, "0")
+                    .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
+            }
+        }
+        (UserNamespace::Host, Some(_)) | (_, None) => {
+            return Err("sandbox prepared for the wrong user namespace".into())
+        }
+        (_, Some(d)) => {
+            // The root of the sandbox's user namespace, an unprivileged user on the host (an
+            // init cloned into a new user namespace starts out as nobody there).
+            sys::become_user(0, 0)
+                .map_err(|e| format!("becoming the user namespace's root: {e}"))?;
+            for fd in &d.cgroup_procs {
+                sys::write_all_raw(fd.as_raw_fd(), b"0")
+                    .map_err(|e| format!("joining cgroup: {e}"))?;
+            }
+        }
     }
-    rootfs::enter(spec).map_err(|e| error_chain(&e))?;
+    let namespaces = if spec.export_namespaces {
+        EXPORTED_NAMESPACES
+            .iter()
+            .map(|n| sys::open_own_namespace(n))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("opening own namespaces: {e}"))?
+    } else {
+        Vec::new()
+    };
+    rootfs::enter(spec, detached).map_err(|e| error_chain(&e))?;
     if !spec.network {
         sys::loopback_up().map_err(|e| format!("bringing loopback up: {e}"))?;
     }
@@ -50,7 +114,7 @@ fn setup(spec: &SandboxSpec) -> Result<(), String> {
     sys::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
     sys::set_sigmask(&[libc::SIGCHLD], libc::SIG_BLOCK)
         .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
-    Ok(())
+    Ok(namespaces)
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -65,7 +129,15 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Forks an instance; the child becomes `spec`'s program with `sock` on [`INSTANCE_FD`].
-fn spawn_instance(spec: &InstanceSpec, sock: OwnedFd) -> Result<i32, String> {
+fn spawn_instance(
+    spec: &InstanceSpec,
+    sock: OwnedFd,
+    user_namespace: &UserNamespace,
+) -> Result<i32, String> {
+    if spec.privilege == Privilege::Zygote && *user_namespace == UserNamespace::Host {
+        // Capabilities there would be the host's.
+        return Err("a zygote needs a sandbox with its own user namespace".into());
+    }
     let prepared = Prepared::new(spec)?;
     // SAFETY: init is single-threaded.
     match unsafe { sys::fork() } {
@@ -107,11 +179,15 @@ impl<'a> Prepared<'a> {
             .iter()
             .map(|(k, v)| cs(format!("{k}={v}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let filter = match spec.privilege {
+            Privilege::Instance => seccomp::instance_filter(),
+            Privilege::Zygote => seccomp::zygote_filter(),
+        };
         Ok(Self {
             spec,
             argv,
             envp,
-            filter: seccomp::instance_filter(),
+            filter,
         })
     }
 
@@ -139,15 +215,27 @@ impl<'a> Prepared<'a> {
                 "rlimit",
                 sys::setrlimit(libc::RLIMIT_NOFILE, nofile, nofile),
             )?;
-            if !self.spec.privileged {
-                step("dropping bounding set", sys::drop_bounding_set())?;
-                step(
-                    "dropping to user",
-                    sys::become_user(self.spec.uid, self.spec.gid),
-                )?;
-                step("no_new_privs", sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1))?;
-                step("seccomp", sys::seccomp_install(&self.filter))?;
+            match self.spec.privilege {
+                Privilege::Instance => {
+                    step("dropping bounding set", sys::drop_bounding_set())?;
+                    step(
+                        "dropping to user",
+                        sys::become_user(self.spec.uid, self.spec.gid),
+                    )?;
+                }
+                Privilege::Zygote => {
+                    step(
+                        "becoming the zygote's user",
+                        sys::become_user(self.spec.uid, self.spec.gid),
+                    )?;
+                    step(
+                        "narrowing capabilities",
+                        sys::keep_capabilities(seccomp::ZYGOTE_CAPABILITIES),
+                    )?;
+                }
             }
+            step("no_new_privs", sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1))?;
+            step("seccomp", sys::seccomp_install(&self.filter))?;
             Ok::<(), String>(())
         })();
         if let Err(e) = result {
@@ -206,14 +294,18 @@ fn handle(req: ControlRequest, mut fds: Vec<OwnedFd>) -> ControlEvent {
     match req {
         ControlRequest::Spawn { instance } => match fds.pop() {
             None => failed("spawn request carries no socket".into()),
-            Some(sock) => match spawn_instance(&instance, sock) {
+            // Later instances never keep privileges (a zygote is only ever the first).
+            Some(_) if instance.privilege != Privilege::Instance => {
+                failed("only the first instance may be a zygote".into())
+            }
+            Some(sock) => match spawn_instance(&instance, sock, &UserNamespace::Host) {
                 Ok(pid) => ControlEvent::Spawned { pid },
                 Err(e) => failed(e),
             },
         },
-        ControlRequest::Mount { target } => match fds.pop() {
+        ControlRequest::Mount { target, create } => match fds.pop() {
             None => failed("mount request carries no mount tree".into()),
-            Some(tree) => match replace_mount(&tree, &target) {
+            Some(tree) => match replace_mount(&tree, &target, create) {
                 Ok(()) => ControlEvent::Mounted { target },
                 Err(e) => failed(format!("mounting on {}: {e}", target.display())),
             },
@@ -233,7 +325,13 @@ fn handle(req: ControlRequest, mut fds: Vec<OwnedFd>) -> ControlEvent {
     }
 }
 
-fn replace_mount(tree: &OwnedFd, target: &Path) -> std::io::Result<()> {
+fn replace_mount(tree: &OwnedFd, target: &Path, create: bool) -> std::io::Result<()> {
+    if create {
+        match std::fs::create_dir(target) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
     // Peel off whatever is mounted there now (EINVAL: nothing is).
     loop {
         match sys::umount2(target, libc::MNT_DETACH) {

@@ -1,10 +1,19 @@
-//! The seccomp filter every instance runs under.
+//! The seccomp filters instances and zygotes run under.
 //!
 //! A deny list on top of what dropping root already removes: system calls that reach kernel
 //! surfaces a function has no business with (mounting, namespaces, modules, tracing, keyrings,
 //! BPF, io_uring, ...) fail with `EPERM`; a foreign architecture or x32 call kills the process.
 //! `clone` is allowed only without namespace flags, and `clone3` reports `ENOSYS`, which makes
-//! the C library fall back to `clone`, whose flags the filter can inspect.
+//! the C library fall back to `clone`, whose flags the filter can inspect. Sockets are limited
+//! to the families functions need: Unix, IPv4, IPv6 and, for instances, route netlink (which
+//! the C library's `getaddrinfo` uses); anything else (AF_VSOCK, which is not namespaced;
+//! packet, other netlink families, ...) fails with `EAFNOSUPPORT`.
+//!
+//! A zygote runs package import-time code, so it gets the same filter, except that it may call
+//! `setns` (to place its children into their sandboxes) and may not open netlink sockets at
+//! all (it holds CAP_NET_ADMIN over nothing, but keeps no reason to talk to the kernel's
+//! network configuration). Its children install the instance filter on top before running
+//! function code; stacked filters only ever narrow.
 
 /// Host architecture as seen in `seccomp_data.arch`.
 #[cfg(target_arch = "x86_64")]
@@ -26,6 +35,12 @@ const RET_ERRNO: u32 = 0x0005_0000;
 const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
 const OFF_ARG0_LO: u32 = 16;
+
+/// The capabilities a zygote keeps, in its own user namespace only: CAP_SETGID, CAP_SETUID
+/// (its children become the function's user), CAP_SETPCAP (they empty their bounding set),
+/// CAP_SYS_CHROOT and CAP_SYS_ADMIN (`setns` into the namespaces of a sandbox the zygote's user
+/// namespace owns).
+pub const ZYGOTE_CAPABILITIES: &[u32] = &[6, 7, 8, 18, 21];
 
 /// Namespace flags `clone` may not use.
 const NS_FLAGS: u32 = (libc::CLONE_NEWUSER
@@ -107,8 +122,73 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
+/// Offset of a system call's third argument (low 32 bits) in `struct seccomp_data`.
+const OFF_ARG2_LO: u32 = 32;
+
+/// Who a filter is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    Instance,
+    Zygote,
+}
+
 /// Builds the instance filter as a BPF program.
 pub fn instance_filter() -> Vec<libc::sock_filter> {
+    filter(Profile::Instance)
+}
+
+/// Builds the zygote filter as a BPF program (see the module documentation).
+pub fn zygote_filter() -> Vec<libc::sock_filter> {
+    filter(Profile::Zygote)
+}
+
+/// The socket rules: `socket(2)` of an allowed family passes, anything else fails with
+/// EAFNOSUPPORT; `socketpair(2)` only for AF_UNIX. Expects the system call number in the
+/// accumulator and leaves it there for calls it does not handle.
+fn socket_rules(profile: Profile) -> Vec<libc::sock_filter> {
+    let allow = stmt(BPF_RET_K, RET_ALLOW);
+    let refuse = stmt(BPF_RET_K, RET_ERRNO | libc::EAFNOSUPPORT as u32);
+    let family = |f: libc::c_int| f as u32;
+    let mut socket = vec![
+        stmt(BPF_LD_W_ABS, OFF_ARG0_LO),
+        // Offsets count to the `allow` below (5 instructions on for the instance profile).
+        jump(BPF_JMP_JEQ_K, family(libc::AF_UNIX), 0, 0),
+        jump(BPF_JMP_JEQ_K, family(libc::AF_INET), 0, 0),
+        jump(BPF_JMP_JEQ_K, family(libc::AF_INET6), 0, 0),
+    ];
+    if profile == Profile::Instance {
+        // AF_NETLINK: only NETLINK_ROUTE (protocol 0, the third argument).
+        socket.push(jump(BPF_JMP_JEQ_K, family(libc::AF_NETLINK), 0, 3));
+        socket.push(stmt(BPF_LD_W_ABS, OFF_ARG2_LO));
+        socket.push(jump(BPF_JMP_JEQ_K, libc::NETLINK_ROUTE as u32, 0, 1));
+    } else {
+        socket.push(jump(BPF_JMP_JEQ_K, u32::MAX, 0, 1)); // never true: on to `refuse`
+    }
+    let allow_at = socket.len();
+    // Point the family matches at `allow`.
+    for (i, ins) in socket.iter_mut().enumerate().skip(1).take(3) {
+        ins.jt = (allow_at - i - 1) as u8;
+    }
+    socket.push(allow);
+    socket.push(refuse);
+    let mut prog = vec![jump(
+        BPF_JMP_JEQ_K,
+        libc::SYS_socket as u32,
+        0,
+        socket.len() as u8,
+    )];
+    prog.extend(socket);
+    prog.extend([
+        jump(BPF_JMP_JEQ_K, libc::SYS_socketpair as u32, 0, 4),
+        stmt(BPF_LD_W_ABS, OFF_ARG0_LO),
+        jump(BPF_JMP_JEQ_K, family(libc::AF_UNIX), 0, 1),
+        allow,
+        refuse,
+    ]);
+    prog
+}
+
+fn filter(profile: Profile) -> Vec<libc::sock_filter> {
     let eperm = RET_ERRNO | libc::EPERM as u32;
     let enosys = RET_ERRNO | libc::ENOSYS as u32;
     let mut prog = vec![
@@ -131,7 +211,11 @@ pub fn instance_filter() -> Vec<libc::sock_filter> {
     prog.push(stmt(BPF_RET_K, RET_ALLOW));
     prog.push(jump(BPF_JMP_JEQ_K, libc::SYS_clone3 as u32, 0, 1));
     prog.push(stmt(BPF_RET_K, enosys));
+    prog.extend(socket_rules(profile));
     for &nr in DENIED {
+        if profile == Profile::Zygote && nr == libc::SYS_setns {
+            continue;
+        }
         prog.push(jump(BPF_JMP_JEQ_K, nr as u32, 0, 1));
         prog.push(stmt(BPF_RET_K, eperm));
     }
@@ -157,17 +241,102 @@ mod tests {
     use super::*;
 
     #[test]
-    fn program_is_well_formed() {
-        let prog = instance_filter();
-        assert!(prog.len() < 4096);
-        // Every jump lands inside the program.
-        for (i, ins) in prog.iter().enumerate() {
-            if ins.code & 0x07 == 0x05 {
-                assert!(i + 1 + (ins.jt as usize) < prog.len());
-                assert!(i + 1 + (ins.jf as usize) < prog.len());
+    fn programs_are_well_formed() {
+        for prog in [instance_filter(), zygote_filter()] {
+            assert!(prog.len() < 4096);
+            // Every jump lands inside the program.
+            for (i, ins) in prog.iter().enumerate() {
+                if ins.code & 0x07 == 0x05 {
+                    assert!(i + 1 + (ins.jt as usize) < prog.len());
+                    assert!(i + 1 + (ins.jf as usize) < prog.len());
+                }
+            }
+            assert_eq!(prog.last().map(|i| i.k), Some(RET_ALLOW));
+        }
+    }
+
+    /// Runs `probe` in a forked child under `prog`; the child's exit code is the probe's.
+    fn under_filter(prog: &[libc::sock_filter], probe: fn() -> i32) -> i32 {
+        // SAFETY: the child only makes raw system calls and leaves with _exit, so forking from
+        // the multi-threaded test harness is sound.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = crate::sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).is_ok()
+                && crate::sys::seccomp_install(prog).is_ok();
+            crate::sys::exit_now(if ok { probe() } else { 100 });
+        }
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "child died: {status:#x}");
+        libc::WEXITSTATUS(status)
+    }
+
+    /// 0 if socket(domain, SOCK_DGRAM, proto) succeeds, 1 on EAFNOSUPPORT, 2 otherwise.
+    fn socket_result(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> i32 {
+        // SAFETY: socket(2) with integer arguments; the descriptor is closed right away.
+        let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) };
+        if fd >= 0 {
+            // SAFETY: we own `fd`.
+            unsafe { libc::close(fd) };
+            return 0;
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAFNOSUPPORT) => 1,
+            _ => 2,
+        }
+    }
+
+    fn instance_sockets() -> i32 {
+        let expect = [
+            (libc::AF_UNIX, libc::SOCK_DGRAM, 0, 0),
+            (libc::AF_INET, libc::SOCK_DGRAM, 0, 0),
+            (libc::AF_INET6, libc::SOCK_DGRAM, 0, 0),
+            (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE, 0),
+            (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_AUDIT, 1),
+            (libc::AF_VSOCK, libc::SOCK_STREAM, 0, 1),
+            (libc::AF_PACKET, libc::SOCK_DGRAM, 0, 1),
+        ];
+        for (i, (d, t, p, want)) in expect.into_iter().enumerate() {
+            if socket_result(d, t, p) != want {
+                return 10 + i as i32;
             }
         }
-        assert_eq!(prog.last().map(|i| i.k), Some(RET_ALLOW));
+        0
+    }
+
+    fn zygote_sockets() -> i32 {
+        if socket_result(libc::AF_UNIX, libc::SOCK_STREAM, 0) != 0 {
+            return 10;
+        }
+        if socket_result(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) != 1 {
+            return 11;
+        }
+        if socket_result(libc::AF_VSOCK, libc::SOCK_STREAM, 0) != 1 {
+            return 12;
+        }
+        // setns is allowed (it fails for lack of a namespace descriptor, not with EPERM).
+        // SAFETY: setns with an invalid descriptor only returns an error.
+        let r = unsafe { libc::setns(-1, 0) };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        if r != -1 || errno != Some(libc::EBADF) {
+            return 13;
+        }
+        // unshare is not.
+        // SAFETY: unshare with an integer argument.
+        let r = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        if r != -1 || errno != Some(libc::EPERM) {
+            return 14;
+        }
+        0
+    }
+
+    #[test]
+    fn socket_families_are_limited() {
+        assert_eq!(under_filter(&instance_filter(), instance_sockets), 0);
+        assert_eq!(under_filter(&zygote_filter(), zygote_sockets), 0);
     }
 
     /// Installs the filter in a forked child (seccomp needs only no_new_privs, not root) and

@@ -20,15 +20,52 @@ pub struct SandboxSpec {
     pub mounts: Vec<MountSpec>,
     /// Give the sandbox the host's network (`true`) or a new namespace with only loopback.
     pub network: bool,
-    /// A new pid namespace (init is pid 1). Zygote sandboxes stay in the host's, because a
-    /// zygote must be able to `setns` into the pid namespaces of the sandboxes it forks into,
-    /// and a process may only enter a pid namespace below its own.
-    #[serde(default = "yes")]
-    pub pid_namespace: bool,
+    /// Which user namespace the sandbox's namespaces belong to. Every sandbox has its own pid
+    /// namespace, with its init as pid 1.
+    #[serde(default)]
+    pub user_namespace: UserNamespace,
     /// `cgroup.procs` files the sandbox's init joins before anything else.
     pub cgroup_procs: Vec<PathBuf>,
     /// The first instance, started as soon as the root is ready.
     pub instance: Option<InstanceSpec>,
+    /// Send descriptors of the sandbox's namespaces (and a pidfd of the first instance) with
+    /// its `Ready` event, so that a zygote can be sent into them or sandboxes made within them.
+    #[serde(default)]
+    pub export_namespaces: bool,
+}
+
+/// The user namespace of a sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum UserNamespace {
+    /// The host's: the sandbox's init is root on the host (instances drop that before exec).
+    #[default]
+    Host,
+    /// A new user namespace below the host's, mapping these ids (a root zygote's sandbox).
+    /// Its root is an unprivileged user on the host.
+    New(IdMaps),
+    /// Within the user and pid namespaces whose descriptors travel with the spawn request, in
+    /// that order (a zygote sandbox's): the sandbox's pid namespace becomes a child of that pid
+    /// namespace, and its other namespaces belong to that user namespace.
+    Within,
+}
+
+/// uid and gid maps of a user namespace, each line `inside outside count`, where `outside`
+/// is an id of the parent user namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdMaps {
+    pub uid: Vec<[u32; 3]>,
+    pub gid: Vec<[u32; 3]>,
+}
+
+impl IdMaps {
+    /// The text of a `uid_map` or `gid_map` file.
+    pub fn text(lines: &[[u32; 3]]) -> String {
+        lines
+            .iter()
+            .map(|[inside, outside, count]| format!("{inside} {outside} {count}\n"))
+            .collect()
+    }
 }
 
 /// One mount inside the sandbox; `target` is an absolute path inside the sandbox's root.
@@ -47,6 +84,13 @@ pub enum MountSpec {
     Proc { target: PathBuf },
     /// A minimal `/dev`: null, zero, full, random, urandom, tty and the fd symlinks.
     Dev { target: PathBuf },
+    /// Only the listed entries of the package store: a small tmpfs at `target` (writable by
+    /// the sandbox's init only) holding one read-only bind of `<store>/<key>` per key.
+    Packages {
+        store: PathBuf,
+        target: PathBuf,
+        keys: Vec<String>,
+    },
 }
 
 /// An instance: one program (the interpreter) started inside a sandbox.
@@ -67,12 +111,22 @@ pub struct InstanceSpec {
     /// worker collects) instead of inheriting the worker's.
     #[serde(default)]
     pub stdio_to_socket: bool,
-    /// Keep root and all capabilities, without seccomp (zygotes only: they `setns` on behalf of
-    /// the instances they fork, which drop privileges themselves before running user code).
+    /// What the program may do.
     #[serde(default)]
-    pub privileged: bool,
+    pub privilege: Privilege,
 }
 
-fn yes() -> bool {
-    true
+/// The privileges an instance keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Privilege {
+    /// Function code: `uid`/`gid`, no capabilities, an empty bounding set, no_new_privs and the
+    /// instance seccomp filter.
+    #[default]
+    Instance,
+    /// A zygote: root of the sandbox's own user namespace (never the host's; init refuses
+    /// otherwise) with only the capabilities forking needs ([`crate::seccomp::ZYGOTE_CAPABILITIES`]),
+    /// no_new_privs and the zygote seccomp filter. Its children drop to instance privileges
+    /// themselves before running function code.
+    Zygote,
 }

@@ -141,14 +141,39 @@ pub enum Forked {
     Parent { pid: libc::pid_t, pidfd: OwnedFd },
 }
 
-/// Fork-like `clone(2)` with namespace flags and `CLONE_PIDFD`.
+/// A pipe; both ends close on exec.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: the kernel returned two fresh descriptors that nobody else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `read(2)` into `buf` on a raw descriptor (in forked children); the number of bytes read.
+pub fn read_raw(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is writable for its whole length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        return Ok(n as usize);
+    }
+}
+
+/// Fork-like `clone(2)` with namespace flags (and `CLONE_PARENT`) and `CLONE_PIDFD`.
 ///
 /// # Safety
 /// The caller must be single-threaded: the child continues on a copy of the caller's stack and
 /// memory, and any lock another thread held would stay locked forever in the child.
-pub unsafe fn clone_process(ns_flags: libc::c_int) -> io::Result<Forked> {
+pub unsafe fn clone_process(flags: libc::c_int) -> io::Result<Forked> {
     let mut pidfd: libc::c_int = -1;
-    let flags = (ns_flags | libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_ulong;
+    let flags = (flags | libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: with a null stack the kernel gives the child a copy of our stack (fork semantics),
     // which is sound because the caller guarantees it is single-threaded. `pidfd` is a valid
     // out-pointer for CLONE_PIDFD (x86_64 and aarch64 take parent_tid as the third argument).
@@ -401,7 +426,7 @@ pub fn socketpair(kind: SocketKind) -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Most descriptors one message may carry.
-pub const MAX_FDS: usize = 8;
+pub const MAX_FDS: usize = 16;
 
 /// Sends one message with descriptors attached (SCM_RIGHTS).
 pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
@@ -411,7 +436,7 @@ pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> 
         iov_len: data.len(),
     };
     // Room for the largest control message we send, aligned as cmsghdr requires.
-    let mut cbuf = [0u64; 16];
+    let mut cbuf = [0u64; 32];
     // SAFETY: msghdr is plain data; all-zero is valid and we fill the fields we use.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -461,7 +486,7 @@ pub fn recv_with_fds(
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
-    let mut cbuf = [0u64; 16];
+    let mut cbuf = [0u64; 32];
     // SAFETY: msghdr is plain data; all-zero is valid and we fill the fields we use.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -601,11 +626,16 @@ pub fn move_mount_to(tree: RawFd, target: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// `mount_setattr(2)` making the tree behind `fd` read-only (recursively).
-pub fn mount_tree_readonly(fd: RawFd) -> io::Result<()> {
+/// `MOUNT_ATTR_*` flags for [`mount_setattr`].
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// `mount_setattr(2)` setting `attrs` (`MOUNT_ATTR_*`) on the tree behind `fd`, recursively.
+pub fn mount_setattr(fd: RawFd, attrs: u64) -> io::Result<()> {
     const AT_EMPTY_PATH: libc::c_uint = 0x1000;
     const AT_RECURSIVE: libc::c_uint = 0x8000;
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -614,7 +644,7 @@ pub fn mount_tree_readonly(fd: RawFd) -> io::Result<()> {
         userns_fd: u64,
     }
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY | 0x2 | 0x4, // RDONLY | NOSUID | NODEV
+        attr_set: attrs,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
@@ -633,6 +663,11 @@ pub fn mount_tree_readonly(fd: RawFd) -> io::Result<()> {
         )
     })?;
     Ok(())
+}
+
+/// Makes the tree behind `fd` read-only, nosuid and nodev (recursively).
+pub fn mount_tree_readonly(fd: RawFd) -> io::Result<()> {
+    mount_setattr(fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
 }
 
 /// The current process id.
@@ -707,4 +742,180 @@ pub fn pidfd_stop(pidfd: RawFd) -> io::Result<()> {
 /// SIGCONTs the process behind a pidfd.
 pub fn pidfd_resume(pidfd: RawFd) -> io::Result<()> {
     pidfd_send_signal(pidfd, libc::SIGCONT)
+}
+
+/// `setns(2)`: moves the calling thread into the namespace behind `fd` (`nstype` one
+/// `CLONE_NEW*` flag, or 0 for any). For a user namespace or a mount namespace the caller must be
+/// single-threaded; for a pid namespace only the caller's future children are affected.
+pub fn setns(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns(2) takes a descriptor and an integer; `fd` is only read.
+    check(unsafe { libc::setns(fd, nstype) })?;
+    Ok(())
+}
+
+/// Opens `/proc/self/ns/<name>` (for instance `mnt`, `pid`, `user`): a descriptor that keeps
+/// the namespace alive and lets another process enter it with [`setns`].
+pub fn open_own_namespace(name: &str) -> io::Result<OwnedFd> {
+    let file = std::fs::File::open(format!("/proc/self/ns/{name}"))?;
+    Ok(OwnedFd::from(file))
+}
+
+/// `prctl(PR_SET_DUMPABLE, 0)`: the process's memory, descriptors and `/proc` entries become
+/// inaccessible to processes without CAP_SYS_PTRACE in the initial user namespace, even to
+/// processes of the same user; inherited by forked children.
+pub fn set_not_dumpable() -> io::Result<()> {
+    prctl(libc::PR_SET_DUMPABLE, 0)
+}
+
+/// Keeps exactly the capabilities `keep` (numbers as in `linux/capability.h`): drops every
+/// other one from the bounding set, then sets the permitted and effective sets to `keep` and
+/// the inheritable set to nothing. Needs CAP_SETPCAP (for the bounding set).
+pub fn keep_capabilities(keep: &[u32]) -> io::Result<()> {
+    for cap in 0..=63u32 {
+        if keep.contains(&cap) {
+            continue;
+        }
+        // SAFETY: PR_CAPBSET_DROP takes an integer capability number.
+        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(err);
+        }
+    }
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut mask = 0u64;
+    for &cap in keep {
+        mask |= 1u64 << cap;
+    }
+    let low = mask as u32;
+    let high = (mask >> 32) as u32;
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: low,
+            permitted: low,
+            inheritable: 0,
+        },
+        CapData {
+            effective: high,
+            permitted: high,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: capset reads a version-3 header and two data structures, which `header` and
+    // `data` are, laid out as the kernel defines them; both outlive the call.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    })?;
+    Ok(())
+}
+
+/// Makes later messages on `sock` carry the sender's credentials (`SO_PASSCRED`), read with
+/// [`recv_with_credentials`]. The kernel fills them in, translated into the receiver's pid
+/// namespace; a sender can only claim another process with CAP_SYS_ADMIN over its own pid
+/// namespace.
+pub fn set_passcred(sock: RawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int of the given size from `one`, which outlives the call.
+    check(unsafe {
+        libc::setsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Receives up to `buf.len()` bytes and the sender's pid (from `SCM_CREDENTIALS`, see
+/// [`set_passcred`]). `Ok(None)` at end of stream.
+pub fn recv_with_credentials(
+    sock: RawFd,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Option<libc::pid_t>)>> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is valid and we fill the fields we use.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    let n = loop {
+        // SAFETY: `msg` points at `iov`/`buf` and `cbuf`, all live and writable for the call.
+        let ret = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        break ret as usize;
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut pid = None;
+    // SAFETY: the kernel filled `msg`'s control area; CMSG_FIRSTHDR/NXTHDR walk it within
+    // msg_controllen, and an SCM_CREDENTIALS payload is one `struct ucred`. Descriptors that
+    // an unexpected SCM_RIGHTS message carries are closed, not leaked.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET {
+                if (*cmsg).cmsg_type == libc::SCM_CREDENTIALS {
+                    let cred: libc::ucred =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::ucred);
+                    pid = Some(cred.pid);
+                } else if (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let bytes = (*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize;
+                    let data = libc::CMSG_DATA(cmsg) as *const libc::c_int;
+                    for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                        drop(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(Some((n, pid)))
+}
+
+/// The pid of the process behind `pidfd` in the caller's pid namespace (from
+/// `/proc/self/fdinfo`), or `None` if it has exited or is not visible here.
+pub fn pidfd_pid(pidfd: RawFd) -> io::Result<Option<libc::pid_t>> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{pidfd}"))?;
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse::<libc::pid_t>().ok());
+    Ok(pid.filter(|&p| p > 0))
 }

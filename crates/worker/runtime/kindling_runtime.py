@@ -187,14 +187,20 @@ def main(forked=False):
 
 # --- zygotes ----------------------------------------------------------------------------
 #
-# A zygote is this runtime started privileged in a sandbox of its own (but in the host's pid
-# namespace), with a set of packages imported. On request it forks: the child joins the target
-# sandbox (cgroup through descriptors the worker opened, then the namespaces of the sandbox's
-# init through a pidfd), drops every privilege exactly as a cold instance does (bounding set,
-# uid/gid, no_new_privs, the same seccomp filter), sends a `ready` frame and waits for one frame
-# with the environment of the function it becomes (the worker attaches the function's code
-# first), then serves it. The worker forks such children ahead of need ("seeds"). Requests are
-# frames like the invocation protocol, carrying descriptors (SCM_RIGHTS).
+# A zygote is this runtime started as the root of a user namespace of its own (an unprivileged
+# user on the host) in a sandbox of its own, with only the capabilities forking needs (over its
+# own namespaces), no_new_privs and a seccomp filter, all set before this code runs; it imports
+# a set of packages. On request it forks: the child joins the target sandbox, which the worker
+# made within the zygote's user and pid namespaces (its cgroup through descriptors the worker
+# opened, then its namespaces through namespace descriptors), drops every privilege exactly as a
+# cold instance does (bounding set, uid/gid, no_new_privs, the same seccomp filter on top of the
+# zygote's), sends a `ready` frame and waits for one frame with the environment of the function
+# it becomes (the worker attaches the function's code first), then serves it. The worker forks
+# such children ahead of need ("seeds"). Requests are frames like the invocation protocol,
+# carrying descriptors (SCM_RIGHTS): the child's socket, the target's pid, mnt, ipc, uts and net
+# namespaces, then the cgroup.procs files. Child zygotes live in their parent's user namespace;
+# each sees only its own pid namespace's processes and holds descriptors of no other sandbox
+# (a forked child closes everything it inherited), so it can enter no sandbox but its own.
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -280,10 +286,11 @@ def _import_submodules(names):
 
 def _enter(libc, fds):
     """In a forked child: join the target sandbox's cgroup and namespaces."""
-    pidfd, sock, procs = fds[0], fds[1], fds[2:]
+    sock, _pidns, mnt, ipc, uts, net, procs = fds[0], fds[1], fds[2], fds[3], fds[4], fds[5], fds[6:]
     for fd in procs:
         os.write(fd, b"0")
-    _check(libc, libc.setns(pidfd, CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET), "setns")
+    for fd, kind in ((mnt, CLONE_NEWNS), (ipc, CLONE_NEWIPC), (uts, CLONE_NEWUTS), (net, CLONE_NEWNET)):
+        _check(libc, libc.setns(fd, kind), "setns")
     os.dup2(sock, _FD)
     os.closerange(_FD + 1, 1 << 20)
 
@@ -437,11 +444,10 @@ def _zygote_loop(libc, socket, resource, failed):
                 _import_submodules(req.get("modules", []))
                 _zsend(zsock, {"ok": True})
                 continue
-            if req.get("op") != "fork" or len(fds) < 2:
+            if req.get("op") != "fork" or len(fds) < 7:
                 raise ValueError(f"bad request {req.get('op')!r} with {len(fds)} descriptors")
-            if req["kind"] == "instance":
-                # Children are born in the target's pid namespace; then we go back to ours.
-                _check(libc, libc.setns(fds[0], CLONE_NEWPID), "setns pid")
+            # Children are born in the target's pid namespace; then we go back to ours.
+            _check(libc, libc.setns(fds[1], CLONE_NEWPID), "setns pid")
             # Objects the zygote already holds move to the permanent generation, so the
             # child's garbage collector never walks (and copies) the zygote's pages.
             gc.freeze()
@@ -451,8 +457,7 @@ def _zygote_loop(libc, socket, resource, failed):
             if pid == 0:
                 gc.enable()
                 _child(libc, socket, resource, zsock, req, fds)
-            if req["kind"] == "instance":
-                _check(libc, libc.setns(own_pidns, CLONE_NEWPID), "setns back")
+            _check(libc, libc.setns(own_pidns, CLONE_NEWPID), "setns back")
             _zsend(zsock, {"ok": True, "pid": pid})
         except BaseException as exc:
             _zsend(zsock, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
@@ -464,36 +469,11 @@ def _zygote_loop(libc, socket, resource, failed):
                     pass
 
 
-# What a zygote needs to fork instances: setns (SYS_ADMIN; SYS_CHROOT for a mount namespace;
-# SYS_PTRACE because entering a sandbox through its init's pidfd is a ptrace-mode access to a
-# process holding every capability), dropping to the function's user (SETUID, SETGID) and its
-# bounding set (SETPCAP). Everything else goes before any package code runs at import.
-_ZYGOTE_CAPS = (6, 7, 8, 18, 19, 21)  # SETGID SETUID SETPCAP SYS_CHROOT SYS_PTRACE SYS_ADMIN
-
-
-def _narrow_capabilities(libc):
-    import ctypes
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-    keep = 0
-    for cap in _ZYGOTE_CAPS:
-        keep |= 1 << cap
-    header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    data = (Data * 2)(Data(keep & 0xFFFFFFFF, keep & 0xFFFFFFFF, 0), Data(keep >> 32, keep >> 32, 0))
-    _check(libc, libc.capset(ctypes.byref(header), data), "capset")
-
-
 def zygote_main():
     """Entry point of a root zygote: import the packages, then serve fork requests."""
     sys.dont_write_bytecode = True
     gc.disable()
     libc, socket, resource = _zygote_setup()
-    _narrow_capabilities(libc)
     _package_path_zygote()
     modules = [m for m in os.environ.get("KINDLING_PRELOAD", "").split(",") if m]
     failed = _import_all(modules)

@@ -500,6 +500,7 @@ fn gauges(worker: &Worker) -> Vec<(&'static str, u64)> {
         ("sandboxes.live", worker.pool.live_sandboxes() as u64),
         ("instances.idle", worker.pool.idle_instances() as u64),
         ("zygotes.live", worker.zygotes.count() as u64),
+        ("sandboxes.zygote", worker.zygotes.sandboxes() as u64),
         ("sandboxes.pooled", worker.zygotes.pooled() as u64),
         ("sandboxes.seeded", worker.zygotes.seeded() as u64),
         (

@@ -20,6 +20,9 @@
 //!                                  # every process (the kernel's documented trade-off)
 //! sandbox_uid = 65534              # unprivileged uid/gid function code runs as
 //! sandbox_gid = 65534
+//! zygote_uid = 2100000000          # host uid/gid of the root of zygotes' user namespaces: an
+//! zygote_gid = 2100000000          # unprivileged id nothing else on the host may use (not 0,
+//!                                  # not sandbox_uid/sandbox_gid)
 //! max_open_files = 1024            # RLIMIT_NOFILE of instances
 //!
 //! [defaults]                       # per-function limits unless the function's config says otherwise
@@ -106,6 +109,8 @@ pub struct Config {
     pub cgroup_favor_dynmods: bool,
     pub sandbox_uid: u32,
     pub sandbox_gid: u32,
+    pub zygote_uid: u32,
+    pub zygote_gid: u32,
     pub max_open_files: u64,
     pub defaults: Limits,
     pub archive: ArchiveConfig,
@@ -207,6 +212,8 @@ impl Default for Config {
             cgroup_favor_dynmods: true,
             sandbox_uid: 65534,
             sandbox_gid: 65534,
+            zygote_uid: 2_100_000_000,
+            zygote_gid: 2_100_000_000,
             max_open_files: 1024,
             defaults: Limits::default(),
             archive: ArchiveConfig::default(),
@@ -261,6 +268,12 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
         if self.sandbox_uid == 0 || self.sandbox_gid == 0 {
             return bad("sandbox_uid and sandbox_gid must not be 0 (root)");
+        }
+        if self.zygote_uid == 0 || self.zygote_gid == 0 {
+            return bad("zygote_uid and zygote_gid must not be 0 (root)");
+        }
+        if self.zygote_uid == self.sandbox_uid || self.zygote_gid == self.sandbox_gid {
+            return bad("zygote_uid/zygote_gid must differ from sandbox_uid/sandbox_gid");
         }
         if self.max_instances_per_function == 0 {
             return bad("max_instances_per_function must be at least 1");
@@ -370,5 +383,10 @@ mod tests {
     fn rejects_root_uid() {
         let cfg: Config = toml::from_str("sandbox_uid = 0").unwrap();
         assert!(cfg.validate().is_err());
+        let cfg: Config = toml::from_str("zygote_uid = 0").unwrap();
+        assert!(cfg.validate().is_err());
+        let cfg: Config = toml::from_str("zygote_uid = 65534").unwrap();
+        assert!(cfg.validate().is_err());
+        assert!(Config::default().validate().is_ok());
     }
 }

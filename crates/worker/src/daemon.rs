@@ -115,8 +115,8 @@ impl Worker {
             PathBuf::new(),
             PathBuf::new(),
             mountpoint,
-            config.sandbox_uid,
-            config.sandbox_gid,
+            (config.sandbox_uid, config.sandbox_gid),
+            (config.zygote_uid, config.zygote_gid),
             config.max_open_files,
         );
         factory.runtime_dir = crate::runtime::install(&root, &base, &factory)?;
@@ -142,8 +142,8 @@ impl Worker {
         let zygotes = Arc::new(Zygotes::new(
             factory.clone(),
             config.zygotes.clone(),
-            config.sandbox_uid,
-            config.sandbox_gid,
+            crate::instance::USERNS_INSTANCE_ID,
+            crate::instance::USERNS_INSTANCE_ID,
             config.max_open_files,
             config.defaults.tmp_mb,
         ));

@@ -9,11 +9,14 @@ use crate::registry::FunctionVersion;
 use kindling_sandbox::cgroup::{Cgroup, CgroupManager, Limits as CgroupLimits};
 use kindling_sandbox::control::{ControlChannel, ControlEvent};
 use kindling_sandbox::spawner::Spawner;
-use kindling_sandbox::spec::{InstanceSpec, MountSpec, SandboxSpec};
+use kindling_sandbox::spec::{
+    IdMaps, InstanceSpec, MountSpec, Privilege, SandboxSpec, UserNamespace,
+};
 use kindling_sandbox::sys;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,6 +65,25 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// The uid and gid function code runs as inside a zygote's user namespace (mapped to the
+/// worker's `sandbox_uid`/`sandbox_gid` on the host), so a forked instance sees the same ids as
+/// a cold one on the default configuration.
+pub const USERNS_INSTANCE_ID: u32 = 65534;
+
+/// Where a new sandbox's namespaces live.
+pub(crate) enum Nesting<'a> {
+    /// Below the host's (cold starts and jobs): the init is root on the host until it starts
+    /// an instance, which drops that before exec.
+    Host,
+    /// A root zygote's sandbox: a new user namespace below the host's, whose root is the
+    /// worker's `zygote_uid`, an unprivileged user on the host.
+    Zygote,
+    /// Within a zygote sandbox's user and pid namespaces: a sandbox the zygote forks an instance
+    /// or a child zygote into. It keeps the zygote sandbox alive (a pid namespace dies with its
+    /// init, and this sandbox's lies inside the zygote sandbox's).
+    Within(&'a Arc<SharedSandbox>),
+}
+
 /// What the worker needs to create sandboxes: shared by every instance.
 pub struct Factory {
     pub spawner: Spawner,
@@ -77,6 +99,9 @@ pub struct Factory {
     pub mountpoint: PathBuf,
     pub uid: u32,
     pub gid: u32,
+    /// Host uid and gid of the root of zygotes' user namespaces.
+    pub zygote_uid: u32,
+    pub zygote_gid: u32,
     pub max_open_files: u64,
     counter: AtomicU64,
     prefix: String,
@@ -114,8 +139,8 @@ impl Factory {
         runtime_dir: PathBuf,
         packages_dir: PathBuf,
         mountpoint: PathBuf,
-        uid: u32,
-        gid: u32,
+        (uid, gid): (u32, u32),
+        (zygote_uid, zygote_gid): (u32, u32),
         max_open_files: u64,
     ) -> Self {
         let secs = std::time::SystemTime::now()
@@ -133,6 +158,8 @@ impl Factory {
             mountpoint,
             uid,
             gid,
+            zygote_uid,
+            zygote_gid,
             max_open_files,
             counter: AtomicU64::new(0),
             prefix: format!("{:x}", secs & 0xfffff),
@@ -152,10 +179,28 @@ impl Factory {
         id: &str,
         mounts: Vec<MountSpec>,
         network: bool,
-        pid_namespace: bool,
+        nesting: Nesting<'_>,
         limits: &CgroupLimits,
         instance: Option<InstanceSpec>,
     ) -> Result<(SandboxHandle, Option<OwnedFd>), StartError> {
+        let (user_namespace, namespace_fds, within) = match nesting {
+            Nesting::Host => (UserNamespace::Host, Vec::new(), None),
+            Nesting::Zygote => (
+                UserNamespace::New(IdMaps {
+                    uid: vec![[0, self.zygote_uid, 1], [USERNS_INSTANCE_ID, self.uid, 1]],
+                    gid: vec![[0, self.zygote_gid, 1], [USERNS_INSTANCE_ID, self.gid, 1]],
+                }),
+                Vec::new(),
+                None,
+            ),
+            Nesting::Within(parent) => {
+                let fds = parent
+                    .namespace_fds(&["user", "pid"])
+                    .ok_or_else(|| std::io::Error::other("the zygote sandbox is gone"))?;
+                (UserNamespace::Within, fds, Some(parent.clone()))
+            }
+        };
+        let export_namespaces = user_namespace != UserNamespace::Host;
         let cgroup = self.cgroups.create(id, limits)?;
         let spec = SandboxSpec {
             id: id.to_string(),
@@ -163,16 +208,19 @@ impl Factory {
             mountpoint: self.mountpoint.clone(),
             mounts,
             network,
-            pid_namespace,
+            user_namespace,
             cgroup_procs: cgroup.procs_files(),
             instance,
+            export_namespaces,
         };
-        match self.spawner.spawn(&spec) {
+        match self.spawner.spawn(&spec, &namespace_fds) {
             Ok(s) => Ok((
                 SandboxHandle {
                     pidfd: s.pidfd,
                     control: s.control,
                     cgroup,
+                    namespaces: HashMap::new(),
+                    _within: within,
                 },
                 s.instance,
             )),
@@ -201,11 +249,7 @@ impl Factory {
                 target: "/kindling".into(),
                 writable: false,
             },
-            MountSpec::Bind {
-                source: self.packages_dir.clone(),
-                target: "/packages".into(),
-                writable: false,
-            },
+            self.packages_mount(function.lock.packages.iter().map(|p| p.key())),
             MountSpec::Tmpfs {
                 target: "/tmp".into(),
                 size_bytes: limits.tmp_mb * 1024 * 1024,
@@ -219,6 +263,16 @@ impl Factory {
         ];
         mounts.extend(self.storage_mount());
         mounts
+    }
+
+    /// `/packages` showing only `keys` of the package store (a function's closure, or a
+    /// zygote's package set).
+    pub(crate) fn packages_mount(&self, keys: impl IntoIterator<Item = String>) -> MountSpec {
+        MountSpec::Packages {
+            store: self.packages_dir.clone(),
+            target: crate::runtime::SANDBOX_PACKAGES.into(),
+            keys: keys.into_iter().collect(),
+        }
     }
 
     /// The storage socket's directory at /kindling/storage-socket (after the /kindling bind,
@@ -242,7 +296,7 @@ impl Factory {
             &id,
             self.function_mounts(function, limits),
             limits.network,
-            true,
+            Nesting::Host,
             &limits.cgroup(),
             Some(self.instance_spec(function, &id)),
         )?;
@@ -271,7 +325,7 @@ impl Factory {
             gid: self.gid,
             max_open_files: self.max_open_files,
             stdio_to_socket: false,
-            privileged: false,
+            privilege: Privilege::Instance,
         }
     }
 
@@ -348,6 +402,67 @@ pub(crate) struct SandboxHandle {
     pidfd: OwnedFd,
     control: ControlChannel,
     cgroup: Cgroup,
+    /// Descriptors of its namespaces, by name, once its init reported them (sandboxes in a
+    /// zygote's user namespace).
+    namespaces: HashMap<String, OwnedFd>,
+    /// The zygote sandbox whose pid namespace holds this one's.
+    _within: Option<Arc<SharedSandbox>>,
+}
+
+/// A zygote's sandbox, kept alive by the zygote and by every sandbox made within its
+/// namespaces; destroyed (blocking) when the last of them lets go.
+pub(crate) struct SharedSandbox {
+    sandbox: std::sync::Mutex<Option<SandboxHandle>>,
+    /// How many exist (a gauge of the worker's).
+    count: Arc<AtomicUsize>,
+}
+
+impl SharedSandbox {
+    pub(crate) fn new(sandbox: SandboxHandle, count: &Arc<AtomicUsize>) -> Arc<Self> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Arc::new(Self {
+            sandbox: std::sync::Mutex::new(Some(sandbox)),
+            count: count.clone(),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&SandboxHandle) -> T) -> Option<T> {
+        self.sandbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(f)
+    }
+
+    /// Duplicates of the named namespace descriptors, in order.
+    pub(crate) fn namespace_fds(&self, names: &[&str]) -> Option<Vec<RawFd>> {
+        self.with(|s| {
+            names
+                .iter()
+                .map(|n| s.namespaces.get(*n).map(|fd| fd.as_raw_fd()))
+                .collect::<Option<Vec<_>>>()
+        })
+        .flatten()
+    }
+
+    /// Memory charged to the sandbox's cgroup.
+    pub(crate) fn memory_usage(&self) -> Option<u64> {
+        self.with(|s| s.memory_usage()).flatten()
+    }
+}
+
+impl Drop for SharedSandbox {
+    fn drop(&mut self) {
+        let taken = self
+            .sandbox
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(s) = taken {
+            s.destroy();
+        }
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl SandboxHandle {
@@ -366,9 +481,12 @@ impl SandboxHandle {
         }
     }
 
-    /// The init's pidfd: `setns` through it enters all of the sandbox's namespaces.
-    pub(crate) fn pidfd_raw(&self) -> std::os::fd::RawFd {
-        self.pidfd.as_raw_fd()
+    /// Descriptors of the named namespaces, in order (after [`SandboxHandle::wait_ready`]).
+    pub(crate) fn namespace_fds(&self, names: &[&str]) -> Option<Vec<RawFd>> {
+        names
+            .iter()
+            .map(|n| self.namespaces.get(*n).map(|fd| fd.as_raw_fd()))
+            .collect()
     }
 
     /// The cgroup.procs files a process writes to join the sandbox's cgroup.
@@ -382,12 +500,19 @@ impl SandboxHandle {
     }
 
     /// Mounts a host directory read-only at `target` inside the live sandbox: a detached copy
-    /// of the directory's mount is made here and attached by the sandbox's init.
-    pub(crate) fn attach(&self, source: &Path, target: &str) -> Result<(), StartError> {
+    /// of the directory's mount is made here and attached by the sandbox's init, which first
+    /// makes the directory `target` with `create`.
+    pub(crate) fn attach(
+        &self,
+        source: &Path,
+        target: &str,
+        create: bool,
+    ) -> Result<(), StartError> {
         let tree = sys::open_tree_clone(source, false)?;
         sys::mount_tree_readonly(tree.as_raw_fd())?;
         let req = kindling_sandbox::control::ControlRequest::Mount {
             target: target.into(),
+            create,
         };
         self.control.send(&req, &[tree.as_raw_fd()])?;
         loop {
@@ -407,11 +532,28 @@ impl SandboxHandle {
         Ok(self.cgroup.set_limits(limits)?)
     }
 
-    /// Blocks until the init reports its root filesystem ready (or its setup failure).
-    pub(crate) fn wait_ready(&self) -> Result<(), StartError> {
+    /// Blocks until the init reports its root filesystem ready (or its setup failure); keeps
+    /// the namespace descriptors it exported and returns a pidfd of its first instance, if it
+    /// sent one.
+    pub(crate) fn wait_ready(&mut self) -> Result<Option<OwnedFd>, StartError> {
         loop {
             match self.control.recv::<ControlEvent>(false)? {
-                Some((ControlEvent::Ready { .. }, _)) => return Ok(()),
+                Some((
+                    ControlEvent::Ready {
+                        instance_pidfd,
+                        namespaces,
+                        ..
+                    },
+                    mut fds,
+                )) => {
+                    let pidfd = if instance_pidfd && !fds.is_empty() {
+                        Some(fds.remove(0))
+                    } else {
+                        None
+                    };
+                    self.namespaces = namespaces.into_iter().zip(fds).collect();
+                    return Ok(pidfd);
+                }
                 Some((ControlEvent::SetupFailed { message }, _)) => {
                     return Err(StartError::Io(std::io::Error::other(format!(
                         "sandbox setup failed: {message}"
@@ -677,10 +819,16 @@ impl Factory {
             gid: job.gid,
             max_open_files: self.max_open_files,
             stdio_to_socket: true,
-            privileged: false,
+            privilege: Privilege::Instance,
         };
-        let (handle, sock) =
-            self.create_sandbox(&id, mounts, job.network, true, &job.limits, Some(instance))?;
+        let (handle, sock) = self.create_sandbox(
+            &id,
+            mounts,
+            job.network,
+            Nesting::Host,
+            &job.limits,
+            Some(instance),
+        )?;
         let deadline = Instant::now() + job.timeout;
         let mut output = Vec::new();
         let mut timed_out = false;
@@ -714,7 +862,9 @@ impl Factory {
             let mut instance_pid = None;
             while let Ok(Some((event, _))) = handle.control.recv::<ControlEvent>(false) {
                 match event {
-                    ControlEvent::Ready { instance_pid: p } => instance_pid = p,
+                    ControlEvent::Ready {
+                        instance_pid: p, ..
+                    } => instance_pid = p,
                     ControlEvent::SetupFailed { message } => {
                         output.extend_from_slice(
                             format!("sandbox setup failed: {message}\n").as_bytes(),

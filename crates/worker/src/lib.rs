@@ -14,3 +14,15 @@ pub mod registry;
 pub mod runtime;
 pub mod storage;
 pub mod zygote;
+
+/// An error with its sources, `outer: inner: ...`, for logs and response bodies.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}

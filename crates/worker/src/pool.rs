@@ -311,7 +311,11 @@ impl Pool {
                 Some((i, forked))
             }
             Ok(Err(e)) => {
-                tracing::warn!(function = %function.name, "fork start failed, starting cold: {e}");
+                tracing::warn!(
+                    function = %function.name,
+                    "fork start failed, starting cold: {}",
+                    crate::error_chain(&e)
+                );
                 self.metrics.add("fork.fallback", 1);
                 None
             }

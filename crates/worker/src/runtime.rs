@@ -14,6 +14,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Where the package store's entries appear in sandboxes (only those of the sandbox's
+/// function or zygote).
+pub const SANDBOX_PACKAGES: &str = "/packages";
+
 /// The runtime's source.
 pub const SOURCE: &str = include_str!("../runtime/kindling_runtime.py");
 

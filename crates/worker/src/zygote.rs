@@ -1,13 +1,18 @@
 //! Zygotes: interpreters that have imported a set of packages and fork instances on request
 //! (SOCK's import cache), giving the `fork` start method.
 //!
-//! A zygote runs privileged in a sandbox of its own (no network, its own cgroup and limits, in
-//! the host's pid namespace so that it can enter its children's) and never runs user code. A
-//! zygote is identified by the exact package versions on its `sys.path`, so an instance only
-//! forks from a zygote whose every package is in its function's lock at the same version.
-//! Zygotes form a tree: a child is forked from its parent and imports the packages it adds.
-//! They are created on first need, paused (SIGSTOP) when idle, evicted under memory pressure,
-//! and recreated on next need after they die.
+//! A zygote runs package import-time code, which is as untrusted as function code, so it has
+//! no privilege on the host (docs/adr/0004): it lives in a sandbox of its own (no network, its
+//! own cgroup and limits) with a user namespace of its own, whose root it is, an unprivileged
+//! user on the host; it keeps only the capabilities forking needs, and those only over its own
+//! namespaces, under no_new_privs and a seccomp filter. The sandboxes it forks into are made
+//! within its user and pid namespaces, so it can enter them and nothing else. A zygote is
+//! identified by the exact package versions on its `sys.path`, so an instance only forks from a
+//! zygote whose every package is in its function's lock at the same version: the packages whose
+//! code the zygote ran are ones the function named. Zygotes form a tree: a child is forked from
+//! its parent into a sandbox with a user namespace below its parent's, and imports the packages
+//! it adds. They are created on first need, paused (SIGSTOP) when idle, evicted under memory
+//! pressure, and recreated on next need after they die.
 //!
 //! Forking a large interpreter costs milliseconds (page tables), and so does the child's way
 //! into its sandbox; a zygote that has started an instance therefore keeps `seeds` children
@@ -16,11 +21,13 @@
 //! request path.
 
 use crate::config::ZygoteConfig;
-use crate::instance::{Factory, FunctionLimits, Instance, SandboxHandle, StartError};
+use crate::instance::{
+    Factory, FunctionLimits, Instance, Nesting, SandboxHandle, SharedSandbox, StartError,
+};
 use crate::packages::Lock;
 use crate::registry::FunctionVersion;
 use kindling_sandbox::cgroup::Limits as CgroupLimits;
-use kindling_sandbox::spec::{InstanceSpec, MountSpec};
+use kindling_sandbox::spec::{InstanceSpec, MountSpec, Privilege};
 use kindling_sandbox::sys::{self, SocketKind};
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -86,10 +93,12 @@ pub struct Zygote {
     pub id: String,
     pub packages: PackageSet,
     pub parent: Option<Arc<Zygote>>,
+    /// Its pid on the host.
     pub pid: i32,
     pidfd: OwnedFd,
     channel: Mutex<UnixStream>,
-    sandbox: Mutex<Option<SandboxHandle>>,
+    /// Its sandbox, which outlives it while sandboxes made within it live.
+    sandbox: Arc<SharedSandbox>,
     last_used: Mutex<Instant>,
     paused: AtomicBool,
     dead: AtomicBool,
@@ -140,25 +149,16 @@ impl Zygote {
         false
     }
 
+    /// Kills the zygote process. Its sandbox goes when the last sandbox made within it does
+    /// (their pid namespaces lie inside its own).
     fn kill(&self) {
         self.dead.store(true, Ordering::SeqCst);
-        if let Some(s) = self
-            .sandbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            s.destroy();
-        }
+        let _ = sys::pidfd_kill(self.pidfd.as_raw_fd());
     }
 
     /// Memory charged to the zygote's cgroup.
     pub fn memory_usage(&self) -> Option<u64> {
-        self.sandbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()?
-            .memory_usage()
+        self.sandbox.memory_usage()
     }
 }
 
@@ -174,7 +174,7 @@ struct Seed {
     id: String,
     sandbox: SandboxHandle,
     channel: UnixStream,
-    /// The child's pid in the host's pid namespace.
+    /// The child's pid on the host, from the credentials of its `ready` frame.
     pid: i32,
     /// Whether its `ready` frame was read.
     ready: bool,
@@ -185,14 +185,15 @@ impl Seed {
     fn wait_ready(&mut self) -> Result<(), ForkError> {
         self.channel.set_read_timeout(Some(FORK_TIMEOUT))?;
         let mut frame = [0u8; 9];
-        let got = self.channel.read_exact(&mut frame);
+        let got = read_exact_with_pid(&self.channel, &mut frame);
         self.channel.set_read_timeout(None)?;
         match got {
-            Ok(()) if &frame == b"\0\0\0\x05ready" => {
+            Ok(pid) if &frame == b"\0\0\0\x05ready" => {
+                self.pid = pid;
                 self.ready = true;
                 Ok(())
             }
-            Ok(()) => Err(ForkError::Zygote(
+            Ok(_) => Err(ForkError::Zygote(
                 "forked child sent a malformed ready frame".into(),
             )),
             Err(e) => Err(ForkError::Zygote(format!(
@@ -205,11 +206,43 @@ impl Seed {
     }
 }
 
+/// Fills `buf` from a socket with `SO_PASSCRED` set; returns the sender's pid on the host (the
+/// credentials of the first bytes).
+fn read_exact_with_pid(chan: &UnixStream, buf: &mut [u8]) -> std::io::Result<i32> {
+    let mut pid = None;
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::recv_with_credentials(chan.as_raw_fd(), &mut buf[got..])? {
+            None => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Some((n, sender)) => {
+                got += n;
+                pid = pid.or(sender);
+            }
+        }
+    }
+    pid.ok_or_else(|| std::io::Error::other("the forked child's credentials are missing"))
+}
+
 /// Reads one length-prefixed JSON frame.
 fn read_frame(chan: &mut UnixStream, timeout: Duration) -> Result<serde_json::Value, ForkError> {
+    read_frame_after(chan, timeout, None)
+}
+
+/// Reads one length-prefixed JSON frame whose 4-byte head may have been read already.
+fn read_frame_after(
+    chan: &mut UnixStream,
+    timeout: Duration,
+    head: Option<[u8; 4]>,
+) -> Result<serde_json::Value, ForkError> {
     chan.set_read_timeout(Some(timeout))?;
-    let mut head = [0u8; 4];
-    chan.read_exact(&mut head)?;
+    let head = match head {
+        Some(h) => h,
+        None => {
+            let mut h = [0u8; 4];
+            chan.read_exact(&mut h)?;
+            h
+        }
+    };
     let n = u32::from_be_bytes(head) as usize;
     if n > 1 << 20 {
         return Err(ForkError::Zygote("oversized reply".into()));
@@ -230,8 +263,9 @@ pub struct Zygotes {
     max_open_files: u64,
     uid: u32,
     gid: u32,
-    /// Clean sandboxes created ahead of fork starts (ids and handles).
-    pool: Mutex<Vec<(String, SandboxHandle)>>,
+    /// Clean sandboxes created ahead of fork starts within a zygote's namespaces, by the
+    /// zygote's id (useless to any other zygote, even one with the same packages).
+    pool: Mutex<HashMap<String, Vec<(String, SandboxHandle)>>>,
     /// Seeds by the package set of the zygote they were forked from.
     seeds: Mutex<HashMap<PackageSet, Vec<Seed>>>,
     /// What seeds write ahead of need, by zygote package set.
@@ -241,6 +275,9 @@ pub struct Zygotes {
     refilling: Mutex<()>,
     refills_pending: AtomicUsize,
     stopping: AtomicBool,
+    /// Zygote sandboxes that exist: a zygote's, or one kept after its zygote died for the
+    /// sandboxes made within it.
+    sandboxes: Arc<AtomicUsize>,
 }
 
 impl Zygotes {
@@ -265,13 +302,14 @@ impl Zygotes {
             max_open_files,
             uid,
             gid,
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(HashMap::new()),
             seeds: Mutex::new(HashMap::new()),
             working_sets: Mutex::new(HashMap::new()),
             pool_tmp_mb,
             refilling: Mutex::new(()),
             refills_pending: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            sandboxes: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -342,39 +380,53 @@ impl Zygotes {
     }
 
     fn live(&self, set: &PackageSet) -> Option<Arc<Zygote>> {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        match nodes.get(set) {
-            Some(z) if z.is_dead() => {
-                nodes.remove(set);
-                None
+        let dead = {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            match nodes.get(set) {
+                Some(z) if z.is_dead() => nodes.remove(set),
+                Some(z) => return Some(z.clone()),
+                None => return None,
             }
-            Some(z) => Some(z.clone()),
-            None => None,
+        };
+        if let Some(z) = dead {
+            self.drop_pooled(&z);
         }
+        None
     }
 
     /// Forgets a zygote that failed; the next need recreates it.
     pub fn discard(&self, z: &Arc<Zygote>) {
         z.dead.store(true, Ordering::SeqCst);
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        if nodes.get(&z.packages).is_some_and(|n| Arc::ptr_eq(n, z)) {
-            nodes.remove(&z.packages);
+        {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            if nodes.get(&z.packages).is_some_and(|n| Arc::ptr_eq(n, z)) {
+                nodes.remove(&z.packages);
+            }
+        }
+        self.drop_pooled(z);
+    }
+
+    /// Destroys the pooled sandboxes made within `z`'s namespaces.
+    fn drop_pooled(&self, z: &Zygote) {
+        let dropped = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&z.id);
+        for (_, sandbox) in dropped.into_iter().flatten() {
+            sandbox.destroy();
         }
     }
 
-    /// The mounts of a zygote's sandbox: runtime, package store, /tmp, /proc, /dev.
-    fn mounts(&self) -> Vec<MountSpec> {
+    /// The mounts of a zygote's sandbox: runtime, its packages, /tmp, /proc, /dev.
+    fn mounts(&self, set: &PackageSet) -> Vec<MountSpec> {
         vec![
             MountSpec::Bind {
                 source: self.factory.runtime_dir.clone(),
                 target: "/kindling".into(),
                 writable: false,
             },
-            MountSpec::Bind {
-                source: self.factory.packages_dir.clone(),
-                target: "/packages".into(),
-                writable: false,
-            },
+            self.factory.packages_mount(set.iter().cloned()),
             MountSpec::Tmpfs {
                 target: "/tmp".into(),
                 size_bytes: 16 << 20,
@@ -430,7 +482,7 @@ impl Zygotes {
             .filter(|k| has_pth(&self.factory.packages_dir.join(k).join("files")))
             .map(|k| format!("/packages/{k}/files"))
             .collect();
-        let (sandbox, channel, ready) = match &parent {
+        let (sandbox, channel, pid) = match &parent {
             None => {
                 let spec = InstanceSpec {
                     argv: vec![
@@ -442,43 +494,54 @@ impl Zygotes {
                     ],
                     env: zygote_env(&paths, &sites, &modules),
                     cwd: "/".into(),
+                    // The root of the zygote's own user namespace.
                     uid: 0,
                     gid: 0,
                     max_open_files: self.max_open_files,
                     stdio_to_socket: false,
-                    privileged: true,
+                    privilege: Privilege::Zygote,
                 };
-                let (sandbox, sock) = self.factory.create_sandbox(
+                let (mut sandbox, sock) = self.factory.create_sandbox(
                     &id,
-                    self.mounts(),
+                    self.mounts(set),
                     false,
-                    false,
+                    Nesting::Zygote,
                     &self.cgroup_limits(),
                     Some(spec),
                 )?;
-                let sock = sock.ok_or_else(|| ForkError::NotReady("no zygote socket".into()))?;
-                let mut chan = UnixStream::from(sock);
-                let ready = read_frame(&mut chan, READY_TIMEOUT).map_err(|e| {
-                    ForkError::NotReady(format!(
-                        "{e}; {}",
-                        sandbox.setup_error().unwrap_or_default()
-                    ))
-                });
-                let ready = match ready {
-                    Ok(r) => r,
+                let started = sandbox
+                    .wait_ready()
+                    .map_err(ForkError::from)
+                    .and_then(|pidfd| {
+                        let pidfd =
+                            pidfd.ok_or_else(|| ForkError::NotReady("no zygote pidfd".into()))?;
+                        let pid = sys::pidfd_pid(pidfd.as_raw_fd())?
+                            .ok_or_else(|| ForkError::NotReady("the zygote exited".into()))?;
+                        let sock =
+                            sock.ok_or_else(|| ForkError::NotReady("no zygote socket".into()))?;
+                        let mut chan = UnixStream::from(sock);
+                        let ready = read_frame(&mut chan, READY_TIMEOUT).map_err(|e| {
+                            ForkError::NotReady(format!(
+                                "{e}; {}",
+                                sandbox.setup_error().unwrap_or_default()
+                            ))
+                        })?;
+                        Ok((chan, ready, pid))
+                    });
+                match started {
+                    Ok((chan, ready, pid)) => (sandbox, chan, (ready, pid)),
                     Err(e) => {
                         sandbox.destroy();
                         return Err(e);
                     }
-                };
-                (sandbox, chan, ready)
+                }
             }
             Some(p) => {
-                let (sandbox, _) = self.factory.create_sandbox(
+                let (mut sandbox, _) = self.factory.create_sandbox(
                     &id,
-                    self.mounts(),
+                    self.mounts(set),
                     false,
-                    false,
+                    Nesting::Within(&p.sandbox),
                     &self.cgroup_limits(),
                     None,
                 )?;
@@ -486,31 +549,28 @@ impl Zygotes {
                     sandbox.destroy();
                     return Err(e.into());
                 }
-                let (ours, theirs) = sys::socketpair(SocketKind::Stream)?;
-                let procs = open_procs(&sandbox.cgroup_procs())?;
-                let mut fds = vec![sandbox.pidfd_raw(), theirs.as_raw_fd()];
-                fds.extend(procs.iter().map(|f| f.as_raw_fd()));
                 let req = serde_json::json!({
                     "op": "fork", "kind": "zygote", "sandbox": id,
                     "paths": paths, "sites": sites, "modules": modules,
                     "submodules": submodules,
                 });
-                if let Err(e) = p.call(&req, &fds) {
-                    sandbox.destroy();
-                    return Err(e);
-                }
-                drop(theirs);
-                let mut chan = UnixStream::from(ours);
-                match read_frame(&mut chan, READY_TIMEOUT) {
-                    Ok(r) => (sandbox, chan, r),
+                let forked = self.fork_request(p, &sandbox, &req).and_then(|mut chan| {
+                    let mut head = [0u8; 4];
+                    let pid = read_exact_with_pid(&chan, &mut head)?;
+                    let ready = read_frame_after(&mut chan, READY_TIMEOUT, Some(head))
+                        .map_err(|e| ForkError::NotReady(e.to_string()))?;
+                    Ok((chan, ready, pid))
+                });
+                match forked {
+                    Ok((chan, ready, pid)) => (sandbox, chan, (ready, pid)),
                     Err(e) => {
                         sandbox.destroy();
-                        return Err(ForkError::NotReady(e.to_string()));
+                        return Err(e);
                     }
                 }
             }
         };
-        let pid = ready["pid"].as_i64().unwrap_or(0) as i32;
+        let (ready, pid) = pid;
         let failed_imports: Vec<String> = ready["failed"]
             .as_array()
             .map(|a| {
@@ -536,7 +596,7 @@ impl Zygotes {
             pid,
             pidfd,
             channel: Mutex::new(channel),
-            sandbox: Mutex::new(Some(sandbox)),
+            sandbox: SharedSandbox::new(sandbox, &self.sandboxes),
             last_used: Mutex::new(Instant::now()),
             paused: AtomicBool::new(false),
             dead: AtomicBool::new(false),
@@ -546,10 +606,32 @@ impl Zygotes {
         })
     }
 
+    /// Asks `zygote` to fork a child into `sandbox` (made within the zygote's namespaces, its
+    /// root complete): the child gets the sandbox's namespaces and cgroup and the returned
+    /// socket's other end, which carries its credentials (so its host pid) with every frame.
+    fn fork_request(
+        &self,
+        zygote: &Zygote,
+        sandbox: &SandboxHandle,
+        req: &serde_json::Value,
+    ) -> Result<UnixStream, ForkError> {
+        let namespaces = sandbox
+            .namespace_fds(&["pid", "mnt", "ipc", "uts", "net"])
+            .ok_or_else(|| ForkError::NotReady("the sandbox exported no namespaces".into()))?;
+        let (ours, theirs) = sys::socketpair(SocketKind::Stream)?;
+        sys::set_passcred(ours.as_raw_fd())?;
+        let procs = open_procs(&sandbox.cgroup_procs())?;
+        let mut fds = vec![theirs.as_raw_fd()];
+        fds.extend(namespaces);
+        fds.extend(procs.iter().map(|f| f.as_raw_fd()));
+        zygote.call(req, &fds)?;
+        Ok(UnixStream::from(ours))
+    }
+
     /// Fork start: an instance of `function` forked from `zygote`. A seed of the zygote (a
     /// child forked ahead of need, waiting in a clean sandbox) becomes the instance when there is
     /// one and the function's mounts allow; else a child is forked now, into a clean pooled
-    /// sandbox or one created for the function. Says whether a seed was used.
+    /// sandbox of the zygote or one created for the function. Says whether a seed was used.
     pub fn fork_start(
         &self,
         zygote: &Zygote,
@@ -565,23 +647,26 @@ impl Zygotes {
         let clean = self.fits_clean_sandbox(limits);
         if clean {
             while let Some(seed) = self.take_seed(&zygote.packages) {
-                let pid = seed.pid;
-                match self.assign(seed, function, limits, true) {
-                    Ok(i) => return Ok((i, forked(pid, true))),
+                match self.assign(seed, &zygote.packages, function, limits, true) {
+                    Ok((i, pid)) => return Ok((i, forked(pid, true))),
                     Err(e) => tracing::warn!(function = %function.name, "seed unusable: {e}"),
                 }
             }
         }
-        let pooled = if clean { self.take_pooled() } else { None };
-        let (id, sandbox) = match pooled {
-            Some(p) => p,
+        let pooled = if clean {
+            self.take_pooled(zygote)
+        } else {
+            None
+        };
+        let (id, sandbox, clean) = match pooled {
+            Some((id, sandbox)) => (id, sandbox, true),
             None => {
                 let id = self.factory.next_id();
-                let (sandbox, _) = self.factory.create_sandbox(
+                let (mut sandbox, _) = self.factory.create_sandbox(
                     &id,
                     self.factory.function_mounts(function, limits),
                     limits.network,
-                    true,
+                    Nesting::Within(&zygote.sandbox),
                     &limits.cgroup(),
                     None,
                 )?;
@@ -590,20 +675,12 @@ impl Zygotes {
                     sandbox.destroy();
                     return Err(e.into());
                 }
-                let child = self.fork_into(zygote, id, sandbox, &[])?;
-                let pid = child.pid;
-                return Ok((
-                    self.assign(child, function, limits, false)?,
-                    forked(pid, false),
-                ));
+                (id, sandbox, false)
             }
         };
         let child = self.fork_into(zygote, id, sandbox, &[])?;
-        let pid = child.pid;
-        Ok((
-            self.assign(child, function, limits, true)?,
-            forked(pid, false),
-        ))
+        let (instance, pid) = self.assign(child, &zygote.packages, function, limits, clean)?;
+        Ok((instance, forked(pid, false)))
     }
 
     /// Learns from a forked instance that has served its first invocation: which submodules of
@@ -711,9 +788,9 @@ impl Zygotes {
         !limits.network && limits.tmp_mb == self.pool_tmp_mb
     }
 
-    /// Forks a child of `zygote` into `sandbox`, where it enters the sandbox's cgroup and
-    /// namespaces, drops every privilege and waits for its function. Destroys the sandbox on
-    /// failure.
+    /// Forks a child of `zygote` into `sandbox` (made within the zygote's namespaces), where it
+    /// enters the sandbox's cgroup and namespaces, drops every privilege and waits for its
+    /// function. Destroys the sandbox on failure.
     fn fork_into(
         &self,
         zygote: &Zygote,
@@ -721,29 +798,22 @@ impl Zygotes {
         sandbox: SandboxHandle,
         write_ahead: &[(u64, u64)],
     ) -> Result<Seed, ForkError> {
-        let result = (|| {
-            let (ours, theirs) = sys::socketpair(SocketKind::Stream)?;
-            let procs = open_procs(&sandbox.cgroup_procs())?;
-            let mut fds = vec![sandbox.pidfd_raw(), theirs.as_raw_fd()];
-            fds.extend(procs.iter().map(|f| f.as_raw_fd()));
-            let req = serde_json::json!({
-                "op": "fork", "kind": "instance", "sandbox": id,
-                "uid": self.uid, "gid": self.gid, "nofile": self.max_open_files,
-                "seccomp": self.seccomp_hex, "write_ahead": write_ahead,
-            });
-            let reply = zygote.call(&req, &fds)?;
-            zygote.forks.fetch_add(1, Ordering::Relaxed);
-            let pid = reply["pid"].as_i64().unwrap_or(0) as i32;
-            Ok::<_, ForkError>((UnixStream::from(ours), pid))
-        })();
-        match result {
-            Ok((channel, pid)) => Ok(Seed {
-                id,
-                sandbox,
-                channel,
-                pid,
-                ready: false,
-            }),
+        let req = serde_json::json!({
+            "op": "fork", "kind": "instance", "sandbox": id,
+            "uid": self.uid, "gid": self.gid, "nofile": self.max_open_files,
+            "seccomp": self.seccomp_hex, "write_ahead": write_ahead,
+        });
+        match self.fork_request(zygote, &sandbox, &req) {
+            Ok(channel) => {
+                zygote.forks.fetch_add(1, Ordering::Relaxed);
+                Ok(Seed {
+                    id,
+                    sandbox,
+                    channel,
+                    pid: 0,
+                    ready: false,
+                })
+            }
             Err(e) => {
                 sandbox.destroy();
                 Err(e)
@@ -751,21 +821,32 @@ impl Zygotes {
         }
     }
 
-    /// Makes a forked child an instance of `function`: sets the sandbox's limits and attaches
-    /// the function's code (a clean sandbox), waits for the child's setup, then sends it the
-    /// function's environment, upon which it imports the handler. Destroys the sandbox on
-    /// failure.
+    /// Makes a forked child of the zygote holding `set` an instance of `function`: in a clean
+    /// sandbox, sets its limits and attaches the function's code and the packages of its
+    /// closure the zygote lacks; waits for the child's setup, then sends it the function's
+    /// environment, upon which it imports the handler. Returns the instance and the child's
+    /// host pid. Destroys the sandbox on failure.
     fn assign(
         &self,
         mut seed: Seed,
+        set: &PackageSet,
         function: &Arc<FunctionVersion>,
         limits: &FunctionLimits,
         clean: bool,
-    ) -> Result<Instance, ForkError> {
+    ) -> Result<(Instance, i32), ForkError> {
         let result = (|| {
             if clean {
                 seed.sandbox.set_limits(&limits.cgroup())?;
-                seed.sandbox.attach(&function.dir, "/handler")?;
+                seed.sandbox.attach(&function.dir, "/handler", false)?;
+                for key in function.lock.packages.iter().map(|p| p.key()) {
+                    if !set.contains(&key) {
+                        seed.sandbox.attach(
+                            &self.factory.packages_dir.join(&key),
+                            &format!("{}/{key}", crate::runtime::SANDBOX_PACKAGES),
+                            true,
+                        )?;
+                    }
+                }
             }
             if !seed.ready {
                 seed.wait_ready()?;
@@ -788,15 +869,11 @@ impl Zygotes {
                     id,
                     sandbox,
                     channel,
+                    pid,
                     ..
                 } = seed;
-                Ok(Instance::new(
-                    id,
-                    function,
-                    limits,
-                    sandbox,
-                    channel.into(),
-                )?)
+                let instance = Instance::new(id, function, limits, sandbox, channel.into())?;
+                Ok((instance, pid))
             }
             Err(e) => {
                 seed.sandbox.destroy();
@@ -805,9 +882,15 @@ impl Zygotes {
         }
     }
 
-    /// A clean sandbox from the pool.
-    fn take_pooled(&self) -> Option<(String, SandboxHandle)> {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    /// A clean sandbox made within `zygote`'s namespaces, from the pool.
+    fn take_pooled(&self, zygote: &Zygote) -> Option<(String, SandboxHandle)> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let list = pool.get_mut(&zygote.id)?;
+        let sandbox = list.pop();
+        if list.is_empty() {
+            pool.remove(&zygote.id);
+        }
+        sandbox
     }
 
     /// A seed of the zygote holding `set`.
@@ -870,7 +953,8 @@ impl Zygotes {
     }
 
     /// Forks seeds for the zygotes that start instances, then tops the pool of clean sandboxes
-    /// up to `sandbox_pool` (blocking; run off the request path).
+    /// up to `sandbox_pool`, spread over the zygotes that start instances (blocking; run off
+    /// the request path).
     pub fn refill(&self) {
         // One refiller at a time; others find the work being done and leave.
         let Ok(_refilling) = self.refilling.try_lock() else {
@@ -881,9 +965,9 @@ impl Zygotes {
                 return;
             }
             if let Some(z) = self.short_of_seeds() {
-                let clean = match self.take_pooled() {
+                let clean = match self.take_pooled(&z) {
                     Some(p) => Ok(p),
-                    None => self.create_clean(),
+                    None => self.create_clean(&z),
                 };
                 let write_ahead = self.write_ahead(&z.packages);
                 let seeded = clean
@@ -913,33 +997,58 @@ impl Zygotes {
                 }
                 continue;
             }
-            if self.pool.lock().unwrap_or_else(|p| p.into_inner()).len() >= self.config.sandbox_pool
-            {
+            let Some(z) = self.short_of_spares() else {
                 return;
-            }
-            match self.create_clean() {
-                Ok(p) => self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(p),
+            };
+            match self.create_clean(&z) {
+                Ok(p) => self
+                    .pool
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(z.id.clone())
+                    .or_default()
+                    .push(p),
                 Err(e) => {
-                    tracing::warn!("cannot pre-create a sandbox: {e}");
+                    tracing::warn!(zygote = %z.id, "cannot pre-create a sandbox: {e}");
                     return;
                 }
             }
         }
     }
 
-    /// A clean sandbox: a function's mounts without its code, its root complete.
-    fn create_clean(&self) -> Result<(String, SandboxHandle), ForkError> {
+    /// The live zygote that starts instances and should get the next pooled sandbox (the
+    /// fewest, then the most recently used), while the pool is below `sandbox_pool`.
+    fn short_of_spares(&self) -> Option<Arc<Zygote>> {
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.values().map(Vec::len).sum::<usize>() >= self.config.sandbox_pool {
+            return None;
+        }
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|z| z.serves_instances.load(Ordering::SeqCst) && !z.is_dead())
+            .min_by_key(|z| {
+                let last = *z.last_used.lock().unwrap_or_else(|p| p.into_inner());
+                (pool.get(&z.id).map_or(0, Vec::len), std::cmp::Reverse(last))
+            })
+            .cloned()
+    }
+
+    /// A clean sandbox within `zygote`'s namespaces: a function's mounts with the zygote's
+    /// packages and without its code, its root complete.
+    fn create_clean(&self, zygote: &Zygote) -> Result<(String, SandboxHandle), ForkError> {
         let id = self.factory.next_id();
-        let (sandbox, _) = self.factory.create_sandbox(
+        let (mut sandbox, _) = self.factory.create_sandbox(
             &id,
-            self.pool_mounts(),
+            self.pool_mounts(&zygote.packages),
             false,
-            true,
+            Nesting::Within(&zygote.sandbox),
             &self.cgroup_limits(),
             None,
         )?;
         match sandbox.wait_ready() {
-            Ok(()) => Ok((id, sandbox)),
+            Ok(_) => Ok((id, sandbox)),
             Err(e) => {
                 sandbox.destroy();
                 Err(e.into())
@@ -947,9 +1056,10 @@ impl Zygotes {
         }
     }
 
-    /// Pooled sandboxes: a function's mounts without its code (attached on use).
-    fn pool_mounts(&self) -> Vec<MountSpec> {
-        let mut mounts = self.mounts();
+    /// Pooled sandboxes: a function's mounts without its code (attached on use), with the
+    /// zygote's packages (the function's others are attached on use too).
+    fn pool_mounts(&self, set: &PackageSet) -> Vec<MountSpec> {
+        let mut mounts = self.mounts(set);
         for m in &mut mounts {
             if let MountSpec::Tmpfs { size_bytes, .. } = m {
                 *size_bytes = self.pool_tmp_mb << 20;
@@ -962,7 +1072,12 @@ impl Zygotes {
 
     /// Sandboxes waiting in the pool.
     pub fn pooled(&self) -> usize {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     /// Seeds waiting to become instances.
@@ -1018,6 +1133,12 @@ impl Zygotes {
         }
     }
 
+    /// Zygote sandboxes that exist, including those kept after their zygote died because
+    /// sandboxes made within them (forked instances, seeds) still live.
+    pub fn sandboxes(&self) -> usize {
+        self.sandboxes.load(Ordering::SeqCst)
+    }
+
     /// Zygotes alive now (each has a sandbox of its own).
     pub fn count(&self) -> usize {
         self.nodes
@@ -1062,7 +1183,8 @@ impl Zygotes {
             .pool
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
+            .drain()
+            .flat_map(|(_, list)| list)
             .collect();
         for (_, s) in pooled {
             s.destroy();

@@ -251,7 +251,7 @@ impl Worker {
     pub fn live_sandboxes(&self) -> u64 {
         let s = self.stats();
         s["sandboxes.live"].as_u64().unwrap_or(u64::MAX)
-            + s["zygotes.live"].as_u64().unwrap_or(0)
+            + s["sandboxes.zygote"].as_u64().unwrap_or(0)
             + s["sandboxes.pooled"].as_u64().unwrap_or(0)
             + s["sandboxes.seeded"].as_u64().unwrap_or(0)
     }

@@ -626,9 +626,26 @@ fn assert_instance_layout(w: &Worker, name: &str, package: &str) {
     let code = std::path::PathBuf::from(bind("/handler"));
     assert!(code.starts_with(w.root.path().join("functions").join(name)));
     assert!(code.join("f.py").is_file(), "no f.py in {}", code.display());
+    // Only the function's closure of the store is mounted at /packages.
+    let store = layout["mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["kind"] == "packages" && m["target"] == "/packages")
+        .unwrap_or_else(|| panic!("no packages mount: {layout}"));
     assert_eq!(
-        std::path::PathBuf::from(bind("/packages")),
-        w.root.path().join("packages")
+        store["store"].as_str().map(std::path::PathBuf::from),
+        Some(w.root.path().join("packages"))
+    );
+    let keys: Vec<&str> = store["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter_map(|k| k.as_str())
+        .collect();
+    assert!(
+        keys.iter().any(|k| k.starts_with(&format!("{package}=="))),
+        "{keys:?}"
     );
     assert!(std::path::Path::new(&bind("/kindling"))
         .join("kindling_runtime.py")

@@ -1035,7 +1035,12 @@ fn killed_zygote_is_replaced() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // The dead zygote's sandbox is gone: no cgroup beyond the live sandboxes.
+    // The dead zygote's sandbox stays while instances forked from it live (their pid
+    // namespaces lie inside its own); once they are gone, so is it.
+    for name in ["hello", "sleepy"] {
+        let r = w.request("DELETE", &format!("/registry/{name}"), &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
     w.assert_sandbox_gone(&zid, &[]);
     seen.extend(worker_processes(&w));
     finish(w, seen);
