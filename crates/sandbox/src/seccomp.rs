@@ -5,15 +5,14 @@
 //! BPF, io_uring, ...) fail with `EPERM`; a foreign architecture or x32 call kills the process.
 //! `clone` is allowed only without namespace flags, and `clone3` reports `ENOSYS`, which makes
 //! the C library fall back to `clone`, whose flags the filter can inspect. Sockets are limited
-//! to the families functions need: Unix, IPv4, IPv6 and, for instances, route netlink (which
-//! the C library's `getaddrinfo` uses); anything else (AF_VSOCK, which is not namespaced;
-//! packet, other netlink families, ...) fails with `EAFNOSUPPORT`.
+//! to the families functions need: Unix, IPv4, IPv6 and route netlink (which the C library's
+//! `getaddrinfo` uses); anything else (AF_VSOCK, which is not namespaced; packet, other netlink
+//! families, ...) fails with `EAFNOSUPPORT`.
 //!
 //! A zygote runs package import-time code, so it gets the same filter, except that it may call
-//! `setns` (to place its children into their sandboxes) and may not open netlink sockets at
-//! all (it holds CAP_NET_ADMIN over nothing, but keeps no reason to talk to the kernel's
-//! network configuration). Its children install the instance filter on top before running
-//! function code; stacked filters only ever narrow.
+//! `setns` (to place its children into their sandboxes). Its children install the instance
+//! filter on top before running function code; stacked filters only ever narrow, so the two
+//! must agree on everything else.
 
 /// Host architecture as seen in `seccomp_data.arch`.
 #[cfg(target_arch = "x86_64")]
@@ -145,25 +144,20 @@ pub fn zygote_filter() -> Vec<libc::sock_filter> {
 /// The socket rules: `socket(2)` of an allowed family passes, anything else fails with
 /// EAFNOSUPPORT; `socketpair(2)` only for AF_UNIX. Expects the system call number in the
 /// accumulator and leaves it there for calls it does not handle.
-fn socket_rules(profile: Profile) -> Vec<libc::sock_filter> {
+fn socket_rules() -> Vec<libc::sock_filter> {
     let allow = stmt(BPF_RET_K, RET_ALLOW);
     let refuse = stmt(BPF_RET_K, RET_ERRNO | libc::EAFNOSUPPORT as u32);
     let family = |f: libc::c_int| f as u32;
     let mut socket = vec![
         stmt(BPF_LD_W_ABS, OFF_ARG0_LO),
-        // Offsets count to the `allow` below (5 instructions on for the instance profile).
         jump(BPF_JMP_JEQ_K, family(libc::AF_UNIX), 0, 0),
         jump(BPF_JMP_JEQ_K, family(libc::AF_INET), 0, 0),
         jump(BPF_JMP_JEQ_K, family(libc::AF_INET6), 0, 0),
     ];
-    if profile == Profile::Instance {
-        // AF_NETLINK: only NETLINK_ROUTE (protocol 0, the third argument).
-        socket.push(jump(BPF_JMP_JEQ_K, family(libc::AF_NETLINK), 0, 3));
-        socket.push(stmt(BPF_LD_W_ABS, OFF_ARG2_LO));
-        socket.push(jump(BPF_JMP_JEQ_K, libc::NETLINK_ROUTE as u32, 0, 1));
-    } else {
-        socket.push(jump(BPF_JMP_JEQ_K, u32::MAX, 0, 1)); // never true: on to `refuse`
-    }
+    // AF_NETLINK: only NETLINK_ROUTE (protocol 0, the third argument).
+    socket.push(jump(BPF_JMP_JEQ_K, family(libc::AF_NETLINK), 0, 3));
+    socket.push(stmt(BPF_LD_W_ABS, OFF_ARG2_LO));
+    socket.push(jump(BPF_JMP_JEQ_K, libc::NETLINK_ROUTE as u32, 0, 1));
     let allow_at = socket.len();
     // Point the family matches at `allow`.
     for (i, ins) in socket.iter_mut().enumerate().skip(1).take(3) {
@@ -211,7 +205,7 @@ fn filter(profile: Profile) -> Vec<libc::sock_filter> {
     prog.push(stmt(BPF_RET_K, RET_ALLOW));
     prog.push(jump(BPF_JMP_JEQ_K, libc::SYS_clone3 as u32, 0, 1));
     prog.push(stmt(BPF_RET_K, enosys));
-    prog.extend(socket_rules(profile));
+    prog.extend(socket_rules());
     for &nr in DENIED {
         if profile == Profile::Zygote && nr == libc::SYS_setns {
             continue;
@@ -310,7 +304,7 @@ mod tests {
         if socket_result(libc::AF_UNIX, libc::SOCK_STREAM, 0) != 0 {
             return 10;
         }
-        if socket_result(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) != 1 {
+        if socket_result(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_AUDIT) != 1 {
             return 11;
         }
         if socket_result(libc::AF_VSOCK, libc::SOCK_STREAM, 0) != 1 {
