@@ -179,11 +179,8 @@ impl Registry {
             archive::extract(tar_gz, &tmp, &self.limits)?;
             let hash = archive::tree_hash(&tmp).map_err(io_at(&tmp))?;
             let version = load_version(name, &hash, &tmp)?;
-            let requirements = match std::fs::read_to_string(tmp.join("requirements.txt")) {
-                Ok(t) => Some(t),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_at(&tmp)(e)),
-            };
+            let requirements = crate::packages::read_requirements(&tmp.join("requirements.txt"))
+                .map_err(io_at(&tmp))?;
             Ok::<_, RegistryError>((version, requirements))
         })();
         match staged {
