@@ -153,6 +153,16 @@ pub enum ArchiveError {
 /// execute bit was set in the archive, 0755; symlinks stay symlinks and point inside `dest`;
 /// hard links become copies.
 pub fn extract(tar_gz: &[u8], dest: &Path, limits: &ArchiveLimits) -> Result<(), ArchiveError> {
+    extract_within(tar_gz, dest, limits, MAX_REMEMBERED_PATH_BYTES)
+}
+
+/// [`extract`] remembering at most `path_budget` bytes of entry paths.
+fn extract_within(
+    tar_gz: &[u8],
+    dest: &Path,
+    limits: &ArchiveLimits,
+    path_budget: usize,
+) -> Result<(), ArchiveError> {
     if !tar_gz.starts_with(&GZIP_MAGIC) {
         return Err(ArchiveError::NotGzip);
     }
@@ -190,6 +200,7 @@ pub fn extract(tar_gz: &[u8], dest: &Path, limits: &ArchiveLimits) -> Result<(),
         files: HashSet::new(),
         symlinks: HashSet::new(),
         remembered_bytes: 0,
+        path_budget,
         current: String::new(),
         pending: None,
     };
@@ -260,8 +271,9 @@ struct Extractor<'a> {
     files: HashSet<PathBuf>,
     /// Symlinks: no later entry may go through one.
     symlinks: HashSet<PathBuf>,
-    /// Bytes of the paths held in `dirs`, `files` and `symlinks`.
+    /// Bytes of the paths held in `dirs`, `files` and `symlinks`, and their bound.
     remembered_bytes: usize,
+    path_budget: usize,
     /// Name of the entry being extracted (for errors about limits), cut short.
     current: String,
     /// Long names and pax overrides read for the next entry.
@@ -380,12 +392,12 @@ impl Extractor<'_> {
         }
     }
 
-    /// Counts a path about to be remembered against [`MAX_REMEMBERED_PATH_BYTES`].
+    /// Counts a path about to be remembered against the budget.
     fn remember(&mut self, rel: &Path) -> Result<(), ArchiveError> {
         self.remembered_bytes += rel.as_os_str().len();
-        if self.remembered_bytes > MAX_REMEMBERED_PATH_BYTES {
+        if self.remembered_bytes > self.path_budget {
             return Err(ArchiveError::NamesTooLarge {
-                limit: MAX_REMEMBERED_PATH_BYTES,
+                limit: self.path_budget,
             });
         }
         Ok(())
@@ -1160,7 +1172,8 @@ mod tests {
 
     #[test]
     fn long_names_up_to_path_max_still_work() {
-        let deep = format!("{}/f.py", ["d"; 2000].join("/"));
+        let component = "d".repeat(50);
+        let deep = format!("{}/f.py", vec![component.as_str(); 80].join("/"));
         assert!(deep.len() > 4000 && deep.len() <= PATH_MAX);
         let mut builder = tar::Builder::new(Vec::new());
         let mut header = Header::new_gnu();
@@ -1169,9 +1182,15 @@ mod tests {
         builder.append_data(&mut header, &deep, &b"ok"[..]).unwrap();
         let sandbox = Sandbox::new();
         sandbox
-            .extract(&gzip(&builder.into_inner().unwrap()), &ArchiveLimits::default())
+            .extract(
+                &gzip(&builder.into_inner().unwrap()),
+                &ArchiveLimits::default(),
+            )
             .unwrap();
-        assert_eq!(fs::read_to_string(sandbox.dest().join(&deep)).unwrap(), "ok");
+        assert_eq!(
+            fs::read_to_string(sandbox.dest().join(&deep)).unwrap(),
+            "ok"
+        );
     }
 
     #[test]
@@ -1183,10 +1202,15 @@ mod tests {
         let mut header = Header::new_ustar();
         header.set_mode(0o644);
         header.set_size(3);
-        builder.append_data(&mut header, "short", &b"pax"[..]).unwrap();
+        builder
+            .append_data(&mut header, "short", &b"pax"[..])
+            .unwrap();
         let sandbox = Sandbox::new();
         sandbox
-            .extract(&gzip(&builder.into_inner().unwrap()), &ArchiveLimits::default())
+            .extract(
+                &gzip(&builder.into_inner().unwrap()),
+                &ArchiveLimits::default(),
+            )
             .unwrap();
         assert_eq!(
             fs::read_to_string(sandbox.dest().join("from-pax.txt")).unwrap(),
@@ -1195,9 +1219,20 @@ mod tests {
 
         let long = vec![b'p'; PATH_MAX + 1];
         let mut builder = tar::Builder::new(Vec::new());
-        builder.append_pax_extensions([("path", &long[..])]).unwrap();
+        builder
+            .append_pax_extensions([("path", &long[..])])
+            .unwrap();
         let err = rejected(&gzip(&builder.into_inner().unwrap()));
-        assert!(matches!(err, ArchiveError::NameTooLong { what: "pax path", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ArchiveError::NameTooLong {
+                    what: "pax path",
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         // A pax header declaring 600 MB: refused from its header.
         let mut header = Header::new_ustar();
@@ -1205,11 +1240,22 @@ mod tests {
         header.set_size(600 << 20);
         header.set_cksum();
         let err = rejected(&gzip(header.as_bytes()));
-        assert!(matches!(err, ArchiveError::NameTooLong { what: "pax header", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ArchiveError::NameTooLong {
+                    what: "pax header",
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         // A pax size that disagrees with the header's.
         let mut builder = tar::Builder::new(Vec::new());
-        builder.append_pax_extensions([("size", &b"1"[..])]).unwrap();
+        builder
+            .append_pax_extensions([("size", &b"1"[..])])
+            .unwrap();
         let mut header = Header::new_ustar();
         header.set_mode(0o644);
         header.set_size(3);
@@ -1224,7 +1270,10 @@ mod tests {
         name.push(0);
         let mut tar = long_name_record(EntryType::GNULongName, name.len() as u64, &name);
         tar.resize(1024 * 3, 0);
-        assert!(matches!(rejected(&gzip(&tar)), ArchiveError::Malformed { .. }));
+        assert!(matches!(
+            rejected(&gzip(&tar)),
+            ArchiveError::Malformed { .. }
+        ));
         let err = rejected(
             &Hostile::new()
                 .raw("holes", EntryType::GNUSparse, 0o644, "", b"")
@@ -1257,19 +1306,39 @@ mod tests {
 
     #[test]
     fn bounds_the_paths_it_remembers() {
-        // Each entry a fresh chain of 39 directories with long names: ~80 KB of remembered
-        // paths per entry, so the bound is hit after about 200 entries.
+        // Each entry a fresh chain of 9 directories with long names: ~5 KB of remembered
+        // paths per entry, so a budget of 64 KiB is spent after about 13 entries.
         let component = "d".repeat(100);
         let mut builder = tar::Builder::new(Vec::new());
-        for i in 0..300 {
-            let path = format!("{i}/{}/f", vec![component.as_str(); 39].join("/"));
+        for i in 0..30 {
+            let path = format!("{i}/{}/f", vec![component.as_str(); 9].join("/"));
             let mut header = Header::new_gnu();
             header.set_mode(0o644);
             header.set_size(0);
-            builder.append_data(&mut header, &path, io::empty()).unwrap();
+            builder
+                .append_data(&mut header, &path, io::empty())
+                .unwrap();
         }
-        let err = rejected(&gzip(&builder.into_inner().unwrap()));
-        assert!(matches!(err, ArchiveError::NamesTooLarge { .. }), "{err}");
+        let sandbox = Sandbox::new();
+        let tar_gz = gzip(&builder.into_inner().unwrap());
+        let err = extract_within(
+            &tar_gz,
+            &sandbox.dest(),
+            &ArchiveLimits::default(),
+            64 << 10,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::NamesTooLarge { limit: 65536 }),
+            "{err}"
+        );
+        assert!(extract_within(
+            &tar_gz,
+            &Sandbox::new().dest(),
+            &ArchiveLimits::default(),
+            1 << 20
+        )
+        .is_ok());
     }
 
     #[test]
