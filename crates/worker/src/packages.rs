@@ -472,7 +472,10 @@ enum JobMode {
 
 /// uv's hint when `--no-build` stopped it: the job must be retried as a build.
 fn needs_build(output: &str) -> bool {
-    output.contains("building from source is disabled") || output.contains("--no-build")
+    let output = output.to_ascii_lowercase();
+    output.contains("building from source is disabled")
+        || (output.contains("building source distributions for") && output.contains("is disabled"))
+        || output.contains("--no-build")
 }
 
 /// A job's scratch directory (`<root>/pkgwork/jobs/<id>`, owned by the job's uid, mode 0700):
@@ -1382,6 +1385,9 @@ mod tests {
     #[test]
     fn retries_as_a_build_only_when_wheels_were_missing() {
         assert!(needs_build("hint: Wheels are required for `pycrypto` because building from source is disabled for all packages (i.e., with `--no-build`)"));
+        assert!(needs_build(
+            "  cause: Building source distributions for `evil` is disabled"
+        ));
         assert!(!needs_build("error: No solution found: kindling-no-such-package-xyzzy was not found in the package registry"));
     }
 
