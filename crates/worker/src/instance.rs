@@ -587,7 +587,7 @@ impl Drop for Instance {
 }
 
 /// Parses `<status> <ms>\n<body>`.
-fn parse_reply(payload: Vec<u8>) -> Result<Reply, InvokeError> {
+pub(crate) fn parse_reply(payload: Vec<u8>) -> Result<Reply, InvokeError> {
     let nl = payload
         .iter()
         .position(|&b| b == b'\n')

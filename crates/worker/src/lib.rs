@@ -7,6 +7,8 @@ pub mod base;
 pub mod config;
 pub mod daemon;
 pub mod echo;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod install_tree;
 pub mod instance;
 pub mod metrics;

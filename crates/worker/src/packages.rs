@@ -323,6 +323,15 @@ fn index_requirement(line: &str) -> Result<String, String> {
     if line.ends_with('\\') {
         return Err("line continuations are not allowed".into());
     }
+    // pep508_rs 0.9 panics on a name ending in `.`, `-` or `_` followed by more text (found by
+    // fuzzing: `6.$`); such a name is invalid anyway.
+    let name_len = line
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || b".-_".contains(b))
+        .count();
+    if name_len > 0 && b".-_".contains(&line.as_bytes()[name_len - 1]) {
+        return Err("not a PEP 508 requirement of a package on the index: a package name must end with a letter or digit".into());
+    }
     let req = pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(line).map_err(|e| {
         format!(
             "not a PEP 508 requirement of a package on the index: {}",
@@ -1336,6 +1345,13 @@ mod tests {
             let allowed = validate_requirements(bad, true).unwrap();
             assert!(allowed.unsafe_lines, "{bad}");
             assert_eq!(allowed.lines, [bad.trim()]);
+        }
+        // Names pep508_rs itself would panic on.
+        for bad in ["6.$", "a-!", "x_ y", "six.==1"] {
+            assert!(
+                refused(bad).contains("must end with a letter or digit"),
+                "{bad}"
+            );
         }
         let msg = refused("evil@http:/host/x.tar.gz");
         assert!(msg.contains("direct references"), "{msg}");

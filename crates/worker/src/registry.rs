@@ -381,7 +381,7 @@ fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> T {
 
 /// SeBS `config.json`: `timeout` (s), `memory` (MB), `languages`; Kindling adds `network` and
 /// `environment`.
-fn sebs_config(path: &Path) -> Result<FunctionConfig, String> {
+pub(crate) fn sebs_config(path: &Path) -> Result<FunctionConfig, String> {
     #[derive(Deserialize)]
     struct SebsConfig {
         timeout: Option<f64>,
@@ -408,7 +408,7 @@ fn sebs_config(path: &Path) -> Result<FunctionConfig, String> {
 
 /// OpenLambda `ol.yaml`: `triggers.http[].method` and `environment`; Kindling adds
 /// `memory_mb`, `timeout_secs` and `network`.
-fn ol_config(path: &Path) -> Result<FunctionConfig, String> {
+pub(crate) fn ol_config(path: &Path) -> Result<FunctionConfig, String> {
     #[derive(Deserialize, Default)]
     struct Http {
         method: String,

@@ -206,7 +206,10 @@ impl Seed {
 }
 
 /// Reads one length-prefixed JSON frame.
-fn read_frame(chan: &mut UnixStream, timeout: Duration) -> Result<serde_json::Value, ForkError> {
+pub(crate) fn read_frame(
+    chan: &mut UnixStream,
+    timeout: Duration,
+) -> Result<serde_json::Value, ForkError> {
     chan.set_read_timeout(Some(timeout))?;
     let mut head = [0u8; 4];
     chan.read_exact(&mut head)?;

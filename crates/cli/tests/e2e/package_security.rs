@@ -25,7 +25,8 @@ fn pack(files: &[(&str, &[u8])]) -> Vec<u8> {
 
 fn deploy(w: &Worker, name: &str, files: &[(&str, &[u8])]) -> (u16, Value, usize) {
     let r = w.request("POST", &format!("/registry/{name}"), &[], &pack(files));
-    let v = serde_json::from_slice(&r.body).unwrap_or_else(|_| serde_json::json!({ "error": r.text() }));
+    let v = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|_| serde_json::json!({ "error": r.text() }));
     (r.status, v, r.body.len())
 }
 
@@ -66,7 +67,10 @@ fn bypassing_requirement_lines_are_refused() {
         );
         let msg = v["error"].as_str().unwrap_or_default();
         assert_eq!(status, 400, "{line:?}: {v}");
-        assert!(msg.contains("refused") && msg.contains("line 2"), "{line:?}: {msg}");
+        assert!(
+            msg.contains("refused") && msg.contains("line 2"),
+            "{line:?}: {msg}"
+        );
         assert!(msg.contains(line.trim()), "{line:?}: {msg}");
     }
     assert_eq!(w.stats()["pull-package.cnt"], 0);
@@ -94,7 +98,12 @@ fn a_10_mb_requirement_line_gets_a_short_400() {
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 /// A gzip'd tar whose first entry is a GNU long name of `len` bytes (research/security.md C9:
@@ -131,11 +140,20 @@ fn long_name_tar_bomb_is_refused_quickly_with_bounded_memory() {
     let r = w.request("POST", "/registry/bomb", &[], &bomb);
     let took = started.elapsed();
     let grew = peak_rss(w.pid()).saturating_sub(before);
-    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body[..r.body.len().min(500)]));
+    assert_eq!(
+        r.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&r.body[..r.body.len().min(500)])
+    );
     assert!(r.body.len() < 512, "a {}-byte response", r.body.len());
     assert!(r.text().contains("long name"), "{}", r.text());
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    assert!(grew < 32 << 20, "the worker's peak RSS grew by {} MB", grew >> 20);
+    assert!(
+        grew < 32 << 20,
+        "the worker's peak RSS grew by {} MB",
+        grew >> 20
+    );
     assert!(w.request("GET", "/registry/bomb", &[], b"").status == 404);
     w.assert_no_leaks();
     w.stop();
@@ -146,7 +164,11 @@ fn long_name_tar_bomb_is_refused_quickly_with_bounded_memory() {
 #[test]
 fn the_store_is_sealed_and_the_cache_is_the_installers() {
     let w = Worker::start(UV);
-    let (status, v, _) = deploy(&w, "six", &[("f.py", SIX_FN), ("requirements.txt", b"six\n")]);
+    let (status, v, _) = deploy(
+        &w,
+        "six",
+        &[("f.py", SIX_FN), ("requirements.txt", b"six\n")],
+    );
     assert_eq!(status, 200, "{v}");
     let r = w.run("six", "{}");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -156,17 +178,29 @@ fn the_store_is_sealed_and_the_cache_is_the_installers() {
     for p in store.iter().skip(1) {
         let m = std::fs::symlink_metadata(p).unwrap();
         assert_eq!((m.uid(), m.gid()), (0, 0), "{}", p.display());
-        assert_eq!(m.permissions().mode() & 0o222, 0, "{} is writable", p.display());
+        assert_eq!(
+            m.permissions().mode() & 0o222,
+            0,
+            "{} is writable",
+            p.display()
+        );
     }
     let cache = walk(&root.join("pkgwork/cache"));
     assert!(cache.len() > 5, "the shared cache was not used: {cache:?}");
     for p in &cache {
         let m = std::fs::symlink_metadata(p).unwrap();
-        assert_eq!(m.uid(), INSTALLER_UID, "{} is not the installer's", p.display());
+        assert_eq!(
+            m.uid(),
+            INSTALLER_UID,
+            "{} is not the installer's",
+            p.display()
+        );
     }
     let top = std::fs::metadata(root.join("pkgwork/cache")).unwrap();
     assert_eq!(top.permissions().mode() & 0o777, 0o700);
-    let jobs: Vec<_> = std::fs::read_dir(root.join("pkgwork/jobs")).unwrap().collect();
+    let jobs: Vec<_> = std::fs::read_dir(root.join("pkgwork/jobs"))
+        .unwrap()
+        .collect();
     assert!(jobs.is_empty(), "scratch left behind: {jobs:?}");
     w.assert_no_leaks();
     w.stop();
@@ -223,7 +257,10 @@ fn probe_sdist(store: &Path, cache: &Path) -> Vec<u8> {
         Vec::new(),
         flate2::Compression::fast(),
     ));
-    for (name, data) in [("pyproject.toml", pyproject), ("backend.py", backend.as_str())] {
+    for (name, data) in [
+        ("pyproject.toml", pyproject),
+        ("backend.py", backend.as_str()),
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
         h.set_size(data.len() as u64);
@@ -281,15 +318,24 @@ fn a_hostile_build_cannot_affect_later_installs() {
         let m = std::fs::symlink_metadata(&p).unwrap();
         assert_ne!(m.uid(), BUILD_UID, "{} is the build's", p.display());
     }
-    let jobs: Vec<_> = std::fs::read_dir(root.join("pkgwork/jobs")).unwrap().collect();
+    let jobs: Vec<_> = std::fs::read_dir(root.join("pkgwork/jobs"))
+        .unwrap()
+        .collect();
     assert!(jobs.is_empty(), "scratch left behind: {jobs:?}");
 
     // Another function's deploy still resolves from the real index and runs.
-    let (status, v, _) = deploy(&w, "other", &[("f.py", SIX_FN), ("requirements.txt", b"six\n")]);
+    let (status, v, _) = deploy(
+        &w,
+        "other",
+        &[("f.py", SIX_FN), ("requirements.txt", b"six\n")],
+    );
     assert_eq!(status, 200, "{v}\n{}", w.log_text());
     let r = w.run("other", "{}");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.json()["six"].as_str().unwrap().starts_with("/packages/six=="));
+    assert!(r.json()["six"]
+        .as_str()
+        .unwrap()
+        .starts_with("/packages/six=="));
     w.assert_no_leaks();
     w.stop();
 }
