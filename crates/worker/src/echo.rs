@@ -35,18 +35,34 @@ pub fn truncate(text: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{}… ({} bytes in all)", &text[..end], text.len()))
 }
 
-/// The last `max_lines` lines of a tool's output, each cut to [`MAX_ECHO_BYTES`], noting how
-/// many lines were left out: what an error message shows of a resolver's or installer's output.
-pub fn tail_lines(text: &str, max_lines: usize) -> String {
+/// What an error message shows of a tool's output (a resolver's, an installer's, a build's):
+/// its first `head` lines (uv names the failure there), up to `head` lines in between that
+/// mention an error (a build's own cause, deep in its log), and its last `tail` lines (uv's
+/// cause and hints), each cut to [`MAX_ECHO_BYTES`], noting what was left out.
+pub fn excerpt(text: &str, head: usize, tail: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    let skip = lines.len().saturating_sub(max_lines);
-    let mut out = String::new();
-    if skip > 0 {
-        out.push_str(&format!("({skip} earlier lines left out)\n"));
+    let mut kept: Vec<usize> = Vec::new();
+    if lines.len() <= head + tail {
+        kept.extend(0..lines.len());
+    } else {
+        kept.extend(0..head);
+        let middle = head..lines.len() - tail;
+        kept.extend(
+            middle
+                .filter(|&i| lines[i].to_ascii_lowercase().contains("error"))
+                .take(head),
+        );
+        kept.extend(lines.len() - tail..lines.len());
     }
-    for line in &lines[skip..] {
-        out.push_str(&echo(line));
+    let mut out = String::new();
+    let mut next = 0;
+    for i in kept {
+        if i > next {
+            out.push_str(&format!("({} lines left out)\n", i - next));
+        }
+        out.push_str(&echo(lines[i]));
         out.push('\n');
+        next = i + 1;
     }
     out.truncate(out.trim_end().len());
     out
@@ -76,14 +92,16 @@ mod tests {
     }
 
     #[test]
-    fn tail_keeps_the_last_lines() {
-        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
-        let tail = tail_lines(&text, 3);
+    fn excerpt_keeps_head_errors_and_tail() {
+        let mut text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        text = text.replace("line 50\n", "configure: error: no acceptable C compiler\n");
+        let ex = excerpt(&text, 2, 3);
         assert_eq!(
-            tail,
-            "(97 earlier lines left out)\nline 97\nline 98\nline 99"
+            ex,
+            "line 0\nline 1\n(48 lines left out)\nconfigure: error: no acceptable C compiler\n(46 lines left out)\nline 97\nline 98\nline 99"
         );
+        assert_eq!(excerpt("a\nb\n", 2, 3), "a\nb");
         let wide = format!("{}\nend\n", "y".repeat(1 << 20));
-        assert!(tail_lines(&wide, 10).len() < 400);
+        assert!(excerpt(&wide, 10, 10).len() < 400);
     }
 }

@@ -12,7 +12,7 @@
 //! under `pkgwork/` so that installs hard-link from the cache instead of copying.
 
 use crate::base::Base;
-use crate::echo::{echo, tail_lines};
+use crate::echo::{echo, excerpt};
 use crate::instance::{Factory, Job};
 use kindling_sandbox::cgroup::Limits as CgroupLimits;
 use kindling_sandbox::spec::MountSpec;
@@ -223,9 +223,10 @@ pub const MAX_REQUIREMENT_LINE_BYTES: usize = 4096;
 pub const MAX_REQUIREMENTS: usize = 1000;
 /// Largest lock (`uv pip compile` output) the worker reads back from an installer job.
 const MAX_LOCK_BYTES: u64 = 4 << 20;
-/// Lines of a resolver's or installer's output that an error message shows (its end, where uv
-/// puts the cause).
-const OUTPUT_TAIL_LINES: usize = 40;
+/// Lines of a resolver's or installer's output that an error message shows: its start (where uv
+/// names the failure), lines mentioning an error, and its end (uv's cause and hints).
+const OUTPUT_HEAD_LINES: usize = 10;
+const OUTPUT_TAIL_LINES: usize = 20;
 
 /// Requirements checked against the policy, ready for uv.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -888,7 +889,7 @@ impl PackageStore {
         }
         let text = result.map_err(|output| PackageError::Resolve {
             requirements: echo(&reqs.lines.join(", ")).into_owned(),
-            output: tail_lines(&output, OUTPUT_TAIL_LINES),
+            output: excerpt(&output, OUTPUT_HEAD_LINES, OUTPUT_TAIL_LINES),
         })?;
         let lock = self.checked_lock(&text, &reqs)?;
         let tmp = cached.with_extension("tmp");
@@ -1072,7 +1073,7 @@ impl PackageStore {
             }
             let scratch = installed.map_err(|output| PackageError::Install {
                 package: key.clone(),
-                output: tail_lines(&output, OUTPUT_TAIL_LINES),
+                output: excerpt(&output, OUTPUT_HEAD_LINES, OUTPUT_TAIL_LINES),
             })?;
             // Out of the job's scratch first: from here on no uid but root reaches the tree.
             let files = staging.join("files");
