@@ -333,7 +333,15 @@ fn index_requirement(line: &str) -> Result<String, String> {
     if name_len > 0 && b".-_".contains(&line.as_bytes()[name_len - 1]) {
         return Err("not a PEP 508 requirement of a package on the index: a package name must end with a letter or digit".into());
     }
-    let req = pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(line).map_err(|e| {
+    // The same bug exists for extras (`x[y.]`); whatever else may panic in the parser, a panic
+    // refuses the line rather than failing the deploy.
+    let parsed = std::panic::catch_unwind(|| {
+        pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(line)
+    })
+    .map_err(|_| {
+        "not a PEP 508 requirement of a package on the index: the parser failed on it".to_string()
+    })?;
+    let req = parsed.map_err(|e| {
         format!(
             "not a PEP 508 requirement of a package on the index: {}",
             echo(&e.message.to_string())

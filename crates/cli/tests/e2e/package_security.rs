@@ -124,6 +124,15 @@ fn long_name_bomb(len: u64) -> Vec<u8> {
         gz.write_all(&chunk[..n]).unwrap();
         left -= n as u64;
     }
+    // Padding to the next block, then the entry the name describes.
+    let pad = (512 - len % 512) % 512;
+    gz.write_all(&vec![0u8; pad as usize]).unwrap();
+    let mut file = tar::Header::new_gnu();
+    file.as_old_mut().name[..1].copy_from_slice(b"x");
+    file.set_mode(0o644);
+    file.set_size(0);
+    file.set_cksum();
+    gz.write_all(file.as_bytes()).unwrap();
     gz.write_all(&[0u8; 1024]).unwrap();
     gz.finish().unwrap()
 }
