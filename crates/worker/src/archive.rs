@@ -1174,7 +1174,7 @@ mod tests {
     fn long_names_up_to_path_max_still_work() {
         let component = "d".repeat(50);
         // Far past tar's 100 bytes; the destination's own path must fit in PATH_MAX too.
-        let deep = format!("{}/f.py", vec![component.as_str(); 75].join("/"));
+        let deep = format!("{}/f.py", [component.as_str(); 75].join("/"));
         assert!(deep.len() > 3800 && deep.len() <= PATH_MAX);
         let mut builder = tar::Builder::new(Vec::new());
         let mut header = Header::new_gnu();
@@ -1312,7 +1312,7 @@ mod tests {
         let component = "d".repeat(100);
         let mut builder = tar::Builder::new(Vec::new());
         for i in 0..30 {
-            let path = format!("{i}/{}/f", vec![component.as_str(); 9].join("/"));
+            let path = format!("{i}/{}/f", [component.as_str(); 9].join("/"));
             let mut header = Header::new_gnu();
             header.set_mode(0o644);
             header.set_size(0);

@@ -12,8 +12,14 @@ use std::time::Duration;
 /// Most bytes an error message from a parser may take, whatever the input.
 const MAX_ERROR_BYTES: usize = 2048;
 
+/// A fuzz target: arbitrary bytes in, a panic if a property fails.
+pub type Target = fn(&[u8]);
+
+/// A parser of a function's config file.
+type ConfigParser = fn(&Path) -> Result<crate::registry::FunctionConfig, String>;
+
 /// The targets, by name (the corpus directory of each is `fuzz/corpus/<name>`).
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("archive", archive),
     ("requirements", requirements),
     ("instance_reply", instance_reply),
@@ -162,10 +168,7 @@ pub fn function_config(data: &[u8]) {
         return;
     };
     let scratch = Scratch::new();
-    let (name, parse): (
-        &str,
-        fn(&Path) -> Result<crate::registry::FunctionConfig, String>,
-    ) = if which % 2 == 0 {
+    let (name, parse): (&str, ConfigParser) = if which % 2 == 0 {
         ("ol.yaml", crate::registry::ol_config)
     } else {
         ("config.json", crate::registry::sebs_config)

@@ -4,6 +4,8 @@
 //! A plain binary (`harness = false`): the child must be a fresh process, and one case at a
 //! time keeps the measurements apart.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
@@ -57,7 +59,7 @@ fn many_long_names() -> Vec<u8> {
     let mut builder = tar::Builder::new(gz_writer());
     let component = "n".repeat(200);
     for i in 0..20_000 {
-        let path = format!("{i}/{}/f", vec![component.as_str(); 18].join("/"));
+        let path = format!("{i}/{}/f", [component.as_str(); 18].join("/"));
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
         h.set_size(0);

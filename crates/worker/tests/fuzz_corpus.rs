@@ -3,6 +3,8 @@
 //! targets the libFuzzer harness under `fuzz/` runs, on the stable toolchain. An input that
 //! fails is written to `target/fuzz-failures/<target>/` to be added to the corpus once fixed.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
