@@ -19,7 +19,7 @@ pub enum ControlRequest {
     Spawn { instance: InstanceSpec },
     /// Replace whatever is mounted at `target` with the detached mount tree the message carries
     /// (made with [`sys::open_tree_clone`] in the worker's mount namespace); with `create`, make
-    /// the directory `target` first if it is missing (an entry of a `Packages` mount).
+    /// the directory `target` first if it is missing (an entry of a read-only `Packages` mount).
     Mount {
         target: PathBuf,
         #[serde(default)]

@@ -327,10 +327,7 @@ fn handle(req: ControlRequest, mut fds: Vec<OwnedFd>) -> ControlEvent {
 
 fn replace_mount(tree: &OwnedFd, target: &Path, create: bool) -> std::io::Result<()> {
     if create {
-        match std::fs::create_dir(target) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
+        rootfs::add_package_entry(target)?;
     }
     // Peel off whatever is mounted there now (EINVAL: nothing is).
     loop {

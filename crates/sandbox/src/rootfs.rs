@@ -42,6 +42,27 @@ fn at<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Rootf
 const RO_FLAGS: libc::c_ulong =
     libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
 
+/// Flags of the `Packages` tmpfs once filled: read-only (its init makes it writable for a moment
+/// to add an entry, see [`add_package_entry`]).
+const PACKAGES_RO: libc::c_ulong = libc::MS_BIND
+    | libc::MS_REMOUNT
+    | libc::MS_RDONLY
+    | libc::MS_NOSUID
+    | libc::MS_NODEV
+    | libc::MS_NOEXEC;
+
+/// Makes the directory `entry` in a live sandbox's read-only `Packages` tmpfs (its parent).
+pub fn add_package_entry(entry: &Path) -> io::Result<()> {
+    let parent = entry.parent().unwrap_or(Path::new("/"));
+    sys::mount(None, parent, None, PACKAGES_RO & !libc::MS_RDONLY, None)?;
+    let made = match std::fs::create_dir(entry) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    };
+    sys::mount(None, parent, None, PACKAGES_RO, None)?;
+    made
+}
+
 /// Character devices of a minimal `/dev`: name, major, minor.
 const DEVICES: &[(&str, u32, u32)] = &[
     ("null", 1, 3),
@@ -270,6 +291,8 @@ fn apply(root: &Path, m: &MountSpec, trees: Option<Trees<'_>>) -> Result<(), Roo
                 std::fs::create_dir(&entry).map_err(at("creating", &entry))?;
                 bind(&store.join(key), tree(i), &entry, false)?;
             }
+            sys::mount(None, &dst, None, PACKAGES_RO, None)
+                .map_err(at("making read-only", &dst))?;
         }
     }
     Ok(())

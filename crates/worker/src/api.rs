@@ -52,6 +52,10 @@ fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> 
     r
 }
 
+/// Most bytes of a deploy's error message: each piece of input it repeats is already cut short
+/// where it is made ([`crate::echo`]); this bounds the whole.
+const MAX_DEPLOY_ERROR_BYTES: usize = 16 * 1024;
+
 /// Prints an error with its sources, for response bodies.
 fn chain(err: &dyn std::error::Error) -> String {
     let mut s = err.to_string();
@@ -289,7 +293,8 @@ async fn run_inner(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply
 
 async fn deploy(worker: &Arc<Worker>, name: &str, req: Request<Incoming>) -> Reply {
     if let Err(e) = validate_name(name) {
-        return error(StatusCode::BAD_REQUEST, "invalid-name", e.to_string());
+        let msg = crate::echo::truncate(&e.to_string(), MAX_DEPLOY_ERROR_BYTES).into_owned();
+        return error(StatusCode::BAD_REQUEST, "invalid-name", msg);
     }
     // `?progress` (or `Accept: application/x-ndjson`) streams one JSON line per install step,
     // then the result; otherwise the reply comes when the deploy is done.
@@ -360,7 +365,9 @@ fn deploy_result(
                 _ => StatusCode::BAD_REQUEST,
             };
             worker.metrics.add("deploys.failed", 1);
-            (status, serde_json::json!({ "error": chain(&e) }))
+            let msg = chain(&e);
+            let msg = crate::echo::truncate(&msg, MAX_DEPLOY_ERROR_BYTES);
+            (status, serde_json::json!({ "error": msg }))
         }
         Ok(Ok((d, stats))) => {
             if d.changed {
@@ -435,6 +442,7 @@ fn packages_gc(worker: &Worker) -> Reply {
         let pkg = PackageRef {
             name: p.name.clone(),
             version: p.version.clone(),
+            source: None,
         };
         if users.contains_key(&pkg.key()) {
             continue;

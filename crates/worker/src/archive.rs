@@ -5,8 +5,11 @@
 //! code. It comes from the network, so [`extract`] treats it as hostile: it never lets the
 //! `tar` crate write anything, refuses every entry that could place a file outside the
 //! destination (absolute paths, `..`, symlinks that escape or are walked through, hard links to
-//! anything but a file it already wrote), refuses device files and FIFOs, bounds the unpacked
-//! size and the number of entries, and normalizes permissions.
+//! anything but a file it already wrote), refuses device files, FIFOs and sparse files, bounds
+//! the unpacked size, the number of entries, the length of names and the memory it uses, and
+//! normalizes permissions. It reads GNU long-name/long-link and pax records itself (the `tar`
+//! crate would buffer them whole), refusing one whose size passes [`PATH_MAX`] or a pax bound
+//! before reading it. Error messages cut the names they repeat ([`crate::echo`]).
 //!
 //! [`tree_hash`] is the code hash the registry stores for a function directory, and
 //! [`pack_dir`] builds the upload the CLI sends for `kindling deploy DIR`.
@@ -25,6 +28,8 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
+
+use crate::echo::echo_bytes;
 
 /// `O_NOFOLLOW` for `open(2)`. This crate has no `libc` dependency and the value differs per
 /// architecture (see the kernel's `asm/fcntl.h`): 0o400000 on x86_64, 0o100000 on aarch64
@@ -52,6 +57,18 @@ const METADATA_BYTES_PER_ENTRY: u64 = 4096;
 
 /// Fixed slack on the decompressed stream (end-of-archive blocks, tar's record padding).
 const METADATA_BYTES_SLACK: u64 = 1 << 20;
+
+/// Longest entry name or link target (Linux's `PATH_MAX`). GNU long-name and long-link records
+/// and pax `path`/`linkpath` values past it are refused before they are read.
+pub const PATH_MAX: usize = 4096;
+
+/// Largest pax extended header read (`x` and `g` records): room for a maximal path and link
+/// target plus the small records other tars add (times, ownership, a few extended attributes).
+const MAX_PAX_BYTES: u64 = 64 * 1024;
+
+/// Total bytes of the entry paths one extraction remembers (to refuse clashes, hard links to
+/// missing files and paths through symlinks): bounds its memory whatever the entry names.
+const MAX_REMEMBERED_PATH_BYTES: usize = 16 << 20;
 
 const DIR_MODE: u32 = 0o755;
 const FILE_MODE: u32 = 0o644;
@@ -108,9 +125,19 @@ pub enum ArchiveError {
     TooLarge { entry: String, limit: u64 },
     #[error("archive has more than {limit} entries")]
     TooManyEntries { limit: u64 },
+    #[error("archive {what} of {len} bytes is longer than the limit of {limit} bytes")]
+    NameTooLong {
+        what: &'static str,
+        len: u64,
+        limit: u64,
+    },
+    #[error("archive entry names take more than {limit} bytes in all")]
+    NamesTooLarge { limit: usize },
+    #[error("archive is malformed: {reason}")]
+    Malformed { reason: &'static str },
     #[error("destination `{}` is not an empty directory", path.display())]
     DestNotEmpty { path: PathBuf },
-    #[error("cannot write `{}`", path.display())]
+    #[error("cannot write `{}`", echo_bytes(path.as_os_str().as_bytes()))]
     Io {
         path: PathBuf,
         #[source]
@@ -126,6 +153,16 @@ pub enum ArchiveError {
 /// execute bit was set in the archive, 0755; symlinks stay symlinks and point inside `dest`;
 /// hard links become copies.
 pub fn extract(tar_gz: &[u8], dest: &Path, limits: &ArchiveLimits) -> Result<(), ArchiveError> {
+    extract_within(tar_gz, dest, limits, MAX_REMEMBERED_PATH_BYTES)
+}
+
+/// [`extract`] remembering at most `path_budget` bytes of entry paths.
+fn extract_within(
+    tar_gz: &[u8],
+    dest: &Path,
+    limits: &ArchiveLimits,
+    path_budget: usize,
+) -> Result<(), ArchiveError> {
     if !tar_gz.starts_with(&GZIP_MAGIC) {
         return Err(ArchiveError::NotGzip);
     }
@@ -162,14 +199,25 @@ pub fn extract(tar_gz: &[u8], dest: &Path, limits: &ArchiveLimits) -> Result<(),
         dirs: HashSet::new(),
         files: HashSet::new(),
         symlinks: HashSet::new(),
+        remembered_bytes: 0,
+        path_budget,
         current: String::new(),
+        pending: None,
     };
+    // Raw: long names and pax records come as entries, which `Extractor::entry` reads itself
+    // within bounds (the crate would read them whole into memory first).
     let entries = archive
         .entries()
-        .map_err(|source| extractor.read_error(source))?;
+        .map_err(|source| extractor.read_error(source))?
+        .raw(true);
     for entry in entries {
         let mut entry = entry.map_err(|source| extractor.read_error(source))?;
         extractor.entry(&mut entry)?;
+    }
+    if extractor.pending.is_some() {
+        return Err(ArchiveError::Malformed {
+            reason: "a long-name or pax record describes no entry",
+        });
     }
     tracing::debug!(
         dest = %dest.display(),
@@ -223,8 +271,24 @@ struct Extractor<'a> {
     files: HashSet<PathBuf>,
     /// Symlinks: no later entry may go through one.
     symlinks: HashSet<PathBuf>,
-    /// Name of the entry being extracted (for errors about limits).
+    /// Bytes of the paths held in `dirs`, `files` and `symlinks`, and their bound.
+    remembered_bytes: usize,
+    path_budget: usize,
+    /// Name of the entry being extracted (for errors about limits), cut short.
     current: String,
+    /// Long names and pax overrides read for the next entry.
+    pending: Option<Extensions>,
+}
+
+/// What GNU long-name/long-link and pax records say about the entry that follows them.
+#[derive(Default)]
+struct Extensions {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+    size: Option<u64>,
+    gnu_path: bool,
+    gnu_link: bool,
+    pax: bool,
 }
 
 impl Extractor<'_> {
@@ -244,11 +308,33 @@ impl Extractor<'_> {
     }
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), ArchiveError> {
-        self.current = lossy(&entry.path_bytes());
+        let kind = entry.header().entry_type();
         self.entries += 1;
         if self.entries > self.limits.max_entries {
             return Err(ArchiveError::TooManyEntries {
                 limit: self.limits.max_entries,
+            });
+        }
+        if kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions()
+        {
+            // Describes the next entry; counted as an entry so that no number of them is free.
+            return self.extension(entry, kind);
+        }
+        let ext = self.pending.take().unwrap_or_default();
+        let header_path = entry.header().path_bytes();
+        let path_bytes: Vec<u8> = ext.path.unwrap_or_else(|| header_path.into_owned());
+        let link_bytes: Option<Vec<u8>> = ext
+            .link
+            .or_else(|| entry.header().link_name_bytes().map(|l| l.into_owned()));
+        self.current = echo_bytes(&path_bytes);
+        if ext.size.is_some_and(|size| size != entry.size()) {
+            // The crate frames the data by the header's size; a pax size that disagrees would
+            // make this archive mean different things to different tars.
+            return Err(ArchiveError::Malformed {
+                reason: "a pax size disagrees with its entry's header",
             });
         }
         self.declared_bytes = self.declared_bytes.saturating_add(entry.size());
@@ -256,19 +342,8 @@ impl Extractor<'_> {
             return Err(self.too_large());
         }
 
-        let kind = entry.header().entry_type();
-        // The crate folds these into the entry they describe; one that still shows up here
-        // (a pax global header, or an extension in an old-style header) describes nothing.
-        if kind.is_pax_global_extensions()
-            || kind.is_pax_local_extensions()
-            || kind.is_gnu_longname()
-            || kind.is_gnu_longlink()
-        {
-            return Ok(());
-        }
-
-        let name = lossy(&entry.path_bytes());
-        let Some(rel) = entry_path(&entry.path_bytes(), &name)? else {
+        let name = self.current.clone();
+        let Some(rel) = entry_path(&path_bytes, &name)? else {
             return Ok(()); // `.` or empty: the destination itself.
         };
         self.check_ancestors(&rel, &name)?;
@@ -281,7 +356,7 @@ impl Extractor<'_> {
 
         match kind {
             EntryType::Directory => self.make_dirs(&rel, true),
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            EntryType::Regular | EntryType::Continuous => {
                 let mode = entry
                     .header()
                     .mode()
@@ -290,17 +365,18 @@ impl Extractor<'_> {
                 self.write_file(&rel, entry, mode & 0o111 != 0)
             }
             EntryType::Symlink => {
-                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+                let target = link_bytes.unwrap_or_default();
                 check_symlink_target(&rel, &target, &name)?;
                 self.make_dirs(&rel, false)?;
                 let path = self.dest.join(&rel);
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
                     .map_err(io_error(&path))?;
+                self.remember(&rel)?;
                 self.symlinks.insert(rel);
                 Ok(())
             }
             EntryType::Link => {
-                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+                let target = link_bytes.unwrap_or_default();
                 let source = self.hard_link_source(&target, &name)?;
                 self.make_dirs(&rel, false)?;
                 self.copy_file(&source, &rel)
@@ -308,11 +384,114 @@ impl Extractor<'_> {
             EntryType::Char => Err(special(name, "character device")),
             EntryType::Block => Err(special(name, "block device")),
             EntryType::Fifo => Err(special(name, "FIFO")),
+            EntryType::GNUSparse => Err(special(name, "sparse file")),
             other => Err(special(
                 name,
                 &format!("tar entry of type `{}`", other.as_byte().escape_ascii()),
             )),
         }
+    }
+
+    /// Counts a path about to be remembered against the budget.
+    fn remember(&mut self, rel: &Path) -> Result<(), ArchiveError> {
+        self.remembered_bytes += rel.as_os_str().len();
+        if self.remembered_bytes > self.path_budget {
+            return Err(ArchiveError::NamesTooLarge {
+                limit: self.path_budget,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads a GNU long-name/long-link or pax record for the next entry, refusing one larger
+    /// than its bound before reading any of it.
+    fn extension<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        kind: EntryType,
+    ) -> Result<(), ArchiveError> {
+        let size = entry.size();
+        // A GNU name's size counts its terminating NUL.
+        let (what, limit, slack) = if kind.is_gnu_longname() {
+            ("long name", PATH_MAX as u64, 1)
+        } else if kind.is_gnu_longlink() {
+            ("long link target", PATH_MAX as u64, 1)
+        } else {
+            ("pax header", MAX_PAX_BYTES, 0)
+        };
+        if size > limit + slack {
+            return Err(ArchiveError::NameTooLong {
+                what,
+                len: size,
+                limit,
+            });
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        entry
+            .take(size)
+            .read_to_end(&mut data)
+            .map_err(|source| self.read_error(source))?;
+        if kind.is_pax_global_extensions() {
+            return Ok(()); // Defaults for every later entry: nothing extraction uses.
+        }
+        let ext = self.pending.get_or_insert_with(Extensions::default);
+        let twice = ArchiveError::Malformed {
+            reason: "two long-name or pax records of one kind describe the same entry",
+        };
+        if kind.is_gnu_longname() || kind.is_gnu_longlink() {
+            // GNU terminates the name with a NUL (counted in the size).
+            while data.last() == Some(&0) {
+                data.pop();
+            }
+            let (slot, seen) = if kind.is_gnu_longname() {
+                (&mut ext.path, &mut ext.gnu_path)
+            } else {
+                (&mut ext.link, &mut ext.gnu_link)
+            };
+            if std::mem::replace(seen, true) {
+                return Err(twice);
+            }
+            // A pax value, if any, takes precedence, as in other tars.
+            if slot.is_none() || !ext.pax {
+                *slot = Some(data);
+            }
+            return Ok(());
+        }
+        if std::mem::replace(&mut ext.pax, true) {
+            return Err(twice);
+        }
+        for record in tar::PaxExtensions::new(&data) {
+            let record = record.map_err(|_| ArchiveError::Malformed {
+                reason: "a pax record is not `length key=value`",
+            })?;
+            let value = record.value_bytes();
+            match record.key_bytes() {
+                b"path" | b"linkpath" if value.len() > PATH_MAX => {
+                    return Err(ArchiveError::NameTooLong {
+                        what: if record.key_bytes() == b"path" {
+                            "pax path"
+                        } else {
+                            "pax link target"
+                        },
+                        len: value.len() as u64,
+                        limit: PATH_MAX as u64,
+                    })
+                }
+                b"path" => ext.path = Some(value.to_vec()),
+                b"linkpath" => ext.link = Some(value.to_vec()),
+                b"size" => {
+                    let size = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .ok_or(ArchiveError::Malformed {
+                            reason: "a pax size is not a number",
+                        })?;
+                    ext.size = Some(size);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Refuses `rel` if one of its ancestors is a symlink or a file written earlier.
@@ -351,6 +530,7 @@ impl Extractor<'_> {
             // The umask may have cleared bits; `path` is the directory just made.
             fs::set_permissions(&path, Permissions::from_mode(DIR_MODE))
                 .map_err(io_error(&path))?;
+            self.remember(dir)?;
             self.dirs.insert(dir.to_path_buf());
         }
         Ok(())
@@ -369,6 +549,7 @@ impl Extractor<'_> {
             FILE_MODE
         };
         let mut file = create_file(&path, mode)?;
+        self.remember(rel)?;
         self.files.insert(rel.to_path_buf());
         // Sizes in headers can lie (sparse maps, pax overrides): count what is really written.
         let budget = self
@@ -431,6 +612,7 @@ impl Extractor<'_> {
         }
         let path = self.dest.join(rel);
         let mut output = create_file(&path, meta.permissions().mode() & 0o777)?;
+        self.remember(rel)?;
         self.files.insert(rel.to_path_buf());
         let copied =
             io::copy(&mut (&mut input).take(size), &mut output).map_err(io_error(&path))?;
@@ -533,8 +715,9 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
     }
 }
 
+/// An entry name or link target as error messages show it: lossy UTF-8, cut short.
 fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    echo_bytes(bytes)
 }
 
 /// Domain separation for [`tree_hash`]; bump the version if the encoding changes.
@@ -950,25 +1133,213 @@ mod tests {
         ));
     }
 
+    /// A GNU long-name record (`L`) declaring `size` bytes, `data` of them present.
+    fn long_name_record(kind: EntryType, size: u64, data: &[u8]) -> Vec<u8> {
+        let mut header = Header::new_gnu();
+        header.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(size);
+        header.set_cksum();
+        let mut out = header.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out
+    }
+
     #[test]
-    fn refuses_metadata_bomb() {
-        // A 4 MiB GNU long name is read into memory before any entry is seen.
-        let bomb = vec![b'a'; 4 << 20];
-        let tar = Hostile::new()
-            .raw("././@LongLink", EntryType::GNULongName, 0o644, "", &bomb)
-            .file("x", "x")
-            .builder
-            .into_inner()
+    fn refuses_long_name_bombs_before_reading_them() {
+        // Declares 600 MB (the C9 bomb); only the header is there: refused from the header.
+        for kind in [EntryType::GNULongName, EntryType::GNULongLink] {
+            let tar = long_name_record(kind, 600 << 20, b"aaaa");
+            let err = rejected(&gzip(&tar));
+            assert!(
+                matches!(err, ArchiveError::NameTooLong { len, limit: 4096, .. } if len == 600 << 20),
+                "{err}"
+            );
+            assert!(err.to_string().len() < 120, "{err}");
+        }
+        // One byte past PATH_MAX plus its NUL.
+        let mut name = vec![b'a'; PATH_MAX + 1];
+        name.push(0);
+        let mut tar = long_name_record(EntryType::GNULongName, name.len() as u64, &name);
+        tar.resize(tar.len().div_ceil(512) * 512, 0);
+        tar.extend(Hostile::new().file("x", "x").builder.into_inner().unwrap());
+        assert!(matches!(
+            rejected(&gzip(&tar)),
+            ArchiveError::NameTooLong { .. }
+        ));
+    }
+
+    #[test]
+    fn long_names_up_to_path_max_still_work() {
+        let component = "d".repeat(50);
+        // Far past tar's 100 bytes; the destination's own path must fit in PATH_MAX too.
+        let deep = format!("{}/f.py", [component.as_str(); 75].join("/"));
+        assert!(deep.len() > 3800 && deep.len() <= PATH_MAX);
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(2);
+        builder.append_data(&mut header, &deep, &b"ok"[..]).unwrap();
+        let sandbox = Sandbox::new();
+        sandbox
+            .extract(
+                &gzip(&builder.into_inner().unwrap()),
+                &ArchiveLimits::default(),
+            )
             .unwrap();
-        let limits = ArchiveLimits {
-            max_unpacked_bytes: 1000,
-            max_entries: 10,
-        };
-        let err = rejected_with(&gzip(&tar), &limits);
+        assert_eq!(
+            fs::read_to_string(sandbox.dest().join(&deep)).unwrap(),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn pax_paths_are_used_and_bounded() {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([("path", &b"from-pax.txt"[..])])
+            .unwrap();
+        let mut header = Header::new_ustar();
+        header.set_mode(0o644);
+        header.set_size(3);
+        builder
+            .append_data(&mut header, "short", &b"pax"[..])
+            .unwrap();
+        let sandbox = Sandbox::new();
+        sandbox
+            .extract(
+                &gzip(&builder.into_inner().unwrap()),
+                &ArchiveLimits::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(sandbox.dest().join("from-pax.txt")).unwrap(),
+            "pax"
+        );
+
+        let long = vec![b'p'; PATH_MAX + 1];
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([("path", &long[..])])
+            .unwrap();
+        let err = rejected(&gzip(&builder.into_inner().unwrap()));
         assert!(
-            matches!(err, ArchiveError::TooLarge { limit: 1000, .. }),
+            matches!(
+                err,
+                ArchiveError::NameTooLong {
+                    what: "pax path",
+                    ..
+                }
+            ),
             "{err}"
         );
+
+        // A pax header declaring 600 MB: refused from its header.
+        let mut header = Header::new_ustar();
+        header.set_entry_type(EntryType::XHeader);
+        header.set_size(600 << 20);
+        header.set_cksum();
+        let err = rejected(&gzip(header.as_bytes()));
+        assert!(
+            matches!(
+                err,
+                ArchiveError::NameTooLong {
+                    what: "pax header",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        // A pax size that disagrees with the header's.
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([("size", &b"1"[..])])
+            .unwrap();
+        let mut header = Header::new_ustar();
+        header.set_mode(0o644);
+        header.set_size(3);
+        builder.append_data(&mut header, "f", &b"abc"[..]).unwrap();
+        let err = rejected(&gzip(&builder.into_inner().unwrap()));
+        assert!(matches!(err, ArchiveError::Malformed { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_record_describing_nothing_and_sparse_files() {
+        let mut name = b"dangling".to_vec();
+        name.push(0);
+        let mut tar = long_name_record(EntryType::GNULongName, name.len() as u64, &name);
+        tar.resize(1024 * 3, 0);
+        assert!(matches!(
+            rejected(&gzip(&tar)),
+            ArchiveError::Malformed { .. }
+        ));
+        let err = rejected(
+            &Hostile::new()
+                .raw("holes", EntryType::GNUSparse, 0o644, "", b"")
+                .gz(),
+        );
+        assert!(matches!(err, ArchiveError::SpecialFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn error_messages_cut_long_names() {
+        let name = format!("{}/../x", "n".repeat(4000));
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(1);
+        header.set_entry_type(EntryType::Regular);
+        // `append_data` refuses `..`; write the long name record by hand.
+        let mut long = name.clone().into_bytes();
+        long.push(0);
+        let mut tar = long_name_record(EntryType::GNULongName, long.len() as u64, &long);
+        tar.resize(tar.len().div_ceil(512) * 512, 0);
+        builder.append_data(&mut header, "x", &b"x"[..]).unwrap();
+        tar.extend(builder.into_inner().unwrap());
+        let err = rejected(&gzip(&tar));
+        assert!(matches!(err, ArchiveError::ParentDir { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.len() < 400, "{} bytes", msg.len());
+        assert!(msg.contains("(4005 bytes in all)"), "{msg}");
+    }
+
+    #[test]
+    fn bounds_the_paths_it_remembers() {
+        // Each entry a fresh chain of 9 directories with long names: ~5 KB of remembered
+        // paths per entry, so a budget of 64 KiB is spent after about 13 entries.
+        let component = "d".repeat(100);
+        let mut builder = tar::Builder::new(Vec::new());
+        for i in 0..30 {
+            let path = format!("{i}/{}/f", [component.as_str(); 9].join("/"));
+            let mut header = Header::new_gnu();
+            header.set_mode(0o644);
+            header.set_size(0);
+            builder
+                .append_data(&mut header, &path, io::empty())
+                .unwrap();
+        }
+        let sandbox = Sandbox::new();
+        let tar_gz = gzip(&builder.into_inner().unwrap());
+        let err = extract_within(
+            &tar_gz,
+            &sandbox.dest(),
+            &ArchiveLimits::default(),
+            64 << 10,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::NamesTooLarge { limit: 65536 }),
+            "{err}"
+        );
+        assert!(extract_within(
+            &tar_gz,
+            &Sandbox::new().dest(),
+            &ArchiveLimits::default(),
+            1 << 20
+        )
+        .is_ok());
     }
 
     #[test]

@@ -25,6 +25,18 @@
 //!                                  # not sandbox_uid/sandbox_gid)
 //! max_open_files = 1024            # RLIMIT_NOFILE of instances
 //!
+//! uv = "/usr/local/bin/uv"         # uv binary for the package puller (default: found on PATH)
+//! allow_unsafe_requirements = false  # allow URLs, paths, -e and options in requirements.txt
+//!                                  # (relative paths then name the function's own files)
+//! installer_uid = 65530            # uid/gid of installer jobs that only fetch wheels (no
+//! installer_gid = 65530            # third-party code runs); owns uv's shared cache. Pick ids
+//!                                  # nothing else on the host uses
+//! build_uid = 65531                # uid/gid of jobs that build sdists (third-party code), with
+//! build_gid = 65531                # a private cache; owns nothing else. Not the installer's
+//! # package_index = "https://pypi.org/simple"  # index uv resolves and installs from (default PyPI)
+//! # package_proxy = "http://proxy.example:3128"  # HTTP(S) proxy of installer jobs (default
+//!                                  # none: installer jobs inherit no environment, no uv config)
+//!
 //! [defaults]                       # per-function limits unless the function's config says otherwise
 //! memory_mb = 256                  # memory limit of the sandbox's cgroup
 //! timeout_secs = 30                # handler time limit -> 504
@@ -32,9 +44,6 @@
 //! pids = 64                        # pids limit (fork bombs)
 //! tmp_mb = 64                      # size of the sandbox's /tmp
 //! network = false                  # give functions the host's network
-//!
-//! uv = "/usr/local/bin/uv"         # uv binary for the package puller (default: found on PATH)
-//! allow_unsafe_requirements = false  # allow URLs, paths, -e and options in requirements.txt
 //!
 //! [installer_limits]               # sandboxes that resolve and install packages
 //! memory_mb = 2048
@@ -119,6 +128,12 @@ pub struct Config {
     pub installer_limits: crate::packages::InstallerLimits,
     pub zygotes: ZygoteConfig,
     pub storage: StorageConfig,
+    pub installer_uid: u32,
+    pub installer_gid: u32,
+    pub build_uid: u32,
+    pub build_gid: u32,
+    pub package_index: Option<String>,
+    pub package_proxy: Option<String>,
 }
 
 /// Object storage for functions (`[storage]`).
@@ -222,6 +237,12 @@ impl Default for Config {
             installer_limits: Default::default(),
             zygotes: ZygoteConfig::default(),
             storage: StorageConfig::default(),
+            installer_uid: 65530,
+            installer_gid: 65530,
+            build_uid: 65531,
+            build_gid: 65531,
+            package_index: None,
+            package_proxy: None,
         }
     }
 }
@@ -295,6 +316,18 @@ impl Config {
         }
         if self.storage.dir.as_ref().is_some_and(|d| !d.is_absolute()) {
             return bad("storage.dir must be an absolute path");
+        }
+        let installer = (self.installer_uid, self.installer_gid);
+        let build = (self.build_uid, self.build_gid);
+        if [installer.0, installer.1, build.0, build.1].contains(&0) {
+            return bad("installer_uid/gid and build_uid/gid must not be 0 (root)");
+        }
+        if installer.0 == build.0
+            || [installer.0, build.0].contains(&self.sandbox_uid)
+            || installer.1 == build.1
+            || [installer.1, build.1].contains(&self.sandbox_gid)
+        {
+            return bad("installer_uid, build_uid and sandbox_uid (and their gids) must differ");
         }
         if self.storage.max_object_bytes == 0 || self.storage.max_connections == 0 {
             return bad("storage.max_object_bytes and storage.max_connections must be positive");
@@ -377,6 +410,42 @@ mod tests {
         let cfg: Config = toml::from_str("[storage]\ndir = \"rel\"\n").unwrap();
         assert!(cfg.validate().is_err());
         assert!(toml::from_str::<Config>("[storage]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn installer_ids_are_distinct_and_unprivileged() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert!(cfg.validate().is_ok());
+        assert_eq!((cfg.installer_uid, cfg.build_uid), (65530, 65531));
+        for bad in [
+            "installer_uid = 0",
+            "build_gid = 0",
+            "build_uid = 65530",
+            "installer_uid = 65534",
+        ] {
+            let cfg: Config = toml::from_str(bad).unwrap();
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+        let cfg: Config =
+            toml::from_str("package_index = \"https://mirror.example/simple\"\n").unwrap();
+        assert_eq!(
+            cfg.package_index.as_deref(),
+            Some("https://mirror.example/simple")
+        );
+    }
+
+    #[test]
+    fn documented_block_is_valid_toml() {
+        let doc: String = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.strip_prefix("//!").unwrap_or(l).trim_start_matches(' '))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg: Config = toml::from_str(&doc).unwrap();
+        assert!(cfg.validate().is_ok());
     }
 
     #[test]

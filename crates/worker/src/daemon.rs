@@ -124,6 +124,7 @@ impl Worker {
             &root,
             config.uv_path(),
             config.installer_limits.clone(),
+            crate::packages::InstallerSettings::from_config(&config),
             config.allow_unsafe_requirements,
         )?;
         factory.packages_dir = packages.dir.clone();
@@ -202,7 +203,9 @@ impl Worker {
             let Some(reqs) = staged.requirements.as_deref() else {
                 return Ok(Lock::default());
             };
-            let lock = self.packages.resolve(&self.factory, &self.base, reqs)?;
+            let lock =
+                self.packages
+                    .resolve(&self.factory, &self.base, reqs, &staged.version.dir)?;
             if !lock.packages.is_empty() {
                 progress(format!("resolved {} packages", lock.packages.len()));
             }
@@ -217,10 +220,13 @@ impl Worker {
         };
         // From here until the commit, no gc may take this deploy's packages away.
         let pin = self.packages.pin(&lock);
-        match self
-            .packages
-            .ensure(&self.factory, &self.base, &lock, progress)
-        {
+        match self.packages.ensure(
+            &self.factory,
+            &self.base,
+            &lock,
+            &staged.version.dir,
+            progress,
+        ) {
             Ok(mut stats) => {
                 self.packages.mark_site_packages(&mut lock);
                 stats.package_ms = started.elapsed().as_secs_f64() * 1000.0;

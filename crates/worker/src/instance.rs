@@ -28,6 +28,8 @@ const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 const MODULES_FRAME: &[u8] = b"modules\n";
 /// Largest such report.
 const MAX_MODULES_FRAME: usize = 1024 * 1024;
+/// Output of a job (an installer, a build) the worker keeps: its last bytes.
+const MAX_JOB_OUTPUT: usize = 256 * 1024;
 
 /// Why an invocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -727,7 +729,7 @@ impl Drop for Instance {
 }
 
 /// Parses `<status> <ms>\n<body>`.
-fn parse_reply(payload: Vec<u8>) -> Result<Reply, InvokeError> {
+pub(crate) fn parse_reply(payload: Vec<u8>) -> Result<Reply, InvokeError> {
     let nl = payload
         .iter()
         .position(|&b| b == b'\n')
@@ -844,7 +846,13 @@ impl Factory {
                 stream.set_read_timeout(Some(left))?;
                 match stream.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => output.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        output.extend_from_slice(&buf[..n]);
+                        // A job may print without end (a package's build): keep the tail.
+                        if output.len() > 2 * MAX_JOB_OUTPUT {
+                            output.drain(..output.len() - MAX_JOB_OUTPUT);
+                        }
+                    }
                     Err(e)
                         if e.kind() == std::io::ErrorKind::WouldBlock
                             || e.kind() == std::io::ErrorKind::TimedOut =>

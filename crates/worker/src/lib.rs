@@ -6,6 +6,10 @@ pub mod archive;
 pub mod base;
 pub mod config;
 pub mod daemon;
+pub mod echo;
+#[doc(hidden)]
+pub mod fuzz;
+pub mod install_tree;
 pub mod instance;
 pub mod metrics;
 pub mod packages;

@@ -12,6 +12,7 @@
 //! under `pkgwork/` so that installs hard-link from the cache instead of copying.
 
 use crate::base::Base;
+use crate::echo::{echo, excerpt};
 use crate::instance::{Factory, Job};
 use kindling_sandbox::cgroup::Limits as CgroupLimits;
 use kindling_sandbox::spec::MountSpec;
@@ -20,19 +21,29 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Errors of the package puller.
+/// Errors of the package puller. Whatever they repeat of a tenant's input is cut short
+/// ([`crate::echo`]).
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
     #[error("requirements.txt line {line}: `{text}` is refused: {reason} (set `allow_unsafe_requirements = true` in the worker config to allow it)")]
     Refused {
         line: usize,
         text: String,
-        reason: &'static str,
+        reason: String,
     },
+    #[error("requirements.txt line {line}: `{text}` is invalid: {reason}")]
+    Invalid {
+        line: usize,
+        text: String,
+        reason: String,
+    },
+    #[error("{what} is larger than the limit of {limit}")]
+    TooLarge { what: &'static str, limit: String },
     #[error("function has requirements but no uv binary is configured or found on PATH")]
     NoUv,
     #[error("resolving requirements `{requirements}` failed:\n{output}")]
@@ -42,6 +53,8 @@ pub enum PackageError {
     },
     #[error("installing {package} failed:\n{output}")]
     Install { package: String, output: String },
+    #[error("installing {package} failed: the installed files are refused: {reason}")]
+    UnsafeTree { package: String, reason: String },
     #[error("no package {0} in the store")]
     NotFound(String),
     #[error("package {package} is used by {users:?}")]
@@ -69,6 +82,11 @@ pub struct PackageRef {
     /// Normalized (PEP 503) name.
     pub name: String,
     pub version: String,
+    /// A direct reference (URL or path, only with `allow_unsafe_requirements`) the package is
+    /// installed from; its `version` is then `0+direct.<digest>` of what it names, so it never
+    /// shares a store entry with a release on the index or with other content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl PackageRef {
@@ -89,7 +107,45 @@ impl PackageRef {
         (ok(name) && ok(version)).then(|| Self {
             name: normalize(name),
             version: version.to_string(),
+            source: None,
         })
+    }
+}
+
+/// The store version of a direct reference: `0+direct.<digest>` of what it names (the file or
+/// directory in the function's own files for `file:///handler/...`, else the reference itself),
+/// a PEP 440 local version the index never publishes.
+fn direct_version(source: &str, function: Option<&Path>) -> String {
+    let mut h = Sha256::new();
+    h.update(source.as_bytes());
+    let local = source
+        .strip_prefix("file:///handler/")
+        .zip(function)
+        .map(|(rel, dir)| dir.join(rel));
+    if let Some(path) = local {
+        hash_tree(&mut h, &path);
+    }
+    format!("0+direct.{}", &hex(&h.finalize())[..16])
+}
+
+/// Feeds the names and contents of the files under `path` (not following symlinks) to `h`.
+fn hash_tree(h: &mut Sha256, path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        entries.sort();
+        for e in entries {
+            h.update(e.as_os_str().as_encoded_bytes());
+            hash_tree(h, &e);
+        }
+    } else if meta.is_file() {
+        if let Ok(mut f) = std::fs::File::open(path) {
+            let _ = io::copy(&mut f, h);
+        }
     }
 }
 
@@ -202,53 +258,142 @@ pub struct StoredPackage {
 /// One install: `Some((key, bytes))`, or `None` when another deploy installed it first.
 type InstallResult = Result<Option<(String, u64)>, PackageError>;
 
-/// Checks each requirement line; URLs, paths, editables and options are refused unless allowed.
-pub fn validate_requirements(text: &str, allow_unsafe: bool) -> Result<Vec<String>, PackageError> {
-    let mut out = Vec::new();
+/// Largest `requirements.txt` accepted.
+pub const MAX_REQUIREMENTS_BYTES: usize = 128 * 1024;
+/// Longest line of a `requirements.txt`.
+pub const MAX_REQUIREMENT_LINE_BYTES: usize = 4096;
+/// Most requirements (lines other than blanks and comments) in one `requirements.txt`.
+pub const MAX_REQUIREMENTS: usize = 1000;
+/// Largest lock (`uv pip compile` output) the worker reads back from an installer job.
+const MAX_LOCK_BYTES: u64 = 4 << 20;
+/// Lines of a resolver's or installer's output that an error message shows: its start (where uv
+/// names the failure), lines mentioning an error, and its end (uv's cause and hints).
+const OUTPUT_HEAD_LINES: usize = 10;
+const OUTPUT_TAIL_LINES: usize = 20;
+
+/// Requirements checked against the policy, ready for uv.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Requirements {
+    /// One requirement per line: canonical PEP 508 text for index packages, the line as written
+    /// for what only `allow_unsafe_requirements` lets through.
+    pub lines: Vec<String>,
+    /// Some line is not a plain requirement on the index (a URL, a path, an option): allowed by
+    /// the operator, and resolved against the function's own files.
+    pub unsafe_lines: bool,
+}
+
+/// Reads a function's `requirements.txt`, at most one byte past [`MAX_REQUIREMENTS_BYTES`] (so
+/// [`validate_requirements`] can refuse a larger one without it ever being read whole).
+pub fn read_requirements(path: &Path) -> io::Result<Option<String>> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_REQUIREMENTS_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    // Invalid UTF-8 becomes U+FFFD, which no requirement accepts: a 400, not a 500.
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Checks a `requirements.txt` against the policy: every line is a PEP 508 requirement of a
+/// named package (version specifiers, extras and markers allowed; comments and blank lines
+/// ignored). URLs, paths, editables and options are refused unless `allow_unsafe`, which
+/// passes such lines to uv as written. The file, its lines and their number are bounded either
+/// way.
+pub fn validate_requirements(text: &str, allow_unsafe: bool) -> Result<Requirements, PackageError> {
+    if text.len() > MAX_REQUIREMENTS_BYTES {
+        return Err(PackageError::TooLarge {
+            what: "requirements.txt",
+            limit: format!("{MAX_REQUIREMENTS_BYTES} bytes"),
+        });
+    }
+    let mut out = Requirements::default();
     for (i, raw) in text.lines().enumerate() {
-        let line = match raw.find(" #").or_else(|| raw.starts_with('#').then_some(0)) {
-            Some(p) => &raw[..p],
-            None => raw,
+        let invalid = |reason: String| PackageError::Invalid {
+            line: i + 1,
+            text: echo(raw.trim()).into_owned(),
+            reason,
+        };
+        if raw.len() > MAX_REQUIREMENT_LINE_BYTES {
+            return Err(invalid(format!(
+                "longer than {MAX_REQUIREMENT_LINE_BYTES} bytes"
+            )));
         }
-        .trim();
+        let line = strip_comment(raw).trim();
         if line.is_empty() {
             continue;
         }
-        let refuse = |reason| PackageError::Refused {
-            line: i + 1,
-            text: line.chars().take(200).collect(),
-            reason,
-        };
-        if !allow_unsafe {
-            if line.starts_with('-') {
-                return Err(refuse(
-                    "options (such as -e, -r, --index-url) are not allowed",
-                ));
+        if out.lines.len() == MAX_REQUIREMENTS {
+            return Err(PackageError::TooLarge {
+                what: "requirements.txt",
+                limit: format!("{MAX_REQUIREMENTS} requirements"),
+            });
+        }
+        match index_requirement(line) {
+            Ok(canonical) => out.lines.push(canonical),
+            Err(_) if allow_unsafe => {
+                out.unsafe_lines = true;
+                out.lines.push(line.to_string());
             }
-            if line.contains("://")
-                || line.contains(" @ ")
-                || line.contains("@ ")
-                || line.starts_with("git+")
-            {
-                return Err(refuse("direct URL references are not allowed"));
-            }
-            if line.starts_with('.')
-                || line.starts_with('/')
-                || line.starts_with('~')
-                || line.starts_with("file:")
-            {
-                return Err(refuse("local paths are not allowed"));
-            }
-            if !line.as_bytes()[0].is_ascii_alphanumeric() {
-                return Err(refuse("not a PEP 508 requirement"));
-            }
-            if line.ends_with('\\') {
-                return Err(refuse("line continuations are not allowed"));
+            Err(reason) => {
+                return Err(PackageError::Refused {
+                    line: i + 1,
+                    text: echo(line).into_owned(),
+                    reason,
+                })
             }
         }
-        out.push(line.to_string());
     }
     Ok(out)
+}
+
+/// A requirements-file comment starts at a `#` that begins the line or follows whitespace.
+fn strip_comment(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    let at = (0..bytes.len())
+        .find(|&i| bytes[i] == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()));
+    at.map_or(line, |i| &line[..i])
+}
+
+/// The canonical form of a requirement of a named package on the index, or why the line is not
+/// one. What uv is given is this canonical text, so uv sees exactly what was checked.
+fn index_requirement(line: &str) -> Result<String, String> {
+    if line.starts_with('-') {
+        return Err("options (such as -e, -r, --index-url) are not allowed".into());
+    }
+    if line.ends_with('\\') {
+        return Err("line continuations are not allowed".into());
+    }
+    // pep508_rs 0.9 panics on a name ending in `.`, `-` or `_` followed by more text (found by
+    // fuzzing: `6.$`); such a name is invalid anyway.
+    let name_len = line
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || b".-_".contains(b))
+        .count();
+    if name_len > 0 && b".-_".contains(&line.as_bytes()[name_len - 1]) {
+        return Err("not a PEP 508 requirement of a package on the index: a package name must end with a letter or digit".into());
+    }
+    // The same bug exists for extras (`x[y.]`); whatever else may panic in the parser, a panic
+    // refuses the line rather than failing the deploy.
+    let parsed = std::panic::catch_unwind(|| {
+        pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(line)
+    })
+    .map_err(|_| {
+        "not a PEP 508 requirement of a package on the index: the parser failed on it".to_string()
+    })?;
+    let req = parsed.map_err(|e| {
+        format!(
+            "not a PEP 508 requirement of a package on the index: {}",
+            echo(&e.message.to_string())
+        )
+    })?;
+    if let Some(pep508_rs::VersionOrUrl::Url(_)) = req.version_or_url {
+        return Err("direct references (URLs and paths) are not allowed".into());
+    }
+    Ok(req.to_string())
 }
 
 /// Parses `uv pip compile --annotation-style line` output into a lock in dependency order.
@@ -265,13 +410,16 @@ pub fn parse_compiled(text: &str) -> Lock {
             continue;
         }
         let spec = spec.split(';').next().unwrap_or(spec).trim();
-        let Some((name, version)) = spec.split_once("==") else {
-            continue;
+        let (name, version, source) = match (spec.split_once("=="), spec.split_once(" @ ")) {
+            (_, Some((name, url))) => (name, String::new(), Some(url.trim().to_string())),
+            (Some((name, version)), None) => (name, version.trim().to_string(), None),
+            (None, None) => continue,
         };
         let name = normalize(name.split('[').next().unwrap_or(name).trim());
         let pkg = PackageRef {
             name: name.clone(),
-            version: version.trim().to_string(),
+            version,
+            source,
         };
         if let Some(list) = comment.strip_prefix("via") {
             let parents = list
@@ -346,11 +494,137 @@ pub fn parse_compiled(text: &str) -> Lock {
     }
 }
 
+/// Who installer jobs run as and where they fetch from (config keys of the same names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstallerSettings {
+    /// Runs jobs that only fetch wheels (no third-party code) and owns the shared uv cache.
+    pub installer_uid: u32,
+    pub installer_gid: u32,
+    /// Runs jobs that may build sdists (third-party code): owns nothing but its scratch.
+    pub build_uid: u32,
+    pub build_gid: u32,
+    /// The package index (uv's `--default-index`); None: uv's default (PyPI).
+    pub index_url: Option<String>,
+    /// HTTP(S) proxy for installer jobs; None: none (nothing is inherited from the worker).
+    pub proxy: Option<String>,
+}
+
+impl InstallerSettings {
+    /// The settings of a worker config.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            installer_uid: config.installer_uid,
+            installer_gid: config.installer_gid,
+            build_uid: config.build_uid,
+            build_gid: config.build_gid,
+            index_url: config.package_index.clone(),
+            proxy: config.package_proxy.clone(),
+        }
+    }
+}
+
+/// How an installer job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobMode {
+    /// Wheels only (`--no-build`): no third-party code runs, so the job may use the shared uv
+    /// cache, as the installer uid.
+    Wheels,
+    /// May build sdists, which runs third-party code: the build uid, a private empty cache that
+    /// is thrown away, and nothing shared writable.
+    Build,
+}
+
+/// uv's hint when `--no-build` stopped it: the job must be retried as a build.
+fn needs_build(output: &str) -> bool {
+    let output = output.to_ascii_lowercase();
+    output.contains("building from source is disabled")
+        || (output.contains("building source distributions for") && output.contains("is disabled"))
+        || output.contains("building source distributions is disabled")
+        || output.contains("--no-build")
+}
+
+/// A job's scratch directory (`<root>/pkgwork/jobs/<id>`, owned by the job's uid, mode 0700):
+/// its cwd, HOME, TMPDIR, install target and, for builds, its uv cache. Removed on drop.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn create(dir: PathBuf, uid: u32, gid: u32) -> Result<Self, PackageError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_at(&dir))?;
+        let scratch = Self { dir };
+        for sub in ["", "home", "tmp", "cache", "target"] {
+            let p = scratch.dir.join(sub);
+            if !sub.is_empty() {
+                std::fs::create_dir(&p).map_err(io_at(&p))?;
+            }
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(io_at(&p))?;
+        }
+        Ok(scratch)
+    }
+
+    /// Reads a file the job wrote: never through a symlink, at most `limit` bytes.
+    fn read(&self, name: &str, limit: u64) -> Option<String> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_o_nofollow())
+            .open(&path)
+            .ok()?;
+        if !file.metadata().ok()?.is_file() {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        file.take(limit).read_to_end(&mut bytes).ok()?;
+        String::from_utf8(bytes).ok()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), "removing an installer job's scratch: {e}");
+        }
+    }
+}
+
+/// `O_NOFOLLOW` (see archive.rs for why this crate spells it out).
+fn libc_o_nofollow() -> i32 {
+    if cfg!(all(target_os = "linux", target_arch = "aarch64")) {
+        0o100_000
+    } else if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        0o400_000
+    } else {
+        0
+    }
+}
+
+/// Gives a directory tree to `uid`/`gid` (never following symlinks).
+fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p)?;
+        std::os::unix::fs::lchown(&p, Some(uid), Some(gid))?;
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The package store and puller.
 pub struct PackageStore {
     /// `<root>/packages`: the store, bound read-only into sandboxes.
     pub dir: PathBuf,
-    /// `<root>/pkgwork`: uv cache, staging, resolution cache.
+    /// `<root>/pkgwork`: the shared uv cache, job scratch directories, staging.
     work: PathBuf,
     /// `<root>/tools`: the uv binary, bound at /kindling in installer sandboxes.
     tools: PathBuf,
@@ -360,6 +634,7 @@ pub struct PackageStore {
     pinned: Mutex<HashMap<String, usize>>,
     uv: Option<PathBuf>,
     limits: InstallerLimits,
+    settings: InstallerSettings,
     allow_unsafe: bool,
     ca_bundle: bool,
     installing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -375,24 +650,43 @@ impl PackageStore {
         root: &Path,
         uv: Option<PathBuf>,
         limits: InstallerLimits,
+        settings: InstallerSettings,
         allow_unsafe: bool,
     ) -> Result<Self, PackageError> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = root.join("packages");
         let work = root.join("pkgwork");
         let tools = root.join("tools");
+        let cache = work.join("cache");
         for d in [
             &dir,
             &work,
-            &work.join("cache"),
+            &cache,
             &work.join("staging"),
+            &work.join("jobs"),
             &root.join("locks"),
-            &work.join("resolve"),
             &tools,
         ] {
             std::fs::create_dir_all(d).map_err(io_at(d))?;
         }
-        // Whatever a crashed install left in staging is garbage.
-        for sub in ["staging", "resolve"] {
+        // Only root reaches into pkgwork; jobs see their own scratch and (wheel-only jobs) the
+        // cache, which only the installer uid may write.
+        for (d, mode) in [(&work, 0o711), (&work.join("staging"), 0o700)] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).map_err(io_at(d))?;
+        }
+        let want = (settings.installer_uid, settings.installer_gid);
+        let meta = std::fs::metadata(&cache).map_err(io_at(&cache))?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            if (meta.uid(), meta.gid()) != want {
+                // A cache written by an earlier worker (as root) or for another installer uid.
+                chown_tree(&cache, want.0, want.1).map_err(io_at(&cache))?;
+            }
+        }
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_at(&cache))?;
+        // Whatever a crashed install left in staging or a job's scratch is garbage.
+        for sub in ["staging", "jobs", "resolve"] {
             let p = work.join(sub);
             if let Ok(rd) = std::fs::read_dir(&p) {
                 for e in rd.flatten() {
@@ -400,6 +694,7 @@ impl PackageStore {
                 }
             }
         }
+        let _ = std::fs::remove_dir(work.join("resolve"));
         // The installer fetches with the host's trust store (which may hold a proxy's CA), so a
         // copy of the host's CA bundle goes to the tools directory the installer sandbox sees.
         let host_ca = std::env::var_os("SSL_CERT_FILE")
@@ -439,6 +734,7 @@ impl PackageStore {
             pinned: Mutex::new(HashMap::new()),
             uv,
             limits,
+            settings,
             allow_unsafe,
             ca_bundle,
             installing: Mutex::new(HashMap::new()),
@@ -448,83 +744,173 @@ impl PackageStore {
         })
     }
 
-    fn job(&self, base: &Base, args: Vec<String>) -> Result<Job, PackageError> {
+    /// A fresh scratch directory for a job in `mode`.
+    fn scratch(&self, mode: JobMode) -> Result<Scratch, PackageError> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let (uid, gid) = match mode {
+            JobMode::Wheels => (self.settings.installer_uid, self.settings.installer_gid),
+            JobMode::Build => (self.settings.build_uid, self.settings.build_gid),
+        };
+        Scratch::create(
+            self.work
+                .join("jobs")
+                .join(format!("{}-{n}", std::process::id())),
+            uid,
+            gid,
+        )
+    }
+
+    /// An installer job running `uv <args>` in `scratch` (at /packages inside the sandbox).
+    /// Nothing of the worker's environment or of any uv configuration file reaches uv: its
+    /// settings are these arguments and variables only. With `function`, the function's own
+    /// files are visible (read-only) at /handler, which is then the cwd, so the relative paths
+    /// that `allow_unsafe_requirements` lets through name the function's files.
+    fn job(
+        &self,
+        base: &Base,
+        mode: JobMode,
+        scratch: &Scratch,
+        function: Option<&Path>,
+        args: Vec<String>,
+    ) -> Result<Job, PackageError> {
         if self.uv.is_none() {
             return Err(PackageError::NoUv);
         }
         let mut argv = vec!["/kindling/uv".to_string()];
         argv.extend(args);
-        let mut env: Vec<(String, String)> = Vec::new();
+        argv.extend(
+            [
+                "--no-config",
+                "--cache-dir",
+                "/packages/cache",
+                "--python",
+                &base.info.python,
+                "--no-python-downloads",
+            ]
+            .map(str::to_string),
+        );
+        // Only uv writes a wheels job's tree, so its files may be the cache's own inodes (sealed
+        // read-only with the tree); a build's tree holds copies.
+        argv.extend(
+            match mode {
+                JobMode::Wheels => ["--no-build", "--link-mode", "hardlink"].as_slice(),
+                JobMode::Build => ["--link-mode", "copy"].as_slice(),
+            }
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        if let Some(index) = &self.settings.index_url {
+            argv.extend(["--default-index".to_string(), index.clone()]);
+        }
+        let mut env: Vec<(String, String)> = [
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            ("HOME", "/packages/home"),
+            ("TMPDIR", "/packages/tmp"),
+            ("LANG", "C.UTF-8"),
+            ("UV_NO_PROGRESS", "1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
         if self.ca_bundle {
             env.push((
                 "SSL_CERT_FILE".into(),
                 "/kindling/ca-certificates.crt".into(),
             ));
         }
-        // An operator's proxy settings apply to package downloads too.
-        for var in [
-            "HTTPS_PROXY",
-            "HTTP_PROXY",
-            "ALL_PROXY",
-            "NO_PROXY",
-            "https_proxy",
-            "http_proxy",
-            "no_proxy",
-        ] {
-            if let Ok(v) = std::env::var(var) {
-                env.push((var.into(), v));
+        if let Some(proxy) = &self.settings.proxy {
+            for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+                env.push((var.into(), proxy.clone()));
             }
         }
+        let mut mounts = vec![
+            MountSpec::Bind {
+                source: self.tools.clone(),
+                target: "/kindling".into(),
+                writable: false,
+            },
+            MountSpec::Bind {
+                source: scratch.dir.clone(),
+                target: "/packages".into(),
+                writable: true,
+            },
+        ];
+        if mode == JobMode::Wheels {
+            mounts.push(MountSpec::Bind {
+                source: self.work.join("cache"),
+                target: "/packages/cache".into(),
+                writable: true,
+            });
+        }
+        if let Some(dir) = function {
+            mounts.push(MountSpec::Bind {
+                source: dir.to_path_buf(),
+                target: "/handler".into(),
+                writable: false,
+            });
+        }
+        let (uid, gid) = match mode {
+            JobMode::Wheels => (self.settings.installer_uid, self.settings.installer_gid),
+            JobMode::Build => (self.settings.build_uid, self.settings.build_gid),
+        };
         Ok(Job {
             argv,
-            env: env
-                .into_iter()
-                .chain([
-                    ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-                    ("HOME".into(), "/tmp".into()),
-                    ("LANG".into(), "C.UTF-8".into()),
-                    ("UV_CACHE_DIR".into(), "/packages/cache".into()),
-                    ("UV_PYTHON".into(), base.info.python.clone()),
-                    ("UV_NO_PROGRESS".into(), "1".into()),
-                    ("UV_PYTHON_DOWNLOADS".into(), "never".into()),
-                ])
-                .collect(),
-            mounts: vec![
-                MountSpec::Bind {
-                    source: self.tools.clone(),
-                    target: "/kindling".into(),
-                    writable: false,
-                },
-                MountSpec::Bind {
-                    source: self.work.clone(),
-                    target: "/packages".into(),
-                    writable: true,
-                },
-            ],
+            env,
+            mounts,
+            // Wheel-only jobs need the index; builds need it for their build dependencies.
             network: true,
-            // Root without capabilities (they are dropped at exec): enough to write the
-            // root-owned work directory, nothing more.
-            uid: 0,
-            gid: 0,
+            uid,
+            gid,
             limits: CgroupLimits {
                 memory_bytes: Some(self.limits.memory_mb << 20),
                 cpu_cores: Some(self.limits.cpu_cores),
                 pids: Some(self.limits.pids),
             },
             timeout: Duration::from_secs(self.limits.timeout_secs),
-            cwd: "/packages".into(),
+            cwd: if function.is_some() {
+                "/handler".into()
+            } else {
+                "/packages".into()
+            },
         })
     }
 
+    /// Runs a job; `Err(output)` when it failed, with a note naming the limit it hit.
+    fn run(
+        &self,
+        factory: &Factory,
+        job: Job,
+        what: &str,
+    ) -> Result<Result<(), String>, PackageError> {
+        let out = factory.run_job(job)?;
+        if out.code == Some(0) {
+            return Ok(Ok(()));
+        }
+        let mut msg = out.output.trim().to_string();
+        if out.timed_out {
+            msg.push_str(&format!(
+                "\n({what} exceeded the installer time limit of {} s)",
+                self.limits.timeout_secs
+            ));
+        } else if out.code.is_none() {
+            msg.push_str(&format!(
+                "\n(the {what} was killed; installer memory limit {} MB)",
+                self.limits.memory_mb
+            ));
+        }
+        Ok(Err(msg))
+    }
+
     /// Resolves requirements into a lock, reusing the cached lock of identical requirements.
+    /// `function` is the function's directory (what relative paths name, when allowed).
     pub fn resolve(
         &self,
         factory: &Factory,
         base: &Base,
         requirements: &str,
+        function: &Path,
     ) -> Result<Lock, PackageError> {
-        let lines = validate_requirements(requirements, self.allow_unsafe)?;
-        if lines.is_empty() {
+        let reqs = validate_requirements(requirements, self.allow_unsafe)?;
+        if reqs.lines.is_empty() {
             return Ok(Lock::default());
         }
         let mut h = Sha256::new();
@@ -533,9 +919,17 @@ impl PackageStore {
         h.update(base.info.platform.as_bytes());
         h.update(b"\0");
         h.update(base.info.cache_tag.as_bytes());
-        for l in &lines {
+        h.update(b"\0");
+        h.update(self.settings.index_url.as_deref().unwrap_or("").as_bytes());
+        for l in &reqs.lines {
             h.update(b"\0");
             h.update(l.as_bytes());
+        }
+        // What only the operator's opt-in allows may name the function's own files: such a lock
+        // is the function's alone.
+        if reqs.unsafe_lines {
+            h.update(b"\0function\0");
+            h.update(function.as_os_str().as_encoded_bytes());
         }
         let key = hex(&h.finalize());
         // Outside pkgwork: installer sandboxes (which run package build code) cannot touch it.
@@ -545,57 +939,96 @@ impl PackageStore {
                 return Ok(lock);
             }
         }
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let rel = format!("resolve/{}-{n}", std::process::id());
-        let dir = self.work.join(&rel);
-        std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-        let req = dir.join("requirements.in");
-        std::fs::write(&req, lines.join("\n") + "\n").map_err(io_at(&req))?;
-        let job = self.job(
-            base,
-            vec![
-                "pip".into(),
-                "compile".into(),
-                format!("/packages/{rel}/requirements.in"),
-                "-o".into(),
-                format!("/packages/{rel}/lock.txt"),
-                "--no-header".into(),
-                "--annotation-style".into(),
-                "line".into(),
-                "--quiet".into(),
-            ],
-        )?;
-        let out = factory.run_job(job);
-        let result = (|| {
-            let out = out?;
-            let text = std::fs::read_to_string(dir.join("lock.txt")).unwrap_or_default();
-            if out.code != Some(0) || text.trim().is_empty() {
-                let mut msg = out.output.trim().to_string();
-                if out.timed_out {
-                    msg.push_str(&format!(
-                        "\n(resolution exceeded the installer time limit of {} s)",
-                        self.limits.timeout_secs
-                    ));
-                } else if out.code.is_none() {
-                    msg.push_str(&format!(
-                        "\n(the resolver was killed; installer memory limit {} MB)",
-                        self.limits.memory_mb
-                    ));
-                }
-                return Err(PackageError::Resolve {
-                    requirements: lines.join(", "),
-                    output: msg,
-                });
+        let function = reqs.unsafe_lines.then_some(function);
+        let mut result = self.compile(factory, base, &reqs, JobMode::Wheels, function)?;
+        if let Err(output) = &result {
+            if needs_build(output) {
+                // Some requirement has no wheel: its metadata comes from building its sdist.
+                result = self.compile(factory, base, &reqs, JobMode::Build, function)?;
             }
-            Ok(parse_compiled(&text))
-        })();
-        let _ = std::fs::remove_dir_all(&dir);
-        let lock = result?;
+        }
+        let text = result.map_err(|output| PackageError::Resolve {
+            requirements: echo(&reqs.lines.join(", ")).into_owned(),
+            output: excerpt(&output, OUTPUT_HEAD_LINES, OUTPUT_TAIL_LINES),
+        })?;
+        let mut lock = self.checked_lock(&text, &reqs)?;
+        for pkg in &mut lock.packages {
+            if let Some(source) = &pkg.source {
+                pkg.version = direct_version(source, function);
+            }
+        }
         let tmp = cached.with_extension("tmp");
         let text = serde_json::to_string(&lock).map_err(|e| io_at(&tmp)(io::Error::other(e)))?;
         std::fs::write(&tmp, text).map_err(io_at(&tmp))?;
         std::fs::rename(&tmp, &cached).map_err(io_at(&cached))?;
         Ok(lock)
+    }
+
+    /// One `uv pip compile` job: `Ok(Ok(lock text))` or `Ok(Err(uv's output))`.
+    fn compile(
+        &self,
+        factory: &Factory,
+        base: &Base,
+        reqs: &Requirements,
+        mode: JobMode,
+        function: Option<&Path>,
+    ) -> Result<Result<String, String>, PackageError> {
+        let scratch = self.scratch(mode)?;
+        let req = scratch.dir.join("requirements.in");
+        std::fs::write(&req, reqs.lines.join("\n") + "\n").map_err(io_at(&req))?;
+        let job = self.job(
+            base,
+            mode,
+            &scratch,
+            function,
+            [
+                "pip",
+                "compile",
+                "/packages/requirements.in",
+                "-o",
+                "/packages/lock.txt",
+                "--no-header",
+                "--annotation-style",
+                "line",
+                "--quiet",
+            ]
+            .map(str::to_string)
+            .into(),
+        )?;
+        if let Err(output) = self.run(factory, job, "resolution")? {
+            return Ok(Err(output));
+        }
+        match scratch.read("lock.txt", MAX_LOCK_BYTES) {
+            Some(text) if !text.trim().is_empty() => Ok(Ok(text)),
+            _ => Ok(Err("the resolver wrote no readable lock".into())),
+        }
+    }
+
+    /// The lock of a resolver's output. Without the operator's opt-in, every entry must pin a
+    /// package on the index (`name==version`): a build during resolution runs third-party code,
+    /// which must not smuggle a URL or path into what is installed.
+    fn checked_lock(&self, text: &str, reqs: &Requirements) -> Result<Lock, PackageError> {
+        if !self.allow_unsafe {
+            for line in text.lines() {
+                let spec = line.split('#').next().unwrap_or("").trim();
+                if spec.is_empty() {
+                    continue;
+                }
+                let pinned = spec.split_once("==").is_some_and(|(n, v)| {
+                    PackageRef::parse(&format!("{}=={}", n.trim(), v.trim())).is_some()
+                });
+                if !pinned {
+                    return Err(PackageError::Resolve {
+                        requirements: echo(&reqs.lines.join(", ")).into_owned(),
+                        output: format!(
+                            "the resolution named `{}`, which is not a package version on the index",
+                            echo(spec)
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(parse_compiled(text))
     }
 
     /// Keeps a lock's packages from removal until the guard drops (a deploy between `ensure`
@@ -621,11 +1054,13 @@ impl PackageStore {
     }
 
     /// Installs every package of `lock` that the store lacks; `progress` hears of each install.
+    /// `function` is the function's directory, which direct references may name.
     pub fn ensure(
         &self,
         factory: &Factory,
         base: &Base,
         lock: &Lock,
+        function: &Path,
         progress: &(dyn Fn(String) + Sync),
     ) -> Result<EnsureStats, PackageError> {
         let missing: Vec<&PackageRef> =
@@ -645,7 +1080,7 @@ impl PackageStore {
                 s.spawn(|| loop {
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
                     let Some(pkg) = next else { break };
-                    let r = self.install_one(factory, base, pkg, progress);
+                    let r = self.install_one(factory, base, pkg, function, progress);
                     let failed = r.is_err();
                     results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
                     if failed {
@@ -672,6 +1107,7 @@ impl PackageStore {
         factory: &Factory,
         base: &Base,
         pkg: &PackageRef,
+        function: &Path,
         progress: &(dyn Fn(String) + Sync),
     ) -> InstallResult {
         let key = pkg.key();
@@ -690,60 +1126,53 @@ impl PackageStore {
         progress(format!("installing {key}"));
         let started = Instant::now();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let rel = format!("staging/{key}-{}-{n}", std::process::id());
-        let staging = self.work.join(&rel);
-        let result = (|| {
-            std::fs::create_dir_all(staging.join("files")).map_err(io_at(&staging))?;
-            let job = self.job(
-                base,
-                vec![
-                    "pip".into(),
-                    "install".into(),
-                    "--no-deps".into(),
-                    "--compile-bytecode".into(),
-                    "--quiet".into(),
-                    "--target".into(),
-                    format!("/packages/{rel}/files"),
-                    format!("{}=={}", pkg.name, pkg.version),
-                ],
-            )?;
-            let out = factory.run_job(job)?;
-            if out.code != Some(0) {
-                let mut output = out.output.trim().to_string();
-                if out.timed_out {
-                    output.push_str(&format!(
-                        "\n(install exceeded the installer time limit of {} s)",
-                        self.limits.timeout_secs
-                    ));
-                } else if out.code.is_none() {
-                    output.push_str(&format!(
-                        "\n(the installer was killed; memory limit {} MB)",
-                        self.limits.memory_mb
-                    ));
+        let staging = self
+            .work
+            .join("staging")
+            .join(format!("{key}-{}-{n}", std::process::id()));
+        let result: Result<u64, PackageError> = (|| {
+            std::fs::create_dir(&staging).map_err(io_at(&staging))?;
+            let mut mode = JobMode::Wheels;
+            let mut installed = self.install_job(factory, base, pkg, mode, function)?;
+            if let Err(output) = &installed {
+                if needs_build(output) {
+                    progress(format!("building {key} from its sdist"));
+                    mode = JobMode::Build;
+                    installed = self.install_job(factory, base, pkg, mode, function)?;
                 }
-                return Err(PackageError::Install {
-                    package: key.clone(),
-                    output,
-                });
             }
-            let (size, has_pth) = walk_size(&staging.join("files"));
+            let scratch = installed.map_err(|output| PackageError::Install {
+                package: key.clone(),
+                output: excerpt(&output, OUTPUT_HEAD_LINES, OUTPUT_TAIL_LINES),
+            })?;
+            // Out of the job's scratch first: from here on no uid but root reaches the tree.
+            let files = staging.join("files");
+            let target = scratch.dir.join("target");
+            std::fs::rename(&target, &files).map_err(io_at(&target))?;
+            drop(scratch);
+            let links = match mode {
+                JobMode::Wheels => crate::install_tree::HardLinks::FromCache,
+                JobMode::Build => crate::install_tree::HardLinks::Refuse,
+            };
+            let summary = self.check_tree(pkg, &files, links)?;
             let meta = StoredPackage {
                 name: pkg.name.clone(),
                 version: pkg.version.clone(),
-                size_bytes: size,
-                has_pth,
+                size_bytes: summary.size,
+                has_pth: summary.has_pth,
             };
             let meta_path = staging.join("meta.json");
             let text =
                 serde_json::to_string(&meta).map_err(|e| io_at(&meta_path)(io::Error::other(e)))?;
             std::fs::write(&meta_path, text).map_err(io_at(&meta_path))?;
+            crate::install_tree::seal(&staging).map_err(|e| self.unsafe_tree(pkg, e))?;
             let dst = self.dir.join(&key);
             if dst.exists() {
                 // A package directory without meta.json is a leftover; replace it.
                 std::fs::remove_dir_all(&dst).map_err(io_at(&dst))?;
             }
             std::fs::rename(&staging, &dst).map_err(io_at(&dst))?;
-            Ok(size)
+            Ok(summary.size)
         })();
         let _ = std::fs::remove_dir_all(&staging);
         let size = result?;
@@ -754,6 +1183,83 @@ impl PackageStore {
             started.elapsed().as_secs_f64()
         ));
         Ok(Some((key, size)))
+    }
+
+    /// One `uv pip install --target` job: its scratch (holding `target/`) or uv's output.
+    fn install_job(
+        &self,
+        factory: &Factory,
+        base: &Base,
+        pkg: &PackageRef,
+        mode: JobMode,
+        function: &Path,
+    ) -> Result<Result<Scratch, String>, PackageError> {
+        let scratch = self.scratch(mode)?;
+        let spec = match &pkg.source {
+            Some(source) => format!("{} @ {source}", pkg.name),
+            None => format!("{}=={}", pkg.name, pkg.version),
+        };
+        let job = self.job(
+            base,
+            mode,
+            &scratch,
+            pkg.source.as_ref().map(|_| function),
+            vec![
+                "pip".into(),
+                "install".into(),
+                "--no-deps".into(),
+                "--compile-bytecode".into(),
+                "--quiet".into(),
+                "--target".into(),
+                "/packages/target".into(),
+                spec,
+            ],
+        )?;
+        Ok(self.run(factory, job, "install")?.map(|()| scratch))
+    }
+
+    /// The checks an installed tree passes before it enters the store: the tree checks of
+    /// [`crate::install_tree::check`], and exactly one `.dist-info` naming the package asked for.
+    fn check_tree(
+        &self,
+        pkg: &PackageRef,
+        files: &Path,
+        links: crate::install_tree::HardLinks,
+    ) -> Result<crate::install_tree::TreeSummary, PackageError> {
+        let summary =
+            crate::install_tree::check(files, links).map_err(|e| self.unsafe_tree(pkg, e))?;
+        // A direct reference's version is Kindling's digest, not the one it was built with.
+        let matches = |d: &str| {
+            let stem = d.strip_suffix(".dist-info").unwrap_or(d);
+            stem.rsplit_once('-').is_some_and(|(name, version)| {
+                normalize(name) == pkg.name
+                    && (pkg.source.is_some() || same_version(version, &pkg.version))
+            })
+        };
+        match summary.dist_infos.as_slice() {
+            [one] if matches(one) => Ok(summary),
+            found => Err(PackageError::UnsafeTree {
+                package: pkg.key(),
+                reason: format!(
+                    "expected one {}-{}.dist-info, found {}",
+                    pkg.name,
+                    pkg.version,
+                    echo(&format!("{found:?}"))
+                ),
+            }),
+        }
+    }
+
+    fn unsafe_tree(&self, pkg: &PackageRef, e: crate::install_tree::TreeError) -> PackageError {
+        match e {
+            crate::install_tree::TreeError::Io { path, source } => {
+                PackageError::Io { path, source }
+            }
+            e => PackageError::UnsafeTree {
+                package: pkg.key(),
+                reason: e.to_string(),
+            },
+        }
     }
 
     /// Every installed package.
@@ -844,27 +1350,13 @@ impl Drop for Pin<'_> {
     }
 }
 
-fn walk_size(dir: &Path) -> (u64, bool) {
-    let mut size = 0;
-    let mut has_pth = false;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if let Ok(m) = e.metadata() {
-                size += m.len();
-                if d == dir && e.file_name().to_string_lossy().ends_with(".pth") {
-                    has_pth = true;
-                }
-            }
-        }
+/// Whether two version strings name the same PEP 440 version (`1.0` and `1.0.0` do).
+fn same_version(a: &str, b: &str) -> bool {
+    use pep508_rs::pep440_rs::Version;
+    match (Version::from_str(a), Version::from_str(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
     }
-    (size, has_pth)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -883,29 +1375,127 @@ mod tests {
         assert_eq!(normalize("a--b"), "a-b");
     }
 
+    fn refused(text: &str) -> String {
+        match validate_requirements(text, false) {
+            Err(e @ PackageError::Refused { .. }) => e.to_string(),
+            other => panic!("{text:?} was not refused: {other:?}"),
+        }
+    }
+
     #[test]
-    fn refuses_unsafe_requirements() {
-        let ok = "requests[socks]>=2.0 ; python_version >= '3.8'\n# comment\nnumpy==1.26.4  # pinned\n\n";
-        assert_eq!(validate_requirements(ok, false).unwrap().len(), 2);
-        for bad in [
-            "-e .",
-            "--index-url http://evil/simple",
-            "-r other.txt",
-            "pkg @ https://example.invalid/pkg.whl",
-            "git+https://example.invalid/x.git",
-            "./local",
-            "/abs/path",
-            "file:///x",
-        ] {
+    fn accepts_named_packages_with_specifiers_extras_and_markers() {
+        let ok = "requests[socks]>=2.0 ; python_version >= '3.8'\n# comment\nnumpy==1.26.4  # pinned\n\n\tsix\r\nFoo_Bar[x,y] ~= 1.2, != 1.2.5\n";
+        let reqs = validate_requirements(ok, false).unwrap();
+        assert!(!reqs.unsafe_lines);
+        assert_eq!(reqs.lines.len(), 4, "{reqs:?}");
+        assert!(
+            reqs.lines[0].starts_with("requests[socks]>=2.0 ; "),
+            "{reqs:?}"
+        );
+        assert_eq!(reqs.lines[1], "numpy==1.26.4");
+        assert_eq!(reqs.lines[2], "six");
+        // What uv gets is canonical, so whitespace cannot hide anything from the check.
+        assert_eq!(reqs.lines[3], "foo-bar[x,y]~=1.2,!=1.2.5");
+        assert!(validate_requirements("", false).unwrap().lines.is_empty());
+    }
+
+    /// Every form that reached uv as a URL or a path before (research/security.md C12, C13).
+    const BYPASSES: [&str; 17] = [
+        "-e .",
+        "--index-url http://evil/simple",
+        "-r other.txt",
+        "pkg @ https://example.invalid/pkg.whl",
+        "git+https://example.invalid/x.git",
+        "./local",
+        "/abs/path",
+        "file:///x",
+        "~/x",
+        "foo/bar",
+        "evil@/kindling",
+        "evil\t@\t/kindling",
+        "evil@file:/kindling",
+        "evil@http:/host/x.tar.gz",
+        "evil @ file:///kindling",
+        "six==1.16 --hash=sha256:abc",
+        "six==1.16 \\",
+    ];
+
+    #[test]
+    fn refuses_urls_paths_and_options() {
+        for bad in BYPASSES {
+            let msg = refused(&format!("six\n{bad}\n"));
+            assert!(msg.contains("line 2"), "{msg}");
+            assert!(msg.contains("allow_unsafe_requirements"), "{msg}");
+            let allowed = validate_requirements(bad, true).unwrap();
+            assert!(allowed.unsafe_lines, "{bad}");
+            assert_eq!(allowed.lines, [bad.trim()]);
+        }
+        // Names pep508_rs itself would panic on.
+        for bad in ["6.$", "a-!", "x_ y", "six.==1"] {
             assert!(
-                matches!(
-                    validate_requirements(bad, false),
-                    Err(PackageError::Refused { .. })
-                ),
+                refused(bad).contains("must end with a letter or digit"),
                 "{bad}"
             );
-            assert!(validate_requirements(bad, true).is_ok());
         }
+        let msg = refused("evil@http:/host/x.tar.gz");
+        assert!(msg.contains("direct references"), "{msg}");
+        // A `#` that does not follow whitespace is no comment (a URL fragment).
+        assert!(refused("evil@http://h/x#egg=evil").contains("direct references"));
+    }
+
+    #[test]
+    fn bounds_the_file_its_lines_and_their_number() {
+        let huge_line = format!("six{}\n", " ".repeat(10 << 20));
+        let err = validate_requirements(&huge_line, false).unwrap_err();
+        assert!(matches!(err, PackageError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().len() < 100, "{err}");
+        let long_line = format!("{}==1\n", "a".repeat(MAX_REQUIREMENT_LINE_BYTES));
+        let err = validate_requirements(&long_line, true).unwrap_err();
+        assert!(
+            matches!(err, PackageError::Invalid { line: 1, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().len() < 400, "{}", err.to_string().len());
+        let many: String = (0..=MAX_REQUIREMENTS).map(|i| format!("p{i}\n")).collect();
+        assert!(matches!(
+            validate_requirements(&many, false),
+            Err(PackageError::TooLarge { .. })
+        ));
+        let bad = format!("{}/x\n", "b".repeat(4000));
+        let msg = refused(&bad);
+        assert!(msg.len() < 1000, "{} bytes: {msg}", msg.len());
+    }
+
+    #[test]
+    fn reads_at_most_one_byte_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("requirements.txt");
+        assert_eq!(read_requirements(&p).unwrap(), None);
+        std::fs::write(&p, vec![b'a'; 10 << 20]).unwrap();
+        let text = read_requirements(&p).unwrap().unwrap();
+        assert_eq!(text.len(), MAX_REQUIREMENTS_BYTES + 1);
+        std::fs::write(&p, b"six\n\xff\xfe\n").unwrap();
+        let text = read_requirements(&p).unwrap().unwrap();
+        assert!(matches!(
+            validate_requirements(&text, false),
+            Err(PackageError::Refused { line: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn retries_as_a_build_only_when_wheels_were_missing() {
+        assert!(needs_build("hint: Wheels are required for `pycrypto` because building from source is disabled for all packages (i.e., with `--no-build`)"));
+        assert!(needs_build(
+            "  cause: Building source distributions for `evil` is disabled"
+        ));
+        assert!(!needs_build("error: No solution found: kindling-no-such-package-xyzzy was not found in the package registry"));
+    }
+
+    #[test]
+    fn compares_versions_as_pep_440() {
+        assert!(same_version("1.0", "1.0.0"));
+        assert!(same_version("2.6.1", "2.6.1"));
+        assert!(!same_version("2.6.1", "2.6.2"));
     }
 
     #[test]

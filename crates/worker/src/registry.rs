@@ -179,11 +179,8 @@ impl Registry {
             archive::extract(tar_gz, &tmp, &self.limits)?;
             let hash = archive::tree_hash(&tmp).map_err(io_at(&tmp))?;
             let version = load_version(name, &hash, &tmp)?;
-            let requirements = match std::fs::read_to_string(tmp.join("requirements.txt")) {
-                Ok(t) => Some(t),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_at(&tmp)(e)),
-            };
+            let requirements = crate::packages::read_requirements(&tmp.join("requirements.txt"))
+                .map_err(io_at(&tmp))?;
             Ok::<_, RegistryError>((version, requirements))
         })();
         match staged {
@@ -384,7 +381,7 @@ fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> T {
 
 /// SeBS `config.json`: `timeout` (s), `memory` (MB), `languages`; Kindling adds `network` and
 /// `environment`.
-fn sebs_config(path: &Path) -> Result<FunctionConfig, String> {
+pub(crate) fn sebs_config(path: &Path) -> Result<FunctionConfig, String> {
     #[derive(Deserialize)]
     struct SebsConfig {
         timeout: Option<f64>,
@@ -411,7 +408,7 @@ fn sebs_config(path: &Path) -> Result<FunctionConfig, String> {
 
 /// OpenLambda `ol.yaml`: `triggers.http[].method` and `environment`; Kindling adds
 /// `memory_mb`, `timeout_secs` and `network`.
-fn ol_config(path: &Path) -> Result<FunctionConfig, String> {
+pub(crate) fn ol_config(path: &Path) -> Result<FunctionConfig, String> {
     #[derive(Deserialize, Default)]
     struct Http {
         method: String,

@@ -484,7 +484,7 @@ enum Reply {
     Object(u64, Box<dyn Read + Send>),
 }
 
-fn read_request(stream: &mut UnixStream) -> Result<Request, StorageError> {
+pub(crate) fn read_request(stream: &mut UnixStream) -> Result<Request, StorageError> {
     let protocol = |m: String| StorageError::Protocol(m);
     let mut head = [0u8; 4];
     stream

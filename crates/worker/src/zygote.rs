@@ -224,7 +224,10 @@ fn read_exact_with_pid(chan: &UnixStream, buf: &mut [u8]) -> std::io::Result<i32
 }
 
 /// Reads one length-prefixed JSON frame.
-fn read_frame(chan: &mut UnixStream, timeout: Duration) -> Result<serde_json::Value, ForkError> {
+pub(crate) fn read_frame(
+    chan: &mut UnixStream,
+    timeout: Duration,
+) -> Result<serde_json::Value, ForkError> {
     read_frame_after(chan, timeout, None)
 }
 

@@ -6,6 +6,7 @@
 mod faults;
 mod harness;
 mod isolation;
+mod package_security;
 mod packages;
 mod storage;
 mod zygote_security;

@@ -101,7 +101,7 @@ fn assert_store_clean(w: &Worker) {
             e.path().display()
         );
     }
-    for sub in ["staging", "resolve"] {
+    for sub in ["staging", "jobs"] {
         let left: Vec<_> = std::fs::read_dir(root.join("pkgwork").join(sub))
             .unwrap()
             .flatten()
