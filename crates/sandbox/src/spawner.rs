@@ -11,6 +11,7 @@
 
 use crate::control::ControlChannel;
 use crate::spec::SandboxSpec;
+use crate::stdio::OutputPipes;
 use crate::sys::{self, Forked, SocketKind};
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -53,6 +54,8 @@ pub struct SpawnedSandbox {
     pub control: ControlChannel,
     /// Invocation socket of the first instance, if the spec asked for one.
     pub instance: Option<OwnedFd>,
+    /// Read ends of the first instance's output pipes, if its spec asked for them.
+    pub output: Option<OutputPipes>,
 }
 
 impl Spawner {
@@ -81,11 +84,20 @@ impl Spawner {
         match reply {
             Reply::Failed { message } => Err(SpawnerError::Clone(message)),
             Reply::Spawned { pid } => {
-                let expected = if spec.instance.is_some() { 3 } else { 2 };
+                let piped = spec.instance.as_ref().is_some_and(|i| i.output_pipes);
+                let expected = match (&spec.instance, piped) {
+                    (None, _) => 2,
+                    (Some(_), false) => 3,
+                    (Some(_), true) => 5,
+                };
                 if fds.len() != expected {
                     return Err(SpawnerError::Protocol);
                 }
-                let instance = (expected == 3).then(|| fds.remove(2));
+                let output = piped.then(|| OutputPipes {
+                    stderr: fds.remove(4),
+                    stdout: fds.remove(3),
+                });
+                let instance = (expected >= 3).then(|| fds.remove(2));
                 let control = ControlChannel::new(fds.remove(1));
                 let pidfd = fds.remove(0);
                 Ok(SpawnedSandbox {
@@ -93,6 +105,7 @@ impl Spawner {
                     pidfd,
                     control,
                     instance,
+                    output,
                 })
             }
         }
@@ -152,6 +165,10 @@ fn create(spec: &SandboxSpec, worker: &ControlChannel) -> io::Result<(i32, Vec<O
         Some(_) => Some(sys::socketpair(SocketKind::Stream)?),
         None => None,
     };
+    let output = match &spec.instance {
+        Some(i) if i.output_pipes => Some(OutputPipes::new()?),
+        _ => None,
+    };
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     if spec.pid_namespace {
         flags |= libc::CLONE_NEWPID;
@@ -169,7 +186,18 @@ fn create(spec: &SandboxSpec, worker: &ControlChannel) -> io::Result<(i32, Vec<O
                 drop(ours);
                 theirs
             });
-            crate::init::run(spec, ControlChannel::new(ctl_theirs), inst_theirs)
+            // The read ends are the worker's alone: a writer holding one could keep its pipe
+            // from ever reporting the end of the instance's output.
+            let output_theirs = output.map(|(read, write)| {
+                drop(read);
+                write
+            });
+            crate::init::run(
+                spec,
+                ControlChannel::new(ctl_theirs),
+                inst_theirs,
+                output_theirs,
+            )
         }
         Forked::Parent { pid, pidfd } => {
             drop(ctl_theirs);
@@ -177,6 +205,11 @@ fn create(spec: &SandboxSpec, worker: &ControlChannel) -> io::Result<(i32, Vec<O
             if let Some((ours, theirs)) = inst {
                 drop(theirs);
                 fds.push(ours);
+            }
+            if let Some((read, write)) = output {
+                drop(write);
+                fds.push(read.stdout);
+                fds.push(read.stderr);
             }
             Ok((pid, fds))
         }

@@ -67,6 +67,10 @@ pub struct InstanceSpec {
     /// worker collects) instead of inheriting the worker's.
     #[serde(default)]
     pub stdio_to_socket: bool,
+    /// Connect standard output and error to two pipes whose read ends the spawner hands to the
+    /// worker (function instances: the worker writes what arrives to the function's log).
+    #[serde(default)]
+    pub output_pipes: bool,
     /// Keep root and all capabilities, without seccomp (zygotes only: they `setns` on behalf of
     /// the instances they fork, which drop privileges themselves before running user code).
     #[serde(default)]

@@ -5,11 +5,14 @@
 //! running the runtime. The first request is written at once; the kernel buffers it until the
 //! interpreter has loaded the function and reads it.
 
+use crate::logs::{InstanceOutput, Logs};
 use crate::registry::FunctionVersion;
+use crate::tenants::{Assignment, Assignments};
 use kindling_sandbox::cgroup::{Cgroup, CgroupManager, Limits as CgroupLimits};
 use kindling_sandbox::control::{ControlChannel, ControlEvent};
 use kindling_sandbox::spawner::Spawner;
 use kindling_sandbox::spec::{InstanceSpec, MountSpec, SandboxSpec};
+use kindling_sandbox::stdio::OutputPipes;
 use kindling_sandbox::sys;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -71,9 +74,13 @@ pub struct Factory {
     pub runtime_dir: PathBuf,
     /// The package store, bound read-only at /packages.
     pub packages_dir: PathBuf,
-    /// The object storage socket's directory, bound read-only into function sandboxes (None:
-    /// storage is off).
-    pub storage_socket_dir: Option<PathBuf>,
+    /// The object storage socket, bound read-only into function sandboxes (None: storage is
+    /// off).
+    pub storage_socket: Option<PathBuf>,
+    /// Which function each sandbox serves (object storage checks its callers against it).
+    pub assignments: Arc<Assignments>,
+    /// Where instances' output goes (None: they inherit the worker's, as jobs' helpers might).
+    pub logs: Option<Arc<Logs>>,
     pub mountpoint: PathBuf,
     pub uid: u32,
     pub gid: u32,
@@ -129,7 +136,9 @@ impl Factory {
             python,
             runtime_dir,
             packages_dir,
-            storage_socket_dir: None,
+            storage_socket: None,
+            assignments: Arc::new(Assignments::default()),
+            logs: None,
             mountpoint,
             uid,
             gid,
@@ -173,6 +182,7 @@ impl Factory {
                     pidfd: s.pidfd,
                     control: s.control,
                     cgroup,
+                    output: s.output,
                 },
                 s.instance,
             )),
@@ -221,14 +231,40 @@ impl Factory {
         mounts
     }
 
-    /// The storage socket's directory at /kindling/storage-socket (after the /kindling bind,
-    /// whose runtime directory provides the mount point).
+    /// The storage socket at /kindling/storage-socket/storage.sock (after the /kindling bind,
+    /// whose runtime directory provides the mount point): the socket alone, not the root-only
+    /// directory holding it on the host.
     pub(crate) fn storage_mount(&self) -> Option<MountSpec> {
-        self.storage_socket_dir.as_ref().map(|dir| MountSpec::Bind {
-            source: dir.clone(),
-            target: crate::storage::SANDBOX_SOCKET_DIR.into(),
+        self.storage_socket.as_ref().map(|socket| MountSpec::Bind {
+            source: socket.clone(),
+            target: crate::storage::SANDBOX_SOCKET.into(),
             writable: false,
         })
+    }
+
+    /// Records that sandbox `id` serves `function`, for as long as the returned assignment
+    /// lives (its instance keeps it). Made before the sandbox runs any of the function's code.
+    pub(crate) fn assign(&self, id: &str, function: &FunctionVersion) -> Assignment {
+        self.assignments.assign(id, &function.name)
+    }
+
+    /// Whether instances get output pipes (their output goes to their function's log).
+    pub(crate) fn logs_instances(&self) -> bool {
+        self.logs.is_some()
+    }
+
+    /// Starts writing what an instance of `function` in sandbox `id` prints to the function's
+    /// log, from the read ends of its pipes.
+    pub(crate) fn collect_output(
+        &self,
+        function: &FunctionVersion,
+        id: &str,
+        pipes: Option<OutputPipes>,
+    ) -> Result<Option<InstanceOutput>, StartError> {
+        match (&self.logs, pipes) {
+            (Some(logs), Some(pipes)) => Ok(Some(logs.collect(&function.name, id, pipes)?)),
+            _ => Ok(None),
+        }
     }
 
     /// Cold start: a new sandbox running a fresh interpreter for `function`.
@@ -238,7 +274,8 @@ impl Factory {
         limits: &FunctionLimits,
     ) -> Result<Instance, StartError> {
         let id = self.next_id();
-        let (sandbox, sock) = self.create_sandbox(
+        let assignment = self.assign(&id, function);
+        let (mut sandbox, sock) = self.create_sandbox(
             &id,
             self.function_mounts(function, limits),
             limits.network,
@@ -246,9 +283,19 @@ impl Factory {
             &limits.cgroup(),
             Some(self.instance_spec(function, &id)),
         )?;
-        let sock =
-            sock.ok_or_else(|| StartError::Io(std::io::Error::other("no instance socket")))?;
-        Instance::new(id, function, limits, sandbox, sock)
+        let output = sandbox.output.take();
+        let started = sock
+            .ok_or_else(|| StartError::Io(std::io::Error::other("no instance socket")))
+            .and_then(|sock| Ok((sock, self.collect_output(function, &id, output)?)));
+        match started {
+            Ok((sock, output)) => {
+                Instance::new(id, function, limits, sandbox, sock, assignment, output)
+            }
+            Err(e) => {
+                sandbox.destroy();
+                Err(e)
+            }
+        }
     }
 
     /// The interpreter of an instance and its flags: no `site` (the runtime puts exactly the
@@ -271,6 +318,7 @@ impl Factory {
             gid: self.gid,
             max_open_files: self.max_open_files,
             stdio_to_socket: false,
+            output_pipes: self.logs_instances(),
             privileged: false,
         }
     }
@@ -348,6 +396,8 @@ pub(crate) struct SandboxHandle {
     pidfd: OwnedFd,
     control: ControlChannel,
     cgroup: Cgroup,
+    /// Read ends of its first instance's output pipes, until that instance takes them.
+    output: Option<OutputPipes>,
 }
 
 impl SandboxHandle {
@@ -468,16 +518,22 @@ pub struct Instance {
     pub invocations: u64,
     /// What a forked instance reported importing beyond its zygote's modules.
     loaded_modules: Option<Vec<String>>,
+    /// Its output, going to its function's log.
+    output: Option<InstanceOutput>,
+    /// Its sandbox's assignment to its function, withdrawn when the instance goes.
+    _assignment: Assignment,
 }
 
 impl Instance {
-    /// Wraps a sandbox whose instance talks on `sock`.
+    /// Wraps a sandbox whose instance talks on `sock` and whose output `output` collects.
     pub(crate) fn new(
         id: String,
         function: &Arc<FunctionVersion>,
         limits: &FunctionLimits,
         sandbox: SandboxHandle,
         sock: OwnedFd,
+        assignment: Assignment,
+        output: Option<InstanceOutput>,
     ) -> Result<Self, StartError> {
         let stream = std::os::unix::net::UnixStream::from(sock);
         stream.set_nonblocking(true)?;
@@ -492,6 +548,8 @@ impl Instance {
             last_used: Instant::now(),
             invocations: 0,
             loaded_modules: None,
+            output,
+            _assignment: assignment,
         })
     }
 
@@ -503,7 +561,13 @@ impl Instance {
         timeout: Duration,
     ) -> Result<Reply, InvokeError> {
         self.invocations += 1;
+        if let Some(o) = &self.output {
+            o.begin(request_id);
+        }
         let result = tokio::time::timeout(timeout, self.exchange(request_id, event)).await;
+        if let Some(o) = &self.output {
+            o.end();
+        }
         self.last_used = Instant::now();
         match result {
             Err(_) => Err(InvokeError::Timeout(timeout.as_secs_f64())),
@@ -677,6 +741,7 @@ impl Factory {
             gid: job.gid,
             max_open_files: self.max_open_files,
             stdio_to_socket: true,
+            output_pipes: false,
             privileged: false,
         };
         let (handle, sock) =

@@ -446,6 +446,7 @@ impl Zygotes {
                     gid: 0,
                     max_open_files: self.max_open_files,
                     stdio_to_socket: false,
+                    output_pipes: false,
                     privileged: true,
                 };
                 let (sandbox, sock) = self.factory.create_sandbox(
@@ -752,9 +753,11 @@ impl Zygotes {
     }
 
     /// Makes a forked child an instance of `function`: sets the sandbox's limits and attaches
-    /// the function's code (a clean sandbox), waits for the child's setup, then sends it the
-    /// function's environment, upon which it imports the handler. Destroys the sandbox on
-    /// failure.
+    /// the function's code (a clean sandbox), waits for the child's setup, records the
+    /// sandbox's function, then sends the child the function's environment, upon which it
+    /// imports the handler. The write ends of its output pipes travel with the first bytes of
+    /// that frame (SCM_RIGHTS), so the function writes to its own log from its first line on.
+    /// Destroys the sandbox on failure.
     fn assign(
         &self,
         mut seed: Seed,
@@ -762,6 +765,7 @@ impl Zygotes {
         limits: &FunctionLimits,
         clean: bool,
     ) -> Result<Instance, ForkError> {
+        let assignment = self.factory.assign(&seed.id, function);
         let result = (|| {
             if clean {
                 seed.sandbox.set_limits(&limits.cgroup())?;
@@ -779,11 +783,22 @@ impl Zygotes {
             let body = serde_json::to_vec(&env).map_err(std::io::Error::other)?;
             let mut frame = (body.len() as u32).to_be_bytes().to_vec();
             frame.extend_from_slice(&body);
-            seed.channel.write_all(&frame)?;
-            Ok::<_, ForkError>(())
+            let pipes = if self.factory.logs_instances() {
+                let (read, write) = kindling_sandbox::stdio::OutputPipes::new()?;
+                let fds = [write.stdout.as_raw_fd(), write.stderr.as_raw_fd()];
+                sys::send_with_fds(seed.channel.as_raw_fd(), &frame[..4], &fds)?;
+                // Ours close here: the instance holds the only write ends.
+                drop(write);
+                Some(read)
+            } else {
+                seed.channel.write_all(&frame[..4])?;
+                None
+            };
+            seed.channel.write_all(&frame[4..])?;
+            Ok::<_, ForkError>(self.factory.collect_output(function, &seed.id, pipes)?)
         })();
         match result {
-            Ok(()) => {
+            Ok(output) => {
                 let Seed {
                     id,
                     sandbox,
@@ -796,6 +811,8 @@ impl Zygotes {
                     limits,
                     sandbox,
                     channel.into(),
+                    assignment,
+                    output,
                 )?)
             }
             Err(e) => {
