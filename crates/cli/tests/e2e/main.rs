@@ -8,6 +8,7 @@ mod harness;
 mod isolation;
 mod packages;
 mod storage;
+mod tenancy;
 mod zygotes;
 
 use harness::Worker;
