@@ -51,9 +51,15 @@ impl Peer {
         })
     }
 
-    /// Whether the process that connected still runs (and so still owns its pid).
+    /// Whether the process that connected still exists (and so still owns its pid).
     pub fn alive(&self) -> io::Result<bool> {
-        Ok(pidfd_pid(self.pidfd.as_raw_fd())? == Some(self.pid))
+        // Signal 0 checks existence in one system call; without the right to signal the
+        // process, its pidfd's fdinfo says the same.
+        match crate::sys::pidfd_send_signal(self.pidfd.as_raw_fd(), 0) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+            Err(_) => Ok(pidfd_pid(self.pidfd.as_raw_fd())? == Some(self.pid)),
+        }
     }
 
     /// The sandbox the peer runs in: the name of its cgroup under Kindling's `cgroup_parent`.

@@ -4,7 +4,7 @@
 //! through, or forge the worker's log lines on).
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// One end of each of an instance's two output pipes.
 #[derive(Debug)]
@@ -30,6 +30,23 @@ impl OutputPipes {
             },
         ))
     }
+}
+
+/// One `read(2)` from a descriptor the caller does not own (a pipe whose readiness an event
+/// loop tracks, read once more without asking it).
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its whole length, and `fd` is open for the call.
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// `pipe2(O_CLOEXEC)`: (read end, write end).

@@ -27,6 +27,7 @@ use kindling_sandbox::stdio::OutputPipes;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -143,18 +144,11 @@ impl Logs {
         sandbox: &str,
         pipes: OutputPipes,
     ) -> io::Result<InstanceOutput> {
-        // The reactor says when a pipe has data; the end of a request must read at once,
-        // whatever the reactor has noticed yet, so each pipe is also read through a duplicate.
-        let raw = [
-            File::from(pipes.stdout.try_clone()?),
-            File::from(pipes.stderr.try_clone()?),
-        ];
         let shared = Arc::new(Shared {
             pipes: [
                 pipe::Receiver::from_owned_fd(pipes.stdout)?,
                 pipe::Receiver::from_owned_fd(pipes.stderr)?,
             ],
-            raw,
             state: Mutex::new(Tagger::new(sandbox, &self.limits, self.writer(function))),
         });
         tokio::spawn(collect(shared.clone()));
@@ -537,8 +531,6 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
 /// What the collector of one instance shares with the instance's handle.
 struct Shared {
     pipes: [pipe::Receiver; 2],
-    /// The same pipes, read without asking the reactor.
-    raw: [File; 2],
     state: Mutex<Tagger>,
 }
 
@@ -559,7 +551,8 @@ impl Shared {
     }
 
     /// Reads what stream `i` holds, up to `budget` bytes, into `tagger`: through the reactor
-    /// (whose readiness an empty pipe clears) or at once.
+    /// (whose readiness an empty pipe clears), or at once, whatever the reactor has noticed
+    /// yet (the end of a request).
     fn read(&self, tagger: &mut Tagger, i: usize, budget: usize, now: bool) -> Drained {
         let read = if now {
             self.read_raw(tagger, i, budget)
@@ -587,7 +580,7 @@ impl Shared {
         let mut buf = [0u8; READ_CHUNK];
         let mut taken = 0;
         while taken < budget {
-            match (&self.raw[i]).read(&mut buf) {
+            match kindling_sandbox::stdio::read(self.pipes[i].as_fd(), &mut buf) {
                 Ok(0) => {
                     tagger.closed[i] = true;
                     tagger.finish_lines();
