@@ -53,8 +53,6 @@ use std::time::Duration;
 pub const SOCKET_DIR: &str = "storage-socket";
 /// The socket's file name.
 pub const SOCKET_NAME: &str = "storage.sock";
-/// The directory of the socket in function sandboxes (a directory of the runtime).
-pub const SANDBOX_SOCKET_DIR: &str = "/kindling/storage-socket";
 /// Where the socket appears in function sandboxes.
 pub const SANDBOX_SOCKET: &str = "/kindling/storage-socket/storage.sock";
 
