@@ -13,8 +13,9 @@ the SeBS envelope and run input.py's validate(event, output). Each benchmark is 
 The exit code is 0 only if every benchmark that ran is `ok`.
 
 Benchmarks that use object storage (input.py has storage_inputs) are skipped unless
---storage-dir names the directory of the worker's storage backend (buckets as directories,
-keys as paths), where this script then writes their input objects.
+--storage-dir names the directory of the worker's storage backend, where this script then
+writes their input objects into the function's own buckets: <dir>/<function>/<bucket>/<key>
+(each function sees only its own buckets).
 
 Standard library only.
 """
@@ -131,10 +132,10 @@ class Worker:
             conn.close()
 
 
-def put_storage(storage_dir, inputs):
+def put_storage(storage_dir, function, inputs):
     for bucket, objects in inputs.items():
         for key, data in objects.items():
-            path = os.path.join(storage_dir, bucket, key)
+            path = os.path.join(storage_dir, function, bucket, key)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(data)
@@ -147,7 +148,7 @@ def run_one(worker, name, args):
     if hasattr(inp, "storage_inputs"):
         if not args.storage_dir:
             return "skipped", {"reason": "needs object storage (pass --storage-dir)"}
-        put_storage(args.storage_dir, inp.storage_inputs(args.size))
+        put_storage(args.storage_dir, fname, inp.storage_inputs(args.size))
     event = inp.generate_input(args.size)
     if not args.no_deploy:
         t = time.monotonic()

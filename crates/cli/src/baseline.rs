@@ -1,8 +1,10 @@
 //! Baselines of `kindling bench startup`: a deployed function's handler run outside Kindling,
 //! once per process, in the layout of its instances (`GET /registry/<name>` reports it as
 //! `instance`): the same root filesystem read-only, its code at /handler, the package store at
-//! /packages, the runtime at /kindling and the object storage socket at
-//! /kindling/storage-socket, the same environment and interpreter flags.
+//! /packages, the runtime at /kindling and an object storage socket at
+//! /kindling/storage-socket/storage.sock, the same environment and interpreter flags. The
+//! worker's storage answers only its own sandboxes, so the baselines get the function's buckets
+//! from a storage service of their own ([`BaselineStorage`]), bound where the worker's would be.
 //!
 //! Two ways to start it: `chroot` into a tree prepared once (the base bound read-only with the
 //! instance's mounts on top, made with the `mount` command and undone by [`ChrootTree`]'s drop),
@@ -125,9 +127,16 @@ pub fn check_mount_points(rootfs: &Path, layout: &InstanceLayout) -> Result<()> 
     for (i, m) in layout.mounts.iter().enumerate() {
         let target = target_of(m);
         let host = host_path(rootfs, &layout.mounts[..i], target);
-        if !host.is_dir() {
+        // A file (the storage socket) is bound on a file, anything else on a directory.
+        let file = matches!(m, MountSpec::Bind { source, .. } if !source.is_dir());
+        let (ok, what) = if file {
+            (host.is_file(), "a file")
+        } else {
+            (host.is_dir(), "a directory")
+        };
+        if !ok {
             bail!(
-                "the baselines mount {} on {}, but {} is not a directory; the base at {} needs the \
+                "the baselines mount {} on {}, but {} is not {what}; the base at {} needs the \
                  mount points /handler, /kindling, /packages, /tmp, /proc and /dev (the worker \
                  creates them in the bases it builds)",
                 describe(m),
@@ -148,6 +157,73 @@ fn describe(m: &MountSpec) -> String {
         MountSpec::Tmpfs { .. } => "a tmpfs".into(),
         MountSpec::Proc { .. } => "proc".into(),
         MountSpec::Dev { .. } => "/dev".into(),
+    }
+}
+
+/// Object storage for the baselines of one benchmark: the function's buckets under the worker's
+/// storage directory, served on a socket of its own (in a root-only directory) to whatever
+/// connects, since a baseline's handler runs in no sandbox. Stopped, and its socket removed,
+/// on drop.
+pub struct BaselineStorage {
+    service: Option<kindling_worker::storage::StorageService>,
+    dir: PathBuf,
+}
+
+impl BaselineStorage {
+    /// Serves `function`'s buckets in `storage_dir` and points `layout`'s storage mount at the
+    /// new socket; `None` when the layout has no storage mount (storage is off).
+    pub fn serve(
+        layout: &mut InstanceLayout,
+        storage_dir: &Path,
+        function: &str,
+        label: &str,
+    ) -> Result<Option<Self>> {
+        use kindling_worker::storage::{self, DirectoryBackend, ServicePolicy, StorageService};
+        let target = Path::new(storage::SANDBOX_SOCKET);
+        let Some(source) = layout.mounts.iter_mut().find_map(|m| match m {
+            MountSpec::Bind {
+                source, target: t, ..
+            } if t == target => Some(source),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "kindling-bench-storage-{}-{label}",
+            std::process::id()
+        ));
+        let backend = std::sync::Arc::new(
+            DirectoryBackend::open(storage_dir)
+                .with_context(|| format!("cannot open {}", storage_dir.display()))?,
+        );
+        let service = StorageService::start(
+            &dir,
+            backend,
+            std::sync::Arc::new(kindling_worker::tenants::OneFunction(function.to_string())),
+            ServicePolicy {
+                max_object_bytes: 1 << 30,
+                max_function_bytes: u64::MAX,
+                max_total_bytes: u64::MAX,
+                max_connections: 64,
+                max_connections_per_function: 64,
+                grants: Vec::new(),
+            },
+        )
+        .context("cannot serve object storage for the baselines")?;
+        *source = service.socket().to_path_buf();
+        Ok(Some(Self {
+            service: Some(service),
+            dir,
+        }))
+    }
+}
+
+impl Drop for BaselineStorage {
+    fn drop(&mut self) {
+        if let Some(s) = self.service.take() {
+            s.stop();
+        }
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -551,8 +627,8 @@ mod tests {
                     target: "/dev".into(),
                 },
                 MountSpec::Bind {
-                    source: "/w/storage-socket".into(),
-                    target: "/kindling/storage-socket".into(),
+                    source: "/w/storage-socket/storage.sock".into(),
+                    target: "/kindling/storage-socket/storage.sock".into(),
                     writable: false,
                 },
             ],
@@ -596,7 +672,7 @@ mod tests {
                 "/t/tree/tmp",
                 "/t/tree/proc",
                 "/t/tree/dev",
-                "/t/tree/kindling/storage-socket",
+                "/t/tree/kindling/storage-socket/storage.sock",
             ]
             .map(Path::new)
         );
@@ -644,8 +720,12 @@ mod tests {
         let l = layout();
         let root = Path::new("/base/rootfs");
         assert_eq!(
-            host_path(root, &l.mounts[..6], Path::new("/kindling/storage-socket")),
-            Path::new("/w/runtime/base/storage-socket")
+            host_path(
+                root,
+                &l.mounts[..6],
+                Path::new("/kindling/storage-socket/storage.sock")
+            ),
+            Path::new("/w/runtime/base/storage-socket/storage.sock")
         );
         assert_eq!(
             host_path(root, &l.mounts[..1], Path::new("/kindling")),
@@ -680,7 +760,7 @@ mod tests {
                 "/tmp",
                 "/proc",
                 "/dev",
-                "/kindling/storage-socket"
+                "/kindling/storage-socket/storage.sock"
             ]
         );
         assert_eq!(mounts[2]["source"], "/w/packages");

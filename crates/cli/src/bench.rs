@@ -88,8 +88,8 @@ pub struct StartupArgs {
     /// Python that runs the benchmarks' input.py (generate_input, validate).
     #[arg(long, default_value = "python3")]
     pub python: String,
-    /// Directory of the worker's storage backend, where the input objects of storage
-    /// benchmarks are written (default: the worker's, from /status).
+    /// Directory of the worker's storage backend (`<dir>/<function>/<bucket>/<key>`), where the
+    /// input objects of storage benchmarks are written (default: the worker's, from /status).
     #[arg(long)]
     pub storage_dir: Option<PathBuf>,
 }
@@ -572,11 +572,12 @@ async fn startup_benchmark(
     let dir = args.benchmarks_dir.join(bench);
     let function = format!("bench-{bench}");
     let input_py = std::path::absolute(dir.join("input.py"))?;
+    let function_storage = run.storage_dir.as_ref().map(|d| d.join(&function));
     let event = crate::sebs::generate_event(
         &args.python,
         &input_py,
         args.size,
-        run.storage_dir.as_deref(),
+        function_storage.as_deref(),
     )
     .await
     .context("cannot prepare the input")?;
@@ -584,9 +585,15 @@ async fn startup_benchmark(
     crate::sebs::deploy(c, &function, &dir).await?;
     let info: serde_json::Value =
         serde_json::from_slice(&c.get(&format!("/registry/{function}")).await?.ok()?.body)?;
-    let layout: InstanceLayout = serde_json::from_value(info["instance"].clone()).context(
+    let mut layout: InstanceLayout = serde_json::from_value(info["instance"].clone()).context(
         "the worker does not report how instances are laid out (`instance` in GET /registry/<name>); is it older than this kindling?",
     )?;
+    // The worker's storage serves only its sandboxes: the baselines get the function's buckets
+    // from a service of their own, stopped when this returns.
+    let _baseline_storage = match &run.storage_dir {
+        Some(d) => baseline::BaselineStorage::serve(&mut layout, d, &function, bench)?,
+        None => None,
+    };
     let body = Bytes::from(serde_json::to_vec(&event)?);
     let limit = crate::sebs::reply_limit(&dir);
     let mut methods = Vec::new();

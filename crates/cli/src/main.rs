@@ -69,6 +69,16 @@ enum Command {
     Ls,
     /// Remove a function.
     Rm { name: String },
+    /// Print what a function's instances wrote to stdout and stderr (its log).
+    Logs {
+        name: String,
+        /// Keep printing lines as they are written.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many of the last lines to print first (at most 10000).
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+    },
     /// Show the worker's status and counters.
     Status,
     /// Base root filesystems.
@@ -441,6 +451,30 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
             .await?
             .ok()?;
             println!("{name}: removed");
+        }
+        Command::Logs { name, follow, tail } => {
+            use std::io::Write;
+            let r = c.get(&format!("/logs/{name}?tail={tail}")).await?.ok()?;
+            if !follow {
+                std::io::stdout().write_all(&r.body)?;
+                return Ok(());
+            }
+            // Checked above; now the same tail again, and what follows it.
+            let mut out = std::io::stdout();
+            let status = c
+                .request_lines(
+                    Method::GET,
+                    &format!("/logs/{name}?tail={tail}&follow"),
+                    Vec::new(),
+                    |line| {
+                        let _ = writeln!(out, "{line}");
+                        let _ = out.flush();
+                    },
+                )
+                .await?;
+            if !status.is_success() {
+                bail!("{status}");
+            }
         }
         Command::Status => {
             let s = c.get("/status").await?.ok()?;

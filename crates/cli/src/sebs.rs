@@ -105,8 +105,8 @@ pub struct RunArgs {
     /// Python that runs the benchmarks' input.py (generate_input, validate).
     #[arg(long, default_value = "python3")]
     pub python: String,
-    /// Directory of the worker's storage backend (buckets as directories), where the input
-    /// objects of storage benchmarks are written (default: the worker's, from /status).
+    /// Directory of the worker's storage backend (`<dir>/<function>/<bucket>/<key>`), where the
+    /// input objects of storage benchmarks are written (default: the worker's, from /status).
     #[arg(long)]
     pub storage_dir: Option<PathBuf>,
 }
@@ -556,7 +556,8 @@ pub fn pack_benchmark(dir: &Path) -> Result<Vec<u8>> {
     Ok(tar.into_inner()?.finish()?)
 }
 
-/// Runs `input.py` of a benchmark: `generate <size> [storage dir]` prints `{"event": ...}`;
+/// Runs `input.py` of a benchmark: `generate <size> [function's storage dir]` prints
+/// `{"event": ...}`, after writing the benchmark's input objects as `<dir>/<bucket>/<key>`;
 /// `validate` reads `{"event": ..., "outputs": [...]}` and prints one `{"ok", "error"}` per
 /// output (a validator that raises is a failed check, never a pass).
 const INPUT_DRIVER: &str = r#"
@@ -1072,7 +1073,7 @@ pub async fn run(addr: SocketAddr, args: RunArgs) -> Result<()> {
         );
     }
     // Storage benchmarks write their inputs into the worker's own storage directory unless
-    // told otherwise (the directory backend: buckets as directories).
+    // told otherwise (the directory backend: each function's buckets as directories).
     let status_json: serde_json::Value = serde_json::from_slice(&status.body).unwrap_or_default();
     let storage_dir = args.storage_dir.clone().or_else(|| {
         status_json["storage_dir"]
@@ -1092,8 +1093,15 @@ pub async fn run(addr: SocketAddr, args: RunArgs) -> Result<()> {
         let dir = args.benchmarks_dir.join(bench);
         let function = format!("{}{bench}", args.prefix);
         let input_py = std::path::absolute(dir.join("input.py"))?;
-        let event = match generate_event(&args.python, &input_py, args.size, storage_dir.as_deref())
-            .await
+        // The function's own buckets: <storage dir>/<function>/<bucket>/<key>.
+        let function_storage = storage_dir.as_ref().map(|d| d.join(&function));
+        let event = match generate_event(
+            &args.python,
+            &input_py,
+            args.size,
+            function_storage.as_deref(),
+        )
+        .await
         {
             Ok(e) => e,
             Err(e) => {

@@ -15,7 +15,8 @@ const MAX_MESSAGE: usize = 64 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlRequest {
-    /// Start another instance; the message carries its end of the invocation socket.
+    /// Start another instance; the message carries its end of the invocation socket, then the
+    /// write ends of its stdout and stderr pipes when `instance.output_pipes`.
     Spawn { instance: InstanceSpec },
     /// Replace whatever is mounted at `target` with the detached mount tree the message carries
     /// (made with [`sys::open_tree_clone`] in the worker's mount namespace); with `create`, make

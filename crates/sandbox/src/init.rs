@@ -7,6 +7,7 @@
 
 use crate::control::{ControlChannel, ControlEvent, ControlRequest};
 use crate::spec::{InstanceSpec, Privilege, SandboxSpec, UserNamespace};
+use crate::stdio::OutputPipes;
 use crate::{rootfs, seccomp, sys};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -26,6 +27,7 @@ pub fn run(
     spec: &SandboxSpec,
     control: ControlChannel,
     instance: Option<OwnedFd>,
+    output: Option<OutputPipes>,
     detached: Option<rootfs::Detached>,
 ) -> ! {
     // If the spawner dies, so does the sandbox.
@@ -33,7 +35,9 @@ pub fn run(
     sys::set_process_name(c"kindling-init");
     let ready = setup(spec, detached).and_then(|namespaces| {
         let pid = match (&spec.instance, instance) {
-            (Some(inst), Some(sock)) => Some(spawn_instance(inst, sock, &spec.user_namespace)?),
+            (Some(inst), Some(sock)) => {
+                Some(spawn_instance(inst, sock, output, &spec.user_namespace)?)
+            }
             _ => None,
         };
         Ok((pid, namespaces))
@@ -128,22 +132,31 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Forks an instance; the child becomes `spec`'s program with `sock` on [`INSTANCE_FD`].
+/// Forks an instance; the child becomes `spec`'s program with `sock` on [`INSTANCE_FD`] and,
+/// when given, the write ends of `output` on standard output and error. Init keeps none of
+/// them.
 fn spawn_instance(
     spec: &InstanceSpec,
     sock: OwnedFd,
+    output: Option<OutputPipes>,
     user_namespace: &UserNamespace,
 ) -> Result<i32, String> {
     if spec.privilege == Privilege::Zygote && *user_namespace == UserNamespace::Host {
         // Capabilities there would be the host's.
         return Err("a zygote needs a sandbox with its own user namespace".into());
     }
+    if spec.output_pipes != output.is_some() {
+        return Err("instance output pipes missing".into());
+    }
     let prepared = Prepared::new(spec)?;
+    let output_fds = output
+        .as_ref()
+        .map(|o| (o.stdout.as_raw_fd(), o.stderr.as_raw_fd()));
     // SAFETY: init is single-threaded.
     match unsafe { sys::fork() } {
         Err(e) => Err(format!("forking instance: {e}")),
         Ok(0) => {
-            let err = prepared.exec(sock.as_raw_fd());
+            let err = prepared.exec(sock.as_raw_fd(), output_fds);
             let _ = sys::write_all_raw(
                 2,
                 format!("kindling: starting instance: {err}\n").as_bytes(),
@@ -192,7 +205,7 @@ impl<'a> Prepared<'a> {
     }
 
     /// In the forked child: drop every privilege and exec. Returns only on failure.
-    fn exec(&self, sock: RawFd) -> String {
+    fn exec(&self, sock: RawFd, output: Option<(RawFd, RawFd)>) -> String {
         let step = |what: &str, r: std::io::Result<()>| r.map_err(|e| format!("{what}: {e}"));
         let result = (|| {
             step("resetting signals", sys::reset_signals())?;
@@ -202,6 +215,12 @@ impl<'a> Prepared<'a> {
                 "parent death signal",
                 sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
             )?;
+            // Output first: a pipe end may have the number INSTANCE_FD (never 0 to 2, which
+            // are open), and the socket's dup2 would close it.
+            if let Some((stdout, stderr)) = output {
+                step("dup2", sys::dup2(stdout, 1))?;
+                step("dup2", sys::dup2(stderr, 2))?;
+            }
             step("dup2", sys::dup2(sock, INSTANCE_FD))?;
             if self.spec.stdio_to_socket {
                 step("dup2", sys::dup2(sock, 1))?;
@@ -292,17 +311,27 @@ fn reap(control: &ControlChannel) {
 fn handle(req: ControlRequest, mut fds: Vec<OwnedFd>) -> ControlEvent {
     let failed = |message: String| ControlEvent::Failed { message };
     match req {
-        ControlRequest::Spawn { instance } => match fds.pop() {
-            None => failed("spawn request carries no socket".into()),
-            // Later instances never keep privileges (a zygote is only ever the first).
-            Some(_) if instance.privilege != Privilege::Instance => {
-                failed("only the first instance may be a zygote".into())
+        // Later instances never keep privileges (a zygote is only ever the first).
+        ControlRequest::Spawn { instance } if instance.privilege != Privilege::Instance => {
+            failed("only the first instance may be a zygote".into())
+        }
+        ControlRequest::Spawn { instance } => {
+            // The socket, then (when the spec asks for them) the stdout and stderr pipes.
+            let output = if instance.output_pipes && fds.len() == 3 {
+                let stderr = fds.remove(2);
+                let stdout = fds.remove(1);
+                Some(OutputPipes { stdout, stderr })
+            } else {
+                None
+            };
+            match fds.pop() {
+                None => failed("spawn request carries no socket".into()),
+                Some(sock) => match spawn_instance(&instance, sock, output, &UserNamespace::Host) {
+                    Ok(pid) => ControlEvent::Spawned { pid },
+                    Err(e) => failed(e),
+                },
             }
-            Some(sock) => match spawn_instance(&instance, sock, &UserNamespace::Host) {
-                Ok(pid) => ControlEvent::Spawned { pid },
-                Err(e) => failed(e),
-            },
-        },
+        }
         ControlRequest::Mount { target, create } => match fds.pop() {
             None => failed("mount request carries no mount tree".into()),
             Some(tree) => match replace_mount(&tree, &target, create) {

@@ -7,9 +7,11 @@
 pub mod cgroup;
 pub mod control;
 pub mod init;
+pub mod peer;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spawner;
 pub mod spec;
+pub mod stdio;
 pub mod sys;
 pub mod working_set;

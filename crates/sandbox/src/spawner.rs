@@ -12,6 +12,7 @@
 use crate::control::ControlChannel;
 use crate::rootfs;
 use crate::spec::{IdMaps, SandboxSpec, UserNamespace};
+use crate::stdio::OutputPipes;
 use crate::sys::{self, Forked, SocketKind};
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -54,6 +55,8 @@ pub struct SpawnedSandbox {
     pub control: ControlChannel,
     /// Invocation socket of the first instance, if the spec asked for one.
     pub instance: Option<OwnedFd>,
+    /// Read ends of the first instance's output pipes, if its spec asked for them.
+    pub output: Option<OutputPipes>,
 }
 
 impl Spawner {
@@ -90,11 +93,20 @@ impl Spawner {
         match reply {
             Reply::Failed { message } => Err(SpawnerError::Clone(message)),
             Reply::Spawned { pid } => {
-                let expected = if spec.instance.is_some() { 3 } else { 2 };
+                let piped = spec.instance.as_ref().is_some_and(|i| i.output_pipes);
+                let expected = match (&spec.instance, piped) {
+                    (None, _) => 2,
+                    (Some(_), false) => 3,
+                    (Some(_), true) => 5,
+                };
                 if fds.len() != expected {
                     return Err(SpawnerError::Protocol);
                 }
-                let instance = (expected == 3).then(|| fds.remove(2));
+                let output = piped.then(|| OutputPipes {
+                    stderr: fds.remove(4),
+                    stdout: fds.remove(3),
+                });
+                let instance = (expected >= 3).then(|| fds.remove(2));
                 let control = ControlChannel::new(fds.remove(1));
                 let pidfd = fds.remove(0);
                 Ok(SpawnedSandbox {
@@ -102,6 +114,7 @@ impl Spawner {
                     pidfd,
                     control,
                     instance,
+                    output,
                 })
             }
         }
@@ -166,6 +179,8 @@ struct Channels {
     ctl_ours: OwnedFd,
     ctl_theirs: OwnedFd,
     inst: Option<(OwnedFd, OwnedFd)>,
+    /// The first instance's output pipes: read ends (the worker's), write ends (the instance's).
+    output: Option<(OutputPipes, OutputPipes)>,
 }
 
 impl Channels {
@@ -175,10 +190,15 @@ impl Channels {
             Some(_) => Some(sys::socketpair(SocketKind::Stream)?),
             None => None,
         };
+        let output = match &spec.instance {
+            Some(i) if i.output_pipes => Some(OutputPipes::new()?),
+            _ => None,
+        };
         Ok(Self {
             ctl_ours,
             ctl_theirs,
             inst,
+            output,
         })
     }
 
@@ -199,10 +219,17 @@ impl Channels {
             drop(ours);
             theirs
         });
+        // The read ends are the worker's alone: a writer holding one could keep its pipe from
+        // ever reporting the end of the instance's output.
+        let output_theirs = self.output.map(|(read, write)| {
+            drop(read);
+            write
+        });
         crate::init::run(
             spec,
             ControlChannel::new(self.ctl_theirs),
             inst_theirs,
+            output_theirs,
             detached,
         )
     }
@@ -214,6 +241,11 @@ impl Channels {
         if let Some((ours, theirs)) = self.inst {
             drop(theirs);
             fds.push(ours);
+        }
+        if let Some((read, write)) = self.output {
+            drop(write);
+            fds.push(read.stdout);
+            fds.push(read.stderr);
         }
         fds
     }

@@ -111,6 +111,10 @@ pub struct InstanceSpec {
     /// worker collects) instead of inheriting the worker's.
     #[serde(default)]
     pub stdio_to_socket: bool,
+    /// Connect standard output and error to two pipes whose read ends the spawner hands to the
+    /// worker (function instances: the worker writes what arrives to the function's log).
+    #[serde(default)]
+    pub output_pipes: bool,
     /// What the program may do.
     #[serde(default)]
     pub privilege: Privilege,

@@ -83,7 +83,18 @@ def _recv():
     return _read_exact(int.from_bytes(head, "big"))
 
 
+def _flush_output():
+    """Pushes what the function printed into its output pipes before the reply goes out, so
+    that the worker tags it with the request it was printed for."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # closed or replaced by the function: nothing to push
+            pass
+
+
 def _send(status, ms, body):
+    _flush_output()
     payload = f"{status} {ms:.3f}\n".encode() + body.encode("utf-8", "surrogateescape")
     data = len(payload).to_bytes(4, "big") + payload
     while data:
@@ -365,12 +376,38 @@ def _child(libc, socket, resource, zsock, req, fds):
         # worker attaches its code at /handler first). A child may wait here for a long time,
         # forked ahead of need.
         _send_frame(b"ready")
-        assignment = _recv()
+        assignment = _recv_assignment(socket)
         if assignment is not None:
             os.environ.update(loads(assignment.decode("utf-8", "surrogateescape")))
             main(forked=True)
     finally:
         os._exit(0)
+
+
+def _recv_assignment(socket):
+    """The assignment frame (the function's environment as JSON). The write ends of the
+    function's output pipes come with its first bytes (SCM_RIGHTS) and become standard output
+    and error: from here on the child writes to its function's log, never to the zygote's."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, _FD)
+    head, fds = b"", []
+    try:
+        while len(head) < 4:
+            data, ancillary, _flags, _addr = sock.recvmsg(4 - len(head), socket.CMSG_SPACE(2 * 4))
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(int.from_bytes(payload[i : i + 4], sys.byteorder)
+                               for i in range(0, len(payload) - 3, 4))
+            if not data:
+                return None
+            head += data
+    finally:
+        sock.detach()  # descriptor 3 stays the instance's socket
+    if len(fds) == 2:
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+    for fd in fds:
+        os.close(fd)
+    return _read_exact(int.from_bytes(head, "big"))
 
 
 def _write_ahead(runs):

@@ -9,10 +9,15 @@
 The worker serves it over a Unix socket bound into the sandbox (no network needed). Every call
 is one connection: a frame (4-byte big-endian length, JSON header) and, for an upload, the
 object's bytes; the worker answers with a frame and, for a download, the object's bytes.
+Bucket names are the function's own: another function's bucket of the same name is another
+bucket (unless the operator granted this function that one).
 
 Failures raise `storage.StorageError` (or a subclass) carrying the worker's message:
 `NotFoundError` (also a FileNotFoundError), `InvalidNameError` and `TooLargeError` (also
-ValueErrors), `ConflictError`.
+ValueErrors), `ConflictError`, `QuotaExceededError` (the function's or the store's quota),
+`PermissionDeniedError` (also a PermissionError: writing a bucket granted read-only).
+A function at its limit of open connections is answered "busy"; the call is retried for up to
+10 s before `BusyError` is raised.
 
 Imports stay minimal (`_socket`, and the runtime's JSON codec when it is loaded) because this
 module is imported at a function's cold start.
@@ -28,6 +33,7 @@ except ImportError:  # pragma: no cover - outside Kindling
 
 SOCKET = os.environ.get("KINDLING_STORAGE_SOCKET", "/kindling/storage-socket/storage.sock")
 _CHUNK = 1 << 20
+_BUSY_RETRY_SECS = 10.0
 
 
 class StorageError(Exception):
@@ -54,11 +60,27 @@ class ConflictError(StorageError):
     """The key collides with an existing object or key prefix."""
 
 
+class QuotaExceededError(StorageError):
+    """The upload would take the function's buckets, or the whole store, past its quota;
+    nothing of it was stored."""
+
+
+class PermissionDeniedError(StorageError, PermissionError):
+    """The bucket is granted to this function read-only, or the caller is no function."""
+
+
+class BusyError(StorageError):
+    """The function kept its limit of storage connections open for the whole retry time."""
+
+
 _KINDS = {
     "not_found": NotFoundError,
     "invalid": InvalidNameError,
     "too_large": TooLargeError,
     "conflict": ConflictError,
+    "quota": QuotaExceededError,
+    "denied": PermissionDeniedError,
+    "busy": BusyError,
 }
 
 
@@ -104,24 +126,48 @@ def _reply(s):
     return head
 
 
-def _put(header, send_body):
-    s = _connect()
-    try:
+def _start(header, send_body=None):
+    """Connects, sends the request (and the body), reads the reply header: the socket and the
+    header. A function at its connection limit is answered busy; that call is tried again."""
+    delay, waited = 0.005, 0.0
+    while True:
+        s = _connect()
         try:
-            _send_header(s, header)
-            send_body(s)
-        except (BrokenPipeError, ConnectionResetError) as e:
-            # The worker refused the upload before reading it (too large, bad name): its reply
-            # is waiting in our receive queue.
             try:
-                return _reply(s)
-            except (_Closed, OSError):
-                raise StorageError(
-                    f"object storage closed the connection during the upload ({e.strerror or e})"
-                ) from None
-        return _reply(s)
-    finally:
-        s.close()
+                _send_header(s, header)
+                if send_body is not None:
+                    send_body(s)
+            except (BrokenPipeError, ConnectionResetError) as e:
+                # The worker refused before reading it all (busy, too large, bad name): its
+                # reply is waiting in our receive queue.
+                try:
+                    return s, _reply(s)
+                except BusyError:
+                    raise
+                except (_Closed, OSError):
+                    raise StorageError(
+                        f"object storage closed the connection during the request ({e.strerror or e})"
+                    ) from None
+            return s, _reply(s)
+        except BusyError:
+            s.close()
+            if waited >= _BUSY_RETRY_SECS:
+                raise
+            import time
+
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.2)
+        except BaseException:
+            s.close()
+            raise
+
+
+def _call(header, send_body=None):
+    """One call whose reply is its header alone."""
+    s, head = _start(header, send_body)
+    s.close()
+    return head
 
 
 def _check_str(name, value):
@@ -151,8 +197,8 @@ class storage:
         _check_str("bucket", bucket)
         _check_str("key", key)
         view = memoryview(data).cast("B")
-        _put({"op": "put", "bucket": bucket, "key": key, "size": view.nbytes},
-             lambda s: s.sendall(view))
+        _call({"op": "put", "bucket": bucket, "key": key, "size": view.nbytes},
+              lambda s: s.sendall(view))
         return key
 
     def upload(self, bucket, key, filepath):
@@ -163,6 +209,7 @@ class storage:
             size = os.fstat(f.fileno()).st_size
 
             def send(s):
+                f.seek(0)
                 left = size
                 buf = bytearray(min(_CHUNK, size) or 1)
                 while left:
@@ -172,19 +219,14 @@ class storage:
                     s.sendall(memoryview(buf)[:n])
                     left -= n
 
-            _put({"op": "put", "bucket": bucket, "key": key, "size": size}, send)
+            _call({"op": "put", "bucket": bucket, "key": key, "size": size}, send)
         return key
 
     def _get(self, bucket, key):
         _check_str("bucket", bucket)
         _check_str("key", key)
-        s = _connect()
-        try:
-            _send_header(s, {"op": "get", "bucket": bucket, "key": key})
-            return s, _reply(s)["size"]
-        except BaseException:
-            s.close()
-            raise
+        s, head = _start({"op": "get", "bucket": bucket, "key": key})
+        return s, head["size"]
 
     def download_stream(self, bucket, key):
         """The bytes of object `key`."""
@@ -215,12 +257,7 @@ class storage:
         """Keys in `bucket` that start with `prefix`, sorted."""
         _check_str("bucket", bucket)
         _check_str("prefix", prefix)
-        s = _connect()
-        try:
-            _send_header(s, {"op": "list", "bucket": bucket, "prefix": prefix})
-            return _reply(s)["keys"]
-        finally:
-            s.close()
+        return _call({"op": "list", "bucket": bucket, "prefix": prefix})["keys"]
 
     def download_directory(self, bucket, prefix, path):
         """Downloads every object under `prefix` to `<path>/<key>` (SeBS's layout)."""

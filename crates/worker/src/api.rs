@@ -91,6 +91,8 @@ pub async fn handle(
         (["packages", "gc"], &Method::POST) => packages_gc(&worker),
         (["packages", key], &Method::DELETE) => package_remove(&worker, key),
         (["metrics"], &Method::GET) => metrics(&worker),
+        // Admin: a function's output may hold what it prints of its secrets.
+        (["logs", name], &Method::GET) => logs(&worker, name, req.uri().query()),
         (["registry" | "status" | "stats" | "metrics", ..], _) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method",
@@ -563,6 +565,83 @@ fn metrics(worker: &Worker) -> Reply {
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// `GET /logs/<name>?tail=N[&follow]`: the last N lines (default 100) of a function's log, then
+/// with `follow` the lines written after them, as they come.
+fn logs(worker: &Worker, name: &str, query: Option<&str>) -> Reply {
+    use crate::logs::{LogError, MAX_TAIL_LINES};
+    if let Err(e) = validate_name(name) {
+        return error(StatusCode::BAD_REQUEST, "invalid-name", e.to_string());
+    }
+    let (mut lines, mut follow) = (100, false);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("tail", n) => match n.parse::<usize>() {
+                Ok(n) if n <= MAX_TAIL_LINES => lines = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid-tail",
+                        format!(
+                            "tail must be a number of lines up to {MAX_TAIL_LINES}, not `{}`",
+                            n.chars().take(32).collect::<String>()
+                        ),
+                    )
+                }
+            },
+            ("follow", _) => follow = true,
+            _ => {}
+        }
+    }
+    let (text, from) = match worker.logs.tail(name, lines) {
+        Ok(t) => (t.text, t.from),
+        Err(LogError::NotFound(_)) if worker.registry.get(name).is_some() => {
+            (Vec::new(), worker.logs.follower(name))
+        }
+        Err(e @ LogError::NotFound(_)) => {
+            return error(StatusCode::NOT_FOUND, "not-found", e.to_string())
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "logs", chain(&e)),
+    };
+    if !follow {
+        let mut r = Response::new(full(text));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return r;
+    }
+    let (mut sender, channel) = Channel::<Bytes>::new(4);
+    tokio::spawn(async move {
+        let mut from = from;
+        if sender.send_data(Bytes::from(text)).await.is_err() {
+            return;
+        }
+        loop {
+            let next = match from.step() {
+                Ok(Some(data)) => Bytes::from(data),
+                Ok(None) => {
+                    tokio::time::sleep(crate::logs::Follower::poll_interval()).await;
+                    // Sending nothing finds out whether the client is still there.
+                    Bytes::new()
+                }
+                Err(e) => {
+                    tracing::debug!("following a function log: {e}");
+                    return;
+                }
+            };
+            if sender.send_data(next).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(Either::Right(channel));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
 }

@@ -72,9 +72,33 @@
 //!
 //! [storage]                        # object storage for functions (Python module `storage`)
 //! enabled = true                   # serve it; when false, `import storage` calls fail
-//! dir = "/var/lib/kindling/storage"  # directory backend: <dir>/<bucket>/<key> (default <root>/storage)
+//! dir = "/var/lib/kindling/storage"  # directory backend: <dir>/<function>/<bucket>/<key>, each
+//!                                  # function seeing only its own buckets (default <root>/storage)
 //! max_object_bytes = 268435456     # largest object one upload may store
-//! max_connections = 64             # storage calls served at once (more wait their turn)
+//! max_function_bytes = 1073741824  # what one function's buckets may hold; an object counts its
+//!                                  # size rounded up to 4 KiB (at least 4 KiB), each directory a
+//!                                  # key creates 4 KiB; an upload past it fails, storing nothing
+//!                                  # (it must fit beside an object it replaces)
+//! max_total_bytes = 17179869184    # what the whole store may hold, every function together
+//! max_connections = 256            # storage connections open at once, all functions together
+//!                                  # (more wait in the socket's backlog)
+//! max_connections_per_function = 16  # connections one function may have open; more are refused
+//!                                  # at once as busy (the client retries for up to 10 s), so one
+//!                                  # function cannot keep another waiting
+//!
+//! [[storage.grants]]               # a bucket of another function that a function may use, under
+//!                                  # the same name (none by default; one table per grant)
+//! function = "thumbnailer"         # the function granted access
+//! owner = "uploader"               # the function whose bucket it is (its quota pays for writes)
+//! bucket = "photos"                # the bucket's name
+//! access = "read"                  # "read" (list, download) or "read-write" (also upload)
+//!
+//! [logs]                           # what instances write to stdout and stderr, per function
+//! dir = "/var/lib/kindling/logs"   # <dir>/<function>.log, mode 0600 (default <root>/logs)
+//! max_file_bytes = 8388608         # a log past this size rotates to <function>.log.1
+//! max_files = 2                    # rotated files kept (.log.1 to .log.<n>): a function's logs
+//!                                  # take at most max_file_bytes * (max_files + 1) bytes of disk
+//! max_line_bytes = 8192            # longer lines are cut there and marked `[truncated]`
 //! ```
 
 use serde::Deserialize;
@@ -134,6 +158,7 @@ pub struct Config {
     pub build_gid: u32,
     pub package_index: Option<String>,
     pub package_proxy: Option<String>,
+    pub logs: LogConfig,
 }
 
 /// Object storage for functions (`[storage]`).
@@ -143,7 +168,11 @@ pub struct StorageConfig {
     pub enabled: bool,
     pub dir: Option<PathBuf>,
     pub max_object_bytes: u64,
+    pub max_function_bytes: u64,
+    pub max_total_bytes: u64,
     pub max_connections: usize,
+    pub max_connections_per_function: usize,
+    pub grants: Vec<crate::storage::Grant>,
 }
 
 impl Default for StorageConfig {
@@ -152,7 +181,32 @@ impl Default for StorageConfig {
             enabled: true,
             dir: None,
             max_object_bytes: 256 * 1024 * 1024,
-            max_connections: 64,
+            max_function_bytes: 1024 * 1024 * 1024,
+            max_total_bytes: 16 * 1024 * 1024 * 1024,
+            max_connections: 256,
+            max_connections_per_function: 16,
+            grants: Vec::new(),
+        }
+    }
+}
+
+/// Function logs (`[logs]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub dir: Option<PathBuf>,
+    pub max_file_bytes: u64,
+    pub max_files: usize,
+    pub max_line_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_file_bytes: 8 * 1024 * 1024,
+            max_files: 2,
+            max_line_bytes: 8192,
         }
     }
 }
@@ -243,6 +297,7 @@ impl Default for Config {
             build_gid: 65531,
             package_index: None,
             package_proxy: None,
+            logs: LogConfig::default(),
         }
     }
 }
@@ -332,6 +387,20 @@ impl Config {
         if self.storage.max_object_bytes == 0 || self.storage.max_connections == 0 {
             return bad("storage.max_object_bytes and storage.max_connections must be positive");
         }
+        if self.storage.max_connections_per_function == 0 {
+            return bad("storage.max_connections_per_function must be at least 1");
+        }
+        crate::storage::check_grants(&self.storage.grants).map_err(ConfigError::Invalid)?;
+        if self.logs.dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return bad("logs.dir must be an absolute path");
+        }
+        if self.logs.max_line_bytes < 80 || self.logs.max_line_bytes > 1 << 20 {
+            return bad("logs.max_line_bytes must be between 80 and 1048576");
+        }
+        // Room for several of the longest lines (escaped, tagged) in every file.
+        if self.logs.max_file_bytes < 8 * self.logs.max_line_bytes as u64 + 4096 {
+            return bad("logs.max_file_bytes must be at least 8 * logs.max_line_bytes + 4096");
+        }
         Ok(())
     }
 
@@ -362,6 +431,14 @@ impl Config {
             .dir
             .clone()
             .unwrap_or_else(|| self.root.join("storage"))
+    }
+
+    /// Directory of the function logs.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.logs
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.root.join("logs"))
     }
 
     /// Directory holding base root filesystems.
@@ -446,6 +523,52 @@ mod tests {
             .collect();
         let cfg: Config = toml::from_str(&doc).unwrap();
         assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn tenancy_keys() {
+        let cfg: Config = toml::from_str(
+            "[storage]\nmax_function_bytes = 10\nmax_connections_per_function = 2\n\
+             [[storage.grants]]\nfunction = \"b\"\nowner = \"a\"\nbucket = \"pub\"\n\
+             access = \"read\"\n[logs]\nmax_files = 0\n",
+        )
+        .unwrap();
+        assert!(cfg.validate().is_ok(), "{:?}", cfg.validate());
+        assert_eq!(cfg.storage.grants.len(), 1);
+        assert_eq!(cfg.storage.grants[0].access, crate::storage::Access::Read);
+        assert_eq!(cfg.logs_dir(), PathBuf::from("/var/lib/kindling/logs"));
+        assert_eq!(cfg.logs.max_files, 0);
+        for bad in [
+            "[logs]\nmax_line_bytes = 10\n",
+            "[logs]\nmax_file_bytes = 1000\n",
+            "[logs]\ndir = \"rel\"\n",
+            "[storage]\nmax_connections_per_function = 0\n",
+            "[[storage.grants]]\nfunction = \"a\"\nowner = \"a\"\nbucket = \"x\"\naccess = \"read\"\n",
+            "[[storage.grants]]\nfunction = \"a/b\"\nowner = \"c\"\nbucket = \"x\"\naccess = \"read\"\n",
+            "[[storage.grants]]\nfunction = \"a\"\nowner = \"c\"\nbucket = \"../x\"\naccess = \"read\"\n",
+        ] {
+            let cfg: Config = toml::from_str(bad).unwrap();
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+        let bad_access = "[[storage.grants]]\nfunction = \"a\"\nowner = \"c\"\nbucket = \"x\"\naccess = \"all\"\n";
+        assert!(toml::from_str::<Config>(bad_access).is_err());
+    }
+
+    /// The storage and logs part of the module documentation's TOML block is a valid
+    /// configuration.
+    #[test]
+    fn documented_storage_and_logs_parse() {
+        let source = include_str!("config.rs");
+        let block: String = source
+            .lines()
+            .skip_while(|l| !l.starts_with("//! [storage]"))
+            .take_while(|l| *l != "//! ```")
+            .map(|l| l.strip_prefix("//!").unwrap_or(l).trim_start_matches(' '))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg: Config = toml::from_str(&block).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.storage.grants.len(), 1);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum StartupError {
     Packages(#[from] PackageError),
     #[error("object storage")]
     Storage(#[from] crate::storage::ServiceError),
+    #[error("function logs")]
+    Logs(#[from] crate::logs::LogError),
 }
 
 /// Why a deploy failed; the version in service (if any) stays.
@@ -63,6 +65,8 @@ pub struct Worker {
     pub started: Instant,
     /// Object storage for functions (None when disabled).
     pub storage: Option<crate::storage::StorageService>,
+    /// What instances write to stdout and stderr, per function.
+    pub logs: Arc<crate::logs::Logs>,
     factory: Arc<Factory>,
 }
 
@@ -128,9 +132,23 @@ impl Worker {
             config.allow_unsafe_requirements,
         )?;
         factory.packages_dir = packages.dir.clone();
-        let storage =
-            crate::storage::start_configured(&config.storage, &config.storage_dir(), &root)?;
-        factory.storage_socket_dir = storage.as_ref().map(|s| s.socket_dir().to_path_buf());
+        let logs = Arc::new(crate::logs::Logs::open(
+            &config.logs_dir(),
+            crate::logs::LogLimits::of(&config.logs),
+        )?);
+        factory.logs = Some(logs.clone());
+        // Storage callers are known by the kernel's word: their cgroup, their sandbox's function.
+        let callers = Arc::new(crate::tenants::SandboxCallers::new(
+            crate::tenants::KernelPeers::new(&config.cgroup_parent),
+            factory.assignments.clone(),
+        ));
+        let storage = crate::storage::start_configured(
+            &config.storage,
+            &config.storage_dir(),
+            &root,
+            callers,
+        )?;
+        factory.storage_socket = storage.as_ref().map(|s| s.socket().to_path_buf());
         let factory = Arc::new(factory);
         let registry = Registry::open(
             &root.join("functions"),
@@ -178,6 +196,7 @@ impl Worker {
             base,
             started: Instant::now(),
             storage,
+            logs,
             factory,
         }))
     }

@@ -145,13 +145,12 @@ pub fn zygote_frame(data: &[u8]) {
     });
 }
 
-/// The object storage protocol's request reader.
+/// The object storage protocol's request parser (the payload of a frame, which the reader
+/// bounds before it buffers it).
 pub fn storage_request(data: &[u8]) {
-    through_socket(data, |s| {
-        if let Err(e) = crate::storage::read_request(s) {
-            bounded("storage request", &e.to_string());
-        }
-    });
+    if let Err(e) = crate::storage::parse_request(data) {
+        bounded("storage request", &e.to_string());
+    }
 }
 
 /// The worker's TOML config.

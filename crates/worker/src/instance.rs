@@ -5,13 +5,16 @@
 //! running the runtime. The first request is written at once; the kernel buffers it until the
 //! interpreter has loaded the function and reads it.
 
+use crate::logs::{InstanceOutput, Logs};
 use crate::registry::FunctionVersion;
+use crate::tenants::{Assignment, Assignments};
 use kindling_sandbox::cgroup::{Cgroup, CgroupManager, Limits as CgroupLimits};
 use kindling_sandbox::control::{ControlChannel, ControlEvent};
 use kindling_sandbox::spawner::Spawner;
 use kindling_sandbox::spec::{
     IdMaps, InstanceSpec, MountSpec, Privilege, SandboxSpec, UserNamespace,
 };
+use kindling_sandbox::stdio::OutputPipes;
 use kindling_sandbox::sys;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -72,6 +75,10 @@ pub enum StartError {
 /// a cold one on the default configuration.
 pub const USERNS_INSTANCE_ID: u32 = 65534;
 
+/// The log of what zygotes print (package import-time code): `<logs dir>/_zygotes.log`, a name
+/// no function can have.
+pub const ZYGOTE_LOG: &str = "_zygotes";
+
 /// Where a new sandbox's namespaces live.
 pub(crate) enum Nesting<'a> {
     /// Below the host's (cold starts and jobs): the init is root on the host until it starts
@@ -95,9 +102,13 @@ pub struct Factory {
     pub runtime_dir: PathBuf,
     /// The package store, bound read-only at /packages.
     pub packages_dir: PathBuf,
-    /// The object storage socket's directory, bound read-only into function sandboxes (None:
-    /// storage is off).
-    pub storage_socket_dir: Option<PathBuf>,
+    /// The object storage socket, bound read-only into function sandboxes (None: storage is
+    /// off).
+    pub storage_socket: Option<PathBuf>,
+    /// Which function each sandbox serves (object storage checks its callers against it).
+    pub assignments: Arc<Assignments>,
+    /// Where instances' output goes (None: they inherit the worker's, as jobs' helpers might).
+    pub logs: Option<Arc<Logs>>,
     pub mountpoint: PathBuf,
     pub uid: u32,
     pub gid: u32,
@@ -156,7 +167,9 @@ impl Factory {
             python,
             runtime_dir,
             packages_dir,
-            storage_socket_dir: None,
+            storage_socket: None,
+            assignments: Arc::new(Assignments::default()),
+            logs: None,
             mountpoint,
             uid,
             gid,
@@ -223,6 +236,7 @@ impl Factory {
                     cgroup,
                     namespaces: HashMap::new(),
                     _within: within,
+                    output: s.output,
                 },
                 s.instance,
             )),
@@ -277,14 +291,53 @@ impl Factory {
         }
     }
 
-    /// The storage socket's directory at /kindling/storage-socket (after the /kindling bind,
-    /// whose runtime directory provides the mount point).
+    /// The storage socket at /kindling/storage-socket/storage.sock (after the /kindling bind,
+    /// whose runtime directory provides the mount point): the socket alone, not the root-only
+    /// directory holding it on the host.
     pub(crate) fn storage_mount(&self) -> Option<MountSpec> {
-        self.storage_socket_dir.as_ref().map(|dir| MountSpec::Bind {
-            source: dir.clone(),
-            target: crate::storage::SANDBOX_SOCKET_DIR.into(),
+        self.storage_socket.as_ref().map(|socket| MountSpec::Bind {
+            source: socket.clone(),
+            target: crate::storage::SANDBOX_SOCKET.into(),
             writable: false,
         })
+    }
+
+    /// Records that sandbox `id` serves `function`, for as long as the returned assignment
+    /// lives (its instance keeps it). Made before the sandbox runs any of the function's code.
+    pub(crate) fn assign(&self, id: &str, function: &FunctionVersion) -> Assignment {
+        self.assignments.assign(id, &function.name)
+    }
+
+    /// Whether instances get output pipes (their output goes to their function's log).
+    pub(crate) fn logs_instances(&self) -> bool {
+        self.logs.is_some()
+    }
+
+    /// Starts writing what an instance of `function` in sandbox `id` prints to the function's
+    /// log, from the read ends of its pipes.
+    pub(crate) fn collect_output(
+        &self,
+        function: &FunctionVersion,
+        id: &str,
+        pipes: Option<OutputPipes>,
+    ) -> Result<Option<InstanceOutput>, StartError> {
+        match (&self.logs, pipes) {
+            (Some(logs), Some(pipes)) => Ok(Some(logs.collect(&function.name, id, pipes)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Starts writing what a root zygote (and every zygote and seed forked from it, until a
+    /// seed takes its function's pipes) prints to [`ZYGOTE_LOG`], never the worker's own log.
+    pub(crate) fn collect_zygote_output(
+        &self,
+        id: &str,
+        pipes: Option<OutputPipes>,
+    ) -> Result<Option<InstanceOutput>, StartError> {
+        match (&self.logs, pipes) {
+            (Some(logs), Some(pipes)) => Ok(Some(logs.collect(ZYGOTE_LOG, id, pipes)?)),
+            _ => Ok(None),
+        }
     }
 
     /// Cold start: a new sandbox running a fresh interpreter for `function`.
@@ -294,7 +347,8 @@ impl Factory {
         limits: &FunctionLimits,
     ) -> Result<Instance, StartError> {
         let id = self.next_id();
-        let (sandbox, sock) = self.create_sandbox(
+        let assignment = self.assign(&id, function);
+        let (mut sandbox, sock) = self.create_sandbox(
             &id,
             self.function_mounts(function, limits),
             limits.network,
@@ -302,9 +356,19 @@ impl Factory {
             &limits.cgroup(),
             Some(self.instance_spec(function, &id)),
         )?;
-        let sock =
-            sock.ok_or_else(|| StartError::Io(std::io::Error::other("no instance socket")))?;
-        Instance::new(id, function, limits, sandbox, sock)
+        let output = sandbox.output.take();
+        let started = sock
+            .ok_or_else(|| StartError::Io(std::io::Error::other("no instance socket")))
+            .and_then(|sock| Ok((sock, self.collect_output(function, &id, output)?)));
+        match started {
+            Ok((sock, output)) => {
+                Instance::new(id, function, limits, sandbox, sock, assignment, output)
+            }
+            Err(e) => {
+                sandbox.destroy();
+                Err(e)
+            }
+        }
     }
 
     /// The interpreter of an instance and its flags: no `site` (the runtime puts exactly the
@@ -327,6 +391,7 @@ impl Factory {
             gid: self.gid,
             max_open_files: self.max_open_files,
             stdio_to_socket: false,
+            output_pipes: self.logs_instances(),
             privilege: Privilege::Instance,
         }
     }
@@ -409,6 +474,8 @@ pub(crate) struct SandboxHandle {
     namespaces: HashMap<String, OwnedFd>,
     /// The zygote sandbox whose pid namespace holds this one's.
     _within: Option<Arc<SharedSandbox>>,
+    /// Read ends of its first instance's output pipes, until that instance takes them.
+    output: Option<OutputPipes>,
 }
 
 /// A zygote's sandbox, kept alive by the zygote and by every sandbox made within its
@@ -481,6 +548,11 @@ impl SandboxHandle {
         if let Err(e) = self.cgroup.remove() {
             tracing::warn!(cgroup = self.cgroup.name(), "removing sandbox cgroup: {e}");
         }
+    }
+
+    /// The read ends of its first instance's output pipes (once).
+    pub(crate) fn take_output(&mut self) -> Option<OutputPipes> {
+        self.output.take()
     }
 
     /// Descriptors of the named namespaces, in order (after [`SandboxHandle::wait_ready`]).
@@ -612,16 +684,22 @@ pub struct Instance {
     pub invocations: u64,
     /// What a forked instance reported importing beyond its zygote's modules.
     loaded_modules: Option<Vec<String>>,
+    /// Its output, going to its function's log.
+    output: Option<InstanceOutput>,
+    /// Its sandbox's assignment to its function, withdrawn when the instance goes.
+    _assignment: Assignment,
 }
 
 impl Instance {
-    /// Wraps a sandbox whose instance talks on `sock`.
+    /// Wraps a sandbox whose instance talks on `sock` and whose output `output` collects.
     pub(crate) fn new(
         id: String,
         function: &Arc<FunctionVersion>,
         limits: &FunctionLimits,
         sandbox: SandboxHandle,
         sock: OwnedFd,
+        assignment: Assignment,
+        output: Option<InstanceOutput>,
     ) -> Result<Self, StartError> {
         let stream = std::os::unix::net::UnixStream::from(sock);
         stream.set_nonblocking(true)?;
@@ -636,6 +714,8 @@ impl Instance {
             last_used: Instant::now(),
             invocations: 0,
             loaded_modules: None,
+            output,
+            _assignment: assignment,
         })
     }
 
@@ -647,7 +727,13 @@ impl Instance {
         timeout: Duration,
     ) -> Result<Reply, InvokeError> {
         self.invocations += 1;
+        if let Some(o) = &self.output {
+            o.begin(request_id);
+        }
         let result = tokio::time::timeout(timeout, self.exchange(request_id, event)).await;
+        if let Some(o) = &self.output {
+            o.end();
+        }
         self.last_used = Instant::now();
         match result {
             Err(_) => Err(InvokeError::Timeout(timeout.as_secs_f64())),
@@ -821,6 +907,7 @@ impl Factory {
             gid: job.gid,
             max_open_files: self.max_open_files,
             stdio_to_socket: true,
+            output_pipes: false,
             privilege: Privilege::Instance,
         };
         let (handle, sock) = self.create_sandbox(

@@ -11,12 +11,14 @@ pub mod echo;
 pub mod fuzz;
 pub mod install_tree;
 pub mod instance;
+pub mod logs;
 pub mod metrics;
 pub mod packages;
 pub mod pool;
 pub mod registry;
 pub mod runtime;
 pub mod storage;
+pub mod tenants;
 pub mod zygote;
 
 /// An error with its sources, `outer: inner: ...`, for logs and response bodies.

@@ -1,7 +1,7 @@
 //! The in-sandbox runtime (Python), shipped inside the binary and installed under
 //! `<root>/runtime/<base>/`, bound read-only at `/kindling` in every sandbox: the runtime
-//! itself, the `storage` module function code imports for object storage, and an empty
-//! `storage-socket/` directory, the mount point of the storage socket's directory.
+//! itself, the `storage` module function code imports for object storage, and an empty file
+//! `storage-socket/storage.sock`, the mount point of the storage socket.
 //!
 //! It is byte-compiled once per base by the base's own interpreter (in a job sandbox), because
 //! compiling it at every cold start would cost milliseconds.
@@ -50,8 +50,12 @@ pub fn install(root: &Path, base: &Base, factory: &Factory) -> Result<PathBuf, R
         move |source| RuntimeError::Io { path, source }
     };
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let mount_point = dir.join(crate::storage::SOCKET_DIR);
-    std::fs::create_dir_all(&mount_point).map_err(io_err(&mount_point))?;
+    let mount_dir = dir.join(crate::storage::SOCKET_DIR);
+    std::fs::create_dir_all(&mount_dir).map_err(io_err(&mount_dir))?;
+    let mount_point = mount_dir.join(crate::storage::SOCKET_NAME);
+    if !mount_point.is_file() {
+        std::fs::write(&mount_point, b"").map_err(io_err(&mount_point))?;
+    }
     let pyc = |module: &str| {
         dir.join("__pycache__")
             .join(format!("{module}.{}.pyc", base.info.cache_tag))

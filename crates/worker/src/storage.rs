@@ -2,25 +2,46 @@
 //! `upload_stream`, `download_stream`, `list`), served to sandboxes over a Unix socket so that no
 //! sandbox needs networking.
 //!
-//! The worker listens on `<root>/storage-socket/storage.sock`, mode 0666 (`connect()` needs write
-//! permission on the socket file, and function code runs unprivileged). That directory is bound
-//! read-only at `/kindling/storage-socket` in every function sandbox: a directory of the runtime
-//! (see `runtime.rs`), so bases built before storage existed need no new mount point, and a
-//! read-only mount still lets a process connect to a socket. The client, `storage.py`, ships in
-//! the runtime next to `kindling_runtime.py`, so function code can `import storage`.
+//! Each function has buckets of its own: function `f`'s bucket `b` is not function `g`'s bucket
+//! `b`, although both call it `b`. Beyond its own, a function reaches only the buckets the
+//! operator grants it (`[[storage.grants]]`, read-only or read-write). Which function calls is
+//! never taken from the request: the worker asks the kernel which process connected, and the
+//! pool which function that process's sandbox serves ([`crate::tenants`]); a process in no
+//! sandbox, or in one that serves no function (zygotes, jobs, waiting seeds), is refused.
+//!
+//! The worker listens on `<root>/storage-socket/storage.sock`. The directory is root's, mode
+//! 0700, so no other host user reaches the socket; the socket file alone is bound read-only at
+//! `/kindling/storage-socket/storage.sock` in every function sandbox (on an empty file of the
+//! runtime directory, see `runtime.rs`), mode 0666 because function code runs unprivileged and
+//! `connect()` needs write permission. A read-only mount still lets a process connect. The
+//! client, `storage.py`, ships in the runtime next to `kindling_runtime.py`, so function code can
+//! `import storage`.
 //!
 //! Protocol, one call per connection: the client sends a frame (4-byte big-endian length, JSON
 //! [`Request`]), followed for `put` by exactly `size` bytes; the worker answers with a frame
 //! (JSON: `{"ok": true, ...}` or `{"ok": false, "kind": ..., "error": message}`), followed for
-//! `get` by exactly `size` bytes.
+//! `get` by exactly `size` bytes. A connection refused before its request (an unknown caller, or
+//! a function at its connection limit: kind `busy`) gets the error frame at once.
+//!
+//! Bounds: an object is at most `max_object_bytes`; a function's buckets hold at most
+//! `max_function_bytes` and the whole store `max_total_bytes` ([`quota`]), checked against the
+//! size an upload declares before any of its bytes is written; a function has at most
+//! `max_connections_per_function` connections open, each waiting at most [`HEADER_TIMEOUT`] for
+//! its request, so that one function holding connections open cannot keep another's waiting.
 //!
 //! Objects live in a [`StorageBackend`]. The default, [`DirectoryBackend`], keeps
-//! `<dir>/<bucket>/<key>` with keys as relative paths, so host tools (benchmarks/run_local.py
-//! `--storage-dir`) can put inputs in place with plain file writes. Another backend (S3) only has
-//! to implement the trait.
+//! `<dir>/<function>/<bucket>/<key>` with keys as relative paths, so host tools
+//! (benchmarks/run_local.py `--storage-dir`, `kindling bench`) can put a function's inputs in
+//! place with plain file writes. Another backend (S3) only has to implement the trait.
 
+pub mod quota;
+
+use crate::tenants::{Callers, Refused};
+use quota::{charge, Exceeded, Quotas, BLOCK};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -32,8 +53,8 @@ use std::time::Duration;
 pub const SOCKET_DIR: &str = "storage-socket";
 /// The socket's file name.
 pub const SOCKET_NAME: &str = "storage.sock";
-/// Where the socket directory appears in function sandboxes (a directory of the runtime).
-pub const SANDBOX_SOCKET_DIR: &str = "/kindling/storage-socket";
+/// Where the socket appears in function sandboxes.
+pub const SANDBOX_SOCKET: &str = "/kindling/storage-socket/storage.sock";
 
 /// Longest key (S3's limit).
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -41,10 +62,28 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_NAME_BYTES: usize = 255;
 /// Largest request header.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// A connection that has not sent its request after this long is dropped.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A call whose client sends or reads nothing for this long is dropped.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Uploads in progress (directory backend), renamed into place when complete.
 const TMP_DIR: &str = ".tmp";
+/// Most of a name or key an error message repeats.
+const ECHO_BYTES: usize = 256;
+/// How often a refused upload may have its function's space counted again (see [`quota`]).
+const RECOUNT_AFTER: Duration = Duration::from_secs(60);
+
+/// At most [`ECHO_BYTES`] of `s` (on a character boundary), for error messages.
+fn clip(s: &str) -> String {
+    if s.len() <= ECHO_BYTES {
+        return s.to_string();
+    }
+    let mut end = ECHO_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
 
 /// Why a storage call failed. The message (without its source) is what function code sees.
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +97,38 @@ pub enum StorageError {
         prefix: String,
         reason: &'static str,
     },
+    #[error("invalid function name {0:?}")]
+    InvalidFunction(String),
     #[error("bucket {0:?} does not exist")]
     NoSuchBucket(String),
     #[error("object {key:?} does not exist in bucket {bucket:?}")]
     NoSuchObject { bucket: String, key: String },
     #[error("object of {size} bytes is larger than the limit of {limit} bytes per object")]
     TooLarge { size: u64, limit: u64 },
+    #[error(
+        "upload of {size} bytes would take the buckets of function {function:?} to {would} \
+         bytes, over its quota of {limit} bytes"
+    )]
+    Quota {
+        function: String,
+        size: u64,
+        would: u64,
+        limit: u64,
+    },
+    #[error(
+        "upload of {size} bytes would take object storage to {would} bytes, over its total \
+         quota of {limit} bytes"
+    )]
+    StoreFull { size: u64, would: u64, limit: u64 },
+    #[error("bucket {bucket:?} is granted to function {function:?} read-only")]
+    ReadOnly { function: String, bucket: String },
+    #[error("object storage refused the caller: {0}")]
+    Refused(#[from] Refused),
+    #[error(
+        "function {function:?} has {limit} object storage connections open, its limit; \
+         try again later"
+    )]
+    Busy { function: String, limit: usize },
     #[error(
         "key {key:?} conflicts with {existing:?} in bucket {bucket:?}: a key cannot be both an \
          object and a prefix of other keys"
@@ -89,11 +154,15 @@ impl StorageError {
     /// The error class the Python client maps to an exception type.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::InvalidBucket { .. } | Self::InvalidKey { .. } | Self::InvalidPrefix { .. } => {
-                "invalid"
-            }
+            Self::InvalidBucket { .. }
+            | Self::InvalidKey { .. }
+            | Self::InvalidPrefix { .. }
+            | Self::InvalidFunction(_) => "invalid",
             Self::NoSuchBucket(_) | Self::NoSuchObject { .. } => "not_found",
             Self::TooLarge { .. } => "too_large",
+            Self::Quota { .. } | Self::StoreFull { .. } => "quota",
+            Self::ReadOnly { .. } | Self::Refused(_) => "denied",
+            Self::Busy { .. } => "busy",
             Self::Conflict { .. } => "conflict",
             Self::Truncated { .. } | Self::Protocol(_) => "protocol",
             Self::Io { .. } => "internal",
@@ -116,6 +185,100 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
     }
 }
 
+/// Whose buckets: a function's name, as the registry allows it (so never `.tmp`, `..` or a
+/// path).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Space(String);
+
+impl Space {
+    pub fn parse(function: &str) -> Result<Self, StorageError> {
+        crate::registry::validate_name(function)
+            .map_err(|_| StorageError::InvalidFunction(clip(function)))?;
+        Ok(Self(function.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How much of a granted bucket a function may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// `list`, `download`.
+    Read,
+    /// Also `upload`.
+    ReadWrite,
+}
+
+/// An operator's grant (`[[storage.grants]]`): `function` may use bucket `bucket` of function
+/// `owner`, under that name. Uploads through it count against the owner's quota.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub function: String,
+    pub owner: String,
+    pub bucket: String,
+    pub access: Access,
+}
+
+/// Checks grants as a config is loaded: valid names, no self-grant, one grant per function
+/// and bucket.
+pub fn check_grants(grants: &[Grant]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for g in grants {
+        for name in [&g.function, &g.owner] {
+            Space::parse(name).map_err(|e| format!("storage.grants: {e}"))?;
+        }
+        Bucket::parse(&g.bucket).map_err(|e| format!("storage.grants: {e}"))?;
+        if g.function == g.owner {
+            return Err(format!(
+                "storage.grants: function {:?} is granted its own bucket {:?}",
+                g.function, g.bucket
+            ));
+        }
+        if !seen.insert((&g.function, &g.bucket)) {
+            return Err(format!(
+                "storage.grants: function {:?} is granted bucket {:?} twice",
+                g.function, g.bucket
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where each function's calls on each bucket go.
+struct Scopes {
+    grants: HashMap<(String, String), (Space, Access)>,
+}
+
+impl Scopes {
+    fn new(grants: &[Grant]) -> Result<Self, StorageError> {
+        let mut map = HashMap::new();
+        for g in grants {
+            map.insert(
+                (g.function.clone(), g.bucket.clone()),
+                (Space::parse(&g.owner)?, g.access),
+            );
+        }
+        Ok(Self { grants: map })
+    }
+
+    /// The space holding `function`'s bucket `bucket`: the owner's through a grant, else its
+    /// own. Writing through a read-only grant is refused.
+    fn resolve(&self, function: &str, bucket: &Bucket, write: bool) -> Result<Space, StorageError> {
+        match self.grants.get(&(function.to_string(), bucket.0.clone())) {
+            Some((_, Access::Read)) if write => Err(StorageError::ReadOnly {
+                function: function.to_string(),
+                bucket: bucket.0.clone(),
+            }),
+            Some((owner, _)) => Ok(owner.clone()),
+            None => Space::parse(function),
+        }
+    }
+}
+
 /// A valid bucket name: 1 to 255 bytes of `[A-Za-z0-9._-]`, not starting with `.`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket(String);
@@ -124,7 +287,7 @@ impl Bucket {
     pub fn parse(name: &str) -> Result<Self, StorageError> {
         let bad = |reason| {
             Err(StorageError::InvalidBucket {
-                name: name.to_string(),
+                name: clip(name),
                 reason,
             })
         };
@@ -170,7 +333,7 @@ impl Key {
     pub fn parse(key: &str) -> Result<Self, StorageError> {
         let bad = |reason| {
             Err(StorageError::InvalidKey {
-                key: key.to_string(),
+                key: clip(key),
                 reason,
             })
         };
@@ -206,7 +369,7 @@ impl Prefix {
     pub fn parse(prefix: &str) -> Result<Self, StorageError> {
         let bad = |reason| {
             Err(StorageError::InvalidPrefix {
-                prefix: prefix.to_string(),
+                prefix: clip(prefix),
                 reason,
             })
         };
@@ -237,23 +400,50 @@ impl Prefix {
     }
 }
 
-/// Where objects live. Calls are blocking; the server runs them on blocking threads.
+/// What an upload changed, as quotas count it (see [`quota::charge`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// The new object, and the directories made for its key.
+    pub added: u64,
+    /// The object it replaced.
+    pub released: u64,
+}
+
+/// Where objects live: buckets grouped by the function (space) that owns them. Calls are
+/// blocking; the server runs them on blocking threads.
 pub trait StorageBackend: Send + Sync {
     /// Stores exactly `size` bytes from `data` as `key`, replacing any object of that key.
     /// A partial upload leaves no object behind.
     fn put(
         &self,
+        space: &Space,
         bucket: &Bucket,
         key: &Key,
         size: u64,
         data: &mut dyn Read,
-    ) -> Result<(), StorageError>;
+    ) -> Result<Stored, StorageError>;
 
     /// Opens an object: its size and a reader of its bytes.
-    fn get(&self, bucket: &Bucket, key: &Key) -> Result<(u64, Box<dyn Read + Send>), StorageError>;
+    fn get(
+        &self,
+        space: &Space,
+        bucket: &Bucket,
+        key: &Key,
+    ) -> Result<(u64, Box<dyn Read + Send>), StorageError>;
 
     /// The keys of `bucket` that start with `prefix`, sorted.
-    fn list(&self, bucket: &Bucket, prefix: &Prefix) -> Result<Vec<String>, StorageError>;
+    fn list(
+        &self,
+        space: &Space,
+        bucket: &Bucket,
+        prefix: &Prefix,
+    ) -> Result<Vec<String>, StorageError>;
+
+    /// What `space` holds, counted as quotas count it.
+    fn usage(&self, space: &Space) -> Result<u64, StorageError>;
+
+    /// The spaces that hold anything.
+    fn spaces(&self) -> Result<Vec<Space>, StorageError>;
 
     /// The host directory holding the objects, for backends that have one.
     fn local_dir(&self) -> Option<&Path> {
@@ -261,13 +451,38 @@ pub trait StorageBackend: Send + Sync {
     }
 }
 
-/// The default backend: `<dir>/<bucket>/<key>`, buckets as directories, keys as relative paths.
-/// Buckets are created by their first upload. Uploads are written under `<dir>/.tmp` and renamed
-/// into place, so readers never see a partial object.
+/// A backend as the quotas see it.
+struct BackendUsage<'a>(&'a dyn StorageBackend);
+
+impl quota::Usage for BackendUsage<'_> {
+    fn usage(&self, space: &str) -> Option<u64> {
+        let counted = Space::parse(space).and_then(|s| self.0.usage(&s));
+        counted
+            .inspect_err(|e| tracing::warn!(space, "cannot count object storage: {e}"))
+            .ok()
+    }
+
+    fn spaces(&self) -> Vec<String> {
+        match self.0.spaces() {
+            Ok(s) => s.into_iter().map(|s| s.0).collect(),
+            Err(e) => {
+                tracing::warn!("cannot list object storage: {e}");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// The default backend: `<dir>/<function>/<bucket>/<key>`, buckets as directories, keys as
+/// relative paths. Buckets are created by their first upload. Uploads are written under
+/// `<dir>/.tmp` and renamed into place, so readers never see a partial object.
 pub struct DirectoryBackend {
     dir: PathBuf,
     tmp: PathBuf,
     counter: AtomicU64,
+    /// Held while an upload replaces its key, so that two uploads of one key agree on which
+    /// object each replaced.
+    replacing: Mutex<()>,
 }
 
 impl DirectoryBackend {
@@ -292,34 +507,42 @@ impl DirectoryBackend {
             dir: dir.to_path_buf(),
             tmp,
             counter: AtomicU64::new(0),
+            replacing: Mutex::new(()),
         })
     }
 
-    /// Makes sure `path` is a directory, creating it if missing. `key` is what it stands for.
-    fn ensure_dir(&self, path: &Path, bucket: &Bucket, key: &Key) -> Result<(), StorageError> {
+    fn bucket_dir(&self, space: &Space, bucket: &Bucket) -> PathBuf {
+        self.dir.join(&space.0).join(&bucket.0)
+    }
+
+    /// Makes sure `path` is a directory, creating it if missing (then true). `key` is what it
+    /// stands for, in `bucket_dir`.
+    fn ensure_dir(
+        &self,
+        path: &Path,
+        bucket_dir: &Path,
+        bucket: &Bucket,
+        key: &Key,
+    ) -> Result<bool, StorageError> {
         match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => Ok(()),
+            Ok(m) if m.is_dir() => Ok(false),
             Ok(_) => Err(StorageError::Conflict {
                 bucket: bucket.0.clone(),
                 key: key.0.clone(),
-                existing: self.relative(bucket, path),
+                existing: path
+                    .strip_prefix(bucket_dir)
+                    .unwrap_or(path)
+                    .to_string_lossy()
+                    .into_owned(),
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::create_dir(path) {
-                Ok(()) => Ok(()),
+                Ok(()) => Ok(true),
                 // Created meanwhile by a concurrent upload.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(false),
                 Err(e) => Err(io_at(path)(e)),
             },
             Err(e) => Err(io_at(path)(e)),
         }
-    }
-
-    /// The key a path in `bucket` stands for.
-    fn relative(&self, bucket: &Bucket, path: &Path) -> String {
-        path.strip_prefix(self.dir.join(&bucket.0))
-            .unwrap_or(path)
-            .to_string_lossy()
-            .into_owned()
     }
 
     fn write_tmp(&self, tmp: &Path, size: u64, data: &mut dyn Read) -> Result<(), StorageError> {
@@ -330,24 +553,71 @@ impl DirectoryBackend {
         }
         Ok(())
     }
+
+    /// Renames the finished upload onto `target`; returns the charge of the object replaced.
+    fn replace(&self, tmp: &Path, target: &Path) -> Result<u64, StorageError> {
+        let _one_at_a_time = self.replacing.lock().unwrap_or_else(|p| p.into_inner());
+        let replaced = std::fs::symlink_metadata(target)
+            .ok()
+            .filter(|m| m.is_file())
+            .map_or(0, |m| charge(m.len()));
+        std::fs::rename(tmp, target).map_err(io_at(target))?;
+        Ok(replaced)
+    }
+}
+
+/// What a directory tree holds, counted as quotas count it: every file its charge, every
+/// directory and link one block. Links are not followed.
+fn tree_usage(dir: &Path) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                total = total.saturating_add(BLOCK);
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                total = total.saturating_add(charge(meta.len()));
+            } else {
+                total = total.saturating_add(BLOCK);
+            }
+        }
+    }
+    Ok(total)
 }
 
 impl StorageBackend for DirectoryBackend {
     fn put(
         &self,
+        space: &Space,
         bucket: &Bucket,
         key: &Key,
         size: u64,
         data: &mut dyn Read,
-    ) -> Result<(), StorageError> {
-        let mut parent = self.dir.join(&bucket.0);
-        self.ensure_dir(&parent, bucket, key)?;
+    ) -> Result<Stored, StorageError> {
+        let space_dir = self.dir.join(&space.0);
+        if let Err(e) = std::fs::create_dir(&space_dir) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(io_at(&space_dir)(e));
+            }
+        }
+        let bucket_dir = self.bucket_dir(space, bucket);
+        let mut made = 0u64;
+        let mut parent = bucket_dir.clone();
+        made += u64::from(self.ensure_dir(&parent, &bucket_dir, bucket, key)?);
         let (dirs, _) = key.0.rsplit_once('/').unwrap_or(("", &key.0));
         for c in dirs.split('/').filter(|c| !c.is_empty()) {
             parent.push(c);
-            self.ensure_dir(&parent, bucket, key)?;
+            made += u64::from(self.ensure_dir(&parent, &bucket_dir, bucket, key)?);
         }
-        let target = self.dir.join(&bucket.0).join(&key.0);
+        let target = bucket_dir.join(&key.0);
         if target.is_dir() {
             return Err(StorageError::Conflict {
                 bucket: bucket.0.clone(),
@@ -359,15 +629,26 @@ impl StorageBackend for DirectoryBackend {
         let tmp = self.tmp.join(format!("{}-{n}", std::process::id()));
         let written = self
             .write_tmp(&tmp, size, data)
-            .and_then(|()| std::fs::rename(&tmp, &target).map_err(io_at(&target)));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            .and_then(|()| self.replace(&tmp, &target));
+        match written {
+            Ok(released) => Ok(Stored {
+                added: charge(size) + made * BLOCK,
+                released,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
         }
-        written
     }
 
-    fn get(&self, bucket: &Bucket, key: &Key) -> Result<(u64, Box<dyn Read + Send>), StorageError> {
-        let bucket_dir = self.dir.join(&bucket.0);
+    fn get(
+        &self,
+        space: &Space,
+        bucket: &Bucket,
+        key: &Key,
+    ) -> Result<(u64, Box<dyn Read + Send>), StorageError> {
+        let bucket_dir = self.bucket_dir(space, bucket);
         let path = bucket_dir.join(&key.0);
         let missing = || {
             if bucket_dir.is_dir() {
@@ -398,8 +679,13 @@ impl StorageBackend for DirectoryBackend {
         Ok((meta.len(), Box::new(file.take(meta.len()))))
     }
 
-    fn list(&self, bucket: &Bucket, prefix: &Prefix) -> Result<Vec<String>, StorageError> {
-        let bucket_dir = self.dir.join(&bucket.0);
+    fn list(
+        &self,
+        space: &Space,
+        bucket: &Bucket,
+        prefix: &Prefix,
+    ) -> Result<Vec<String>, StorageError> {
+        let bucket_dir = self.bucket_dir(space, bucket);
         if !bucket_dir.is_dir() {
             return Err(StorageError::NoSuchBucket(bucket.0.clone()));
         }
@@ -453,6 +739,20 @@ impl StorageBackend for DirectoryBackend {
         Ok(keys)
     }
 
+    fn usage(&self, space: &Space) -> Result<u64, StorageError> {
+        let dir = self.dir.join(&space.0);
+        tree_usage(&dir).map_err(io_at(&dir))
+    }
+
+    fn spaces(&self) -> Result<Vec<Space>, StorageError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(io_at(&self.dir))?;
+        Ok(entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| Space::parse(e.file_name().to_str()?).ok())
+            .collect())
+    }
+
     fn local_dir(&self) -> Option<&Path> {
         Some(&self.dir)
     }
@@ -484,113 +784,252 @@ enum Reply {
     Object(u64, Box<dyn Read + Send>),
 }
 
-pub(crate) fn read_request(stream: &mut UnixStream) -> Result<Request, StorageError> {
-    let protocol = |m: String| StorageError::Protocol(m);
+/// Parses one request header (the payload of a frame).
+pub(crate) fn parse_request(raw: &[u8]) -> Result<Request, StorageError> {
+    serde_json::from_slice(raw).map_err(|e| StorageError::Protocol(clip(&e.to_string())))
+}
+
+/// Reads one request frame, without a blocking thread: a connection that sends nothing costs
+/// the worker a descriptor and a little memory, until [`HEADER_TIMEOUT`].
+async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, StorageError> {
+    use tokio::io::AsyncReadExt;
+    let unreadable = |e: io::Error| StorageError::Protocol(format!("cannot read the request: {e}"));
     let mut head = [0u8; 4];
-    stream
-        .read_exact(&mut head)
-        .map_err(|e| protocol(format!("cannot read the request: {e}")))?;
+    stream.read_exact(&mut head).await.map_err(unreadable)?;
     let n = u32::from_be_bytes(head) as usize;
     if n > MAX_HEADER_BYTES {
-        return Err(protocol(format!(
+        return Err(StorageError::Protocol(format!(
             "request header of {n} bytes is larger than {MAX_HEADER_BYTES}"
         )));
     }
     let mut raw = vec![0u8; n];
-    stream
-        .read_exact(&mut raw)
-        .map_err(|e| protocol(format!("cannot read the request: {e}")))?;
-    serde_json::from_slice(&raw).map_err(|e| protocol(e.to_string()))
+    stream.read_exact(&mut raw).await.map_err(unreadable)?;
+    parse_request(&raw)
 }
 
-/// Reads one request and carries it out.
-fn dispatch(
-    stream: &mut UnixStream,
-    backend: &dyn StorageBackend,
-    max_object_bytes: u64,
-) -> Result<Reply, StorageError> {
-    match read_request(stream)? {
-        Request::Put { bucket, key, size } => {
-            let bucket = Bucket::parse(&bucket)?;
-            let key = Key::parse(&key)?;
-            if size > max_object_bytes {
-                return Err(StorageError::TooLarge {
-                    size,
-                    limit: max_object_bytes,
-                });
-            }
-            backend.put(&bucket, &key, size, stream)?;
-            Ok(Reply::Header(
-                serde_json::json!({"ok": true, "key": key.as_str()}),
-            ))
-        }
-        Request::Get { bucket, key } => {
-            let (size, data) = backend.get(&Bucket::parse(&bucket)?, &Key::parse(&key)?)?;
-            Ok(Reply::Object(size, data))
-        }
-        Request::List { bucket, prefix } => {
-            let keys = backend.list(&Bucket::parse(&bucket)?, &Prefix::parse(&prefix)?)?;
-            Ok(Reply::Header(serde_json::json!({"ok": true, "keys": keys})))
-        }
-    }
-}
-
-fn write_frame(stream: &mut UnixStream, value: &serde_json::Value) -> io::Result<()> {
-    let body = serde_json::to_vec(value)?;
+fn frame(value: &serde_json::Value) -> Vec<u8> {
+    let body = value.to_string().into_bytes();
     let mut frame = Vec::with_capacity(body.len() + 4);
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(&body);
-    stream.write_all(&frame)
+    frame
 }
 
-/// Serves one connection (blocking).
-pub fn serve_connection(
-    mut stream: UnixStream,
-    backend: &dyn StorageBackend,
-    max_object_bytes: u64,
-) {
-    let setup = stream
-        .set_nonblocking(false)
-        .and_then(|()| stream.set_read_timeout(Some(IO_TIMEOUT)))
-        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)));
-    if let Err(e) = setup {
-        tracing::warn!("storage connection setup: {e}");
-        return;
-    }
-    let sent = match dispatch(&mut stream, backend, max_object_bytes) {
-        Ok(Reply::Header(v)) => write_frame(&mut stream, &v),
-        Ok(Reply::Object(size, mut data)) => {
-            write_frame(&mut stream, &serde_json::json!({"ok": true, "size": size})).and_then(
-                |()| {
-                    // An object that shrank meanwhile ends the connection early; the client
-                    // reports the short read.
-                    io::copy(&mut data, &mut stream).map(|_| ())
-                },
-            )
-        }
-        Err(e) => {
-            match &e {
-                StorageError::Io { path, source } => {
-                    tracing::warn!(path = %path.display(), "storage call failed: {source}")
-                }
-                _ => tracing::debug!("storage call refused: {e}"),
-            }
-            write_frame(
-                &mut stream,
-                &serde_json::json!({"ok": false, "kind": e.kind(), "error": e.client_message()}),
-            )
-        }
-    };
-    if let Err(e) = sent {
-        tracing::debug!("storage client went away: {e}");
-    }
+fn error_reply(e: &StorageError) -> serde_json::Value {
+    serde_json::json!({"ok": false, "kind": e.kind(), "error": e.client_message()})
 }
 
 /// Settings of the storage service.
 #[derive(Debug, Clone)]
-pub struct ServiceLimits {
+pub struct ServicePolicy {
     pub max_object_bytes: u64,
+    pub max_function_bytes: u64,
+    pub max_total_bytes: u64,
     pub max_connections: usize,
+    pub max_connections_per_function: usize,
+    pub grants: Vec<Grant>,
+}
+
+impl ServicePolicy {
+    /// The policy `[storage]` sets.
+    pub fn of(config: &crate::config::StorageConfig) -> Self {
+        Self {
+            max_object_bytes: config.max_object_bytes,
+            max_function_bytes: config.max_function_bytes,
+            max_total_bytes: config.max_total_bytes,
+            max_connections: config.max_connections,
+            max_connections_per_function: config.max_connections_per_function,
+            grants: config.grants.clone(),
+        }
+    }
+}
+
+/// Carries out calls: who may use which space, how much, how many at once.
+struct Server {
+    backend: Arc<dyn StorageBackend>,
+    callers: Arc<dyn Callers>,
+    scopes: Scopes,
+    quotas: Quotas,
+    max_object_bytes: u64,
+    per_function: usize,
+    /// Open connections by function.
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One open connection of a function, counted against its limit until dropped.
+struct Slot {
+    server: Arc<Server>,
+    function: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.server.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.function) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.function);
+            }
+        }
+    }
+}
+
+impl Server {
+    /// Counts a connection of `function`, unless it has its limit open already.
+    fn open_slot(self: &Arc<Self>, function: &str) -> Result<Slot, StorageError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(function.to_string()).or_default();
+        if *n >= self.per_function {
+            return Err(StorageError::Busy {
+                function: function.to_string(),
+                limit: self.per_function,
+            });
+        }
+        *n += 1;
+        Ok(Slot {
+            server: self.clone(),
+            function: function.to_string(),
+        })
+    }
+
+    /// Carries out one request of `function` (blocking).
+    fn dispatch(
+        &self,
+        stream: &mut UnixStream,
+        function: &str,
+        request: Request,
+    ) -> Result<Reply, StorageError> {
+        match request {
+            Request::Put { bucket, key, size } => {
+                let bucket = Bucket::parse(&bucket)?;
+                let key = Key::parse(&key)?;
+                let space = self.scopes.resolve(function, &bucket, true)?;
+                if size > self.max_object_bytes {
+                    return Err(StorageError::TooLarge {
+                        size,
+                        limit: self.max_object_bytes,
+                    });
+                }
+                // At most: the object, its bucket's directory and one per `/` of its key.
+                let dirs = 1 + key.0.matches('/').count() as u64;
+                let most = charge(size).saturating_add(dirs * BLOCK);
+                let usage = BackendUsage(self.backend.as_ref());
+                let reservation = self.quotas.reserve(space.as_str(), most, &usage).map_err(
+                    |over| match over {
+                        Exceeded::Function { would, limit } => StorageError::Quota {
+                            function: space.0.clone(),
+                            size,
+                            would,
+                            limit,
+                        },
+                        Exceeded::Store { would, limit } => {
+                            StorageError::StoreFull { size, would, limit }
+                        }
+                    },
+                )?;
+                let stored = self.backend.put(&space, &bucket, &key, size, stream)?;
+                reservation.commit(stored.added, stored.released);
+                Ok(Reply::Header(
+                    serde_json::json!({"ok": true, "key": key.as_str()}),
+                ))
+            }
+            Request::Get { bucket, key } => {
+                let bucket = Bucket::parse(&bucket)?;
+                let key = Key::parse(&key)?;
+                let space = self.scopes.resolve(function, &bucket, false)?;
+                let (size, data) = self.backend.get(&space, &bucket, &key)?;
+                Ok(Reply::Object(size, data))
+            }
+            Request::List { bucket, prefix } => {
+                let bucket = Bucket::parse(&bucket)?;
+                let prefix = Prefix::parse(&prefix)?;
+                let space = self.scopes.resolve(function, &bucket, false)?;
+                let keys = self.backend.list(&space, &bucket, &prefix)?;
+                Ok(Reply::Header(serde_json::json!({"ok": true, "keys": keys})))
+            }
+        }
+    }
+
+    /// Serves one request on a connection (blocking), replying with its result. The function's
+    /// connection is counted until its reply is sent: the last bytes of a download, or before
+    /// a reply that is only a header (so that a client calling again at once finds it free).
+    fn serve(&self, mut stream: UnixStream, function: &str, request: Request, slot: Slot) {
+        let setup = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(Some(IO_TIMEOUT)))
+            .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)));
+        if let Err(e) = setup {
+            tracing::warn!("storage connection setup: {e}");
+            return;
+        }
+        let sent = match self.dispatch(&mut stream, function, request) {
+            Ok(Reply::Header(v)) => {
+                drop(slot);
+                stream.write_all(&frame(&v))
+            }
+            Ok(Reply::Object(size, mut data)) => stream
+                .write_all(&frame(&serde_json::json!({"ok": true, "size": size})))
+                .and_then(|()| {
+                    // An object that shrank meanwhile ends the connection early; the client
+                    // reports the short read.
+                    io::copy(&mut data, &mut stream).map(|_| ())
+                }),
+            Err(e) => {
+                drop(slot);
+                match &e {
+                    StorageError::Io { path, source } => {
+                        tracing::warn!(path = %path.display(), "storage call failed: {source}")
+                    }
+                    _ => tracing::debug!(function, "storage call refused: {e}"),
+                }
+                stream.write_all(&frame(&error_reply(&e)))
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!("storage client went away: {e}");
+        }
+    }
+}
+
+/// One connection: who calls (from the kernel), within its function's connection limit, its
+/// request read without a thread, then carried out on a blocking thread.
+async fn connection(server: Arc<Server>, mut stream: tokio::net::UnixStream) {
+    let admitted = server
+        .callers
+        .function_of(stream.as_fd())
+        .map_err(StorageError::from)
+        .and_then(|function| Ok((server.open_slot(&function)?, function)));
+    let (slot, function) = match admitted {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!("storage connection refused: {e}");
+            return refuse(stream, &e).await;
+        }
+    };
+    let request = match tokio::time::timeout(HEADER_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return refuse(stream, &e).await,
+        Err(_) => return,
+    };
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("storage connection: {e}");
+            return;
+        }
+    };
+    let _ = tokio::task::spawn_blocking(move || {
+        let server = slot.server.clone();
+        server.serve(stream, &function, request, slot);
+    })
+    .await;
+}
+
+/// Answers a connection that will not be served with its error, at once.
+async fn refuse(mut stream: tokio::net::UnixStream, e: &StorageError) {
+    use tokio::io::AsyncWriteExt;
+    let reply = frame(&error_reply(e));
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply)).await;
 }
 
 /// The running storage service: a thread with a small tokio runtime accepting connections on
@@ -598,7 +1037,6 @@ pub struct ServiceLimits {
 /// starts before the API's runtime exists, and storage I/O then never delays the API.
 pub struct StorageService {
     backend: Arc<dyn StorageBackend>,
-    socket_dir: PathBuf,
     socket: PathBuf,
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -620,18 +1058,21 @@ pub enum ServiceError {
 }
 
 impl StorageService {
-    /// Binds `<socket_dir>/storage.sock` (replacing a stale socket) and starts serving.
+    /// Binds `<socket_dir>/storage.sock` (replacing a stale socket) and starts serving the
+    /// functions `callers` names, as `policy` allows.
     pub fn start(
         socket_dir: &Path,
         backend: Arc<dyn StorageBackend>,
-        limits: ServiceLimits,
+        callers: Arc<dyn Callers>,
+        policy: ServicePolicy,
     ) -> Result<Self, ServiceError> {
         let listen_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ServiceError::Listen { path, source }
         };
         std::fs::create_dir_all(socket_dir).map_err(listen_err(socket_dir))?;
-        std::fs::set_permissions(socket_dir, std::fs::Permissions::from_mode(0o755))
+        // Only root may reach the socket on the host; sandboxes get the socket file itself.
+        std::fs::set_permissions(socket_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(listen_err(socket_dir))?;
         let socket = socket_dir.join(SOCKET_NAME);
         if UnixStream::connect(&socket).is_ok() {
@@ -641,6 +1082,21 @@ impl StorageService {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(listen_err(&socket)(e)),
             _ => {}
         }
+        let quotas = Quotas::new(
+            policy.max_function_bytes,
+            policy.max_total_bytes,
+            RECOUNT_AFTER,
+            &BackendUsage(backend.as_ref()),
+        );
+        let server = Arc::new(Server {
+            backend: backend.clone(),
+            callers,
+            scopes: Scopes::new(&policy.grants)?,
+            quotas,
+            max_object_bytes: policy.max_object_bytes,
+            per_function: policy.max_connections_per_function.max(1),
+            open: Mutex::new(HashMap::new()),
+        });
         let listener = UnixListener::bind(&socket).map_err(listen_err(&socket))?;
         // Function code runs as an unprivileged user, and connect() needs write permission.
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
@@ -648,37 +1104,31 @@ impl StorageService {
         listener
             .set_nonblocking(true)
             .map_err(listen_err(&socket))?;
+        let max_connections = policy.max_connections.max(1);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
-            .max_blocking_threads(limits.max_connections.max(1))
+            .max_blocking_threads(max_connections)
             .thread_name("kindling-storage")
             .build()
             .map_err(listen_err(&socket))?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-        let served = backend.clone();
         let thread = std::thread::Builder::new()
             .name("kindling-storage".into())
             .spawn(move || {
-                runtime.block_on(accept_loop(listener, served, limits, stop_rx));
+                runtime.block_on(accept_loop(listener, server, max_connections, stop_rx));
                 runtime.shutdown_timeout(Duration::from_secs(5));
             })
             .map_err(listen_err(&socket))?;
         Ok(Self {
             backend,
-            socket_dir: socket_dir.to_path_buf(),
             socket,
             stop: Mutex::new(Some(stop_tx)),
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    /// The directory holding the socket (bound into sandboxes).
-    pub fn socket_dir(&self) -> &Path {
-        &self.socket_dir
-    }
-
-    /// The socket's path on the host.
+    /// The socket's path on the host (bound into sandboxes).
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -708,11 +1158,13 @@ impl Drop for StorageService {
 }
 
 /// Starts the service the configuration asks for: the directory backend at `storage_dir`, the
-/// socket in `<root>/storage-socket`. None when storage is disabled.
+/// socket in `<root>/storage-socket`, serving the functions `callers` names. None when storage
+/// is disabled.
 pub fn start_configured(
     config: &crate::config::StorageConfig,
     storage_dir: &Path,
     root: &Path,
+    callers: Arc<dyn Callers>,
 ) -> Result<Option<StorageService>, ServiceError> {
     if !config.enabled {
         return Ok(None);
@@ -721,10 +1173,8 @@ pub fn start_configured(
     let service = StorageService::start(
         &root.join(SOCKET_DIR),
         backend,
-        ServiceLimits {
-            max_object_bytes: config.max_object_bytes,
-            max_connections: config.max_connections,
-        },
+        callers,
+        ServicePolicy::of(config),
     )?;
     tracing::info!(
         dir = %storage_dir.display(),
@@ -736,8 +1186,8 @@ pub fn start_configured(
 
 async fn accept_loop(
     listener: UnixListener,
-    backend: Arc<dyn StorageBackend>,
-    limits: ServiceLimits,
+    server: Arc<Server>,
+    max_connections: usize,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let listener = match tokio::net::UnixListener::from_std(listener) {
@@ -747,9 +1197,10 @@ async fn accept_loop(
             return;
         }
     };
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
-        // Beyond max_connections, callers wait in the listen backlog.
+        // Beyond max_connections, callers wait in the listen backlog. A function past its own
+        // limit is refused at once, so one function cannot take every permit for long.
         let permit = tokio::select! {
             _ = &mut stop => break,
             p = permits.clone().acquire_owned() => match p {
@@ -768,17 +1219,11 @@ async fn accept_loop(
                 }
             },
         };
-        let backend = backend.clone();
-        let max = limits.max_object_bytes;
-        match stream.into_std() {
-            Ok(s) => {
-                tokio::task::spawn_blocking(move || {
-                    serve_connection(s, backend.as_ref(), max);
-                    drop(permit);
-                });
-            }
-            Err(e) => tracing::warn!("object storage connection: {e}"),
-        }
+        let server = server.clone();
+        tokio::spawn(async move {
+            connection(server, stream).await;
+            drop(permit);
+        });
     }
 }
 
@@ -863,14 +1308,24 @@ mod tests {
         assert_eq!(p("dir").directory(), "");
     }
 
-    fn put(backend: &DirectoryBackend, bucket: &str, key: &str, data: &[u8]) {
+    fn sp() -> Space {
+        Space::parse("fn").unwrap()
+    }
+
+    fn put(backend: &DirectoryBackend, bucket: &str, key: &str, data: &[u8]) -> Stored {
         backend
-            .put(&b(bucket), &k(key), data.len() as u64, &mut &data[..])
-            .unwrap();
+            .put(
+                &sp(),
+                &b(bucket),
+                &k(key),
+                data.len() as u64,
+                &mut &data[..],
+            )
+            .unwrap()
     }
 
     fn get(backend: &DirectoryBackend, bucket: &str, key: &str) -> Result<Vec<u8>, StorageError> {
-        let (size, mut r) = backend.get(&b(bucket), &k(key))?;
+        let (size, mut r) = backend.get(&sp(), &b(bucket), &k(key))?;
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert_eq!(out.len() as u64, size);
@@ -881,21 +1336,44 @@ mod tests {
     fn directory_backend_round_trip() {
         let tmp = tempfile::tempdir().unwrap();
         let backend = DirectoryBackend::open(tmp.path()).unwrap();
-        put(&backend, "bkt", "dir/a.txt", b"alpha");
+        // A new object counts its blocks and the directories made for it: bkt/ and dir/.
+        assert_eq!(
+            put(&backend, "bkt", "dir/a.txt", b"alpha"),
+            Stored {
+                added: 3 * BLOCK,
+                released: 0
+            }
+        );
         put(&backend, "bkt", "dir/sub/b.bin", &[0, 1, 2]);
         put(&backend, "bkt", "top", b"");
-        put(&backend, "bkt", "dir/a.txt", b"alpha2"); // replaces
+        // Replacing releases the old object.
         assert_eq!(
-            std::fs::read(tmp.path().join("bkt/dir/a.txt")).unwrap(),
-            b"alpha2"
+            put(&backend, "bkt", "dir/a.txt", &[7; 5000]),
+            Stored {
+                added: 2 * BLOCK,
+                released: BLOCK
+            }
+        );
+        assert_eq!(
+            std::fs::read(tmp.path().join("fn/bkt/dir/a.txt")).unwrap(),
+            [7; 5000]
         );
         assert_eq!(get(&backend, "bkt", "dir/sub/b.bin").unwrap(), [0, 1, 2]);
         assert_eq!(get(&backend, "bkt", "top").unwrap(), b"");
         // Written on the host, as run_local.py does.
-        std::fs::write(tmp.path().join("bkt/host.txt"), b"host").unwrap();
+        std::fs::write(tmp.path().join("fn/bkt/host.txt"), b"host").unwrap();
         assert_eq!(get(&backend, "bkt", "host.txt").unwrap(), b"host");
+        // Usage as quotas count it: 4 objects (a.txt 2 blocks) and the dirs bkt, dir, sub.
+        assert_eq!(backend.usage(&sp()).unwrap(), (5 + 3) * BLOCK);
+        assert_eq!(backend.spaces().unwrap(), [sp()]);
+        // Another function's bucket of the same name is another bucket.
+        let other = Space::parse("other").unwrap();
+        assert!(matches!(
+            backend.get(&other, &b("bkt"), &k("top")),
+            Err(StorageError::NoSuchBucket(_))
+        ));
 
-        let list = |prefix: &str| backend.list(&b("bkt"), &p(prefix)).unwrap();
+        let list = |prefix: &str| backend.list(&sp(), &b("bkt"), &p(prefix)).unwrap();
         assert_eq!(list(""), ["dir/a.txt", "dir/sub/b.bin", "host.txt", "top"]);
         assert_eq!(list("dir/"), ["dir/a.txt", "dir/sub/b.bin"]);
         assert_eq!(list("dir"), ["dir/a.txt", "dir/sub/b.bin"]);
@@ -919,7 +1397,7 @@ mod tests {
             Err(StorageError::NoSuchBucket(_))
         ));
         assert!(matches!(
-            backend.list(&b("nob"), &p("")),
+            backend.list(&sp(), &b("nob"), &p("")),
             Err(StorageError::NoSuchBucket(_))
         ));
         put(&backend, "bkt", "a/b", b"x");
@@ -939,11 +1417,11 @@ mod tests {
             Err(StorageError::NoSuchObject { .. })
         ));
         let err = backend
-            .put(&b("bkt"), &k("a"), 1, &mut &b"y"[..])
+            .put(&sp(), &b("bkt"), &k("a"), 1, &mut &b"y"[..])
             .unwrap_err();
         assert_eq!(err.kind(), "conflict", "{err}");
         let err = backend
-            .put(&b("bkt"), &k("a/b/c"), 1, &mut &b"y"[..])
+            .put(&sp(), &b("bkt"), &k("a/b/c"), 1, &mut &b"y"[..])
             .unwrap_err();
         assert!(
             matches!(&err, StorageError::Conflict { existing, .. } if existing == "a/b"),
@@ -951,7 +1429,7 @@ mod tests {
         );
         // A short upload leaves nothing behind and keeps the old object.
         let err = backend
-            .put(&b("bkt"), &k("a/b"), 10, &mut &b"abc"[..])
+            .put(&sp(), &b("bkt"), &k("a/b"), 10, &mut &b"abc"[..])
             .unwrap_err();
         assert!(matches!(err, StorageError::Truncated { got: 3, size: 10 }));
         assert_eq!(get(&backend, "bkt", "a/b").unwrap(), b"x");
@@ -961,65 +1439,131 @@ mod tests {
         );
     }
 
+    /// Callers as a test sets them: every connection acts for the function named last.
+    struct Acting(Mutex<Option<String>>);
+
+    impl Callers for Acting {
+        fn function_of(&self, _peer: std::os::fd::BorrowedFd<'_>) -> Result<String, Refused> {
+            self.0.lock().unwrap().clone().ok_or(Refused::NotASandbox)
+        }
+    }
+
+    fn policy() -> ServicePolicy {
+        ServicePolicy {
+            max_object_bytes: 1 << 20,
+            max_function_bytes: 64 * BLOCK,
+            max_total_bytes: 1 << 30,
+            max_connections: 8,
+            max_connections_per_function: 4,
+            grants: vec![
+                Grant {
+                    function: "reader".into(),
+                    owner: "alpha".into(),
+                    bucket: "pub".into(),
+                    access: Access::Read,
+                },
+                Grant {
+                    function: "writer".into(),
+                    owner: "alpha".into(),
+                    bucket: "pub".into(),
+                    access: Access::ReadWrite,
+                },
+            ],
+        }
+    }
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        dir: PathBuf,
+        service: StorageService,
+        acting: Arc<Acting>,
+    }
+
+    impl Fixture {
+        fn new(policy: ServicePolicy) -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("storage");
+            let backend = Arc::new(DirectoryBackend::open(&dir).unwrap());
+            let acting = Arc::new(Acting(Mutex::new(None)));
+            let service = StorageService::start(
+                &tmp.path().join(SOCKET_DIR),
+                backend,
+                acting.clone(),
+                policy,
+            )
+            .unwrap();
+            Self {
+                _tmp: tmp,
+                dir,
+                service,
+                acting,
+            }
+        }
+
+        /// One call as `function` (None: a caller that is no function's).
+        fn call(
+            &self,
+            function: Option<&str>,
+            header: serde_json::Value,
+            body: &[u8],
+        ) -> (serde_json::Value, Vec<u8>) {
+            *self.acting.0.lock().unwrap() = function.map(str::to_string);
+            call(self.service.socket(), header, body)
+        }
+    }
+
     /// A client speaking the socket protocol, as storage.py does.
     fn call(sock: &Path, header: serde_json::Value, body: &[u8]) -> (serde_json::Value, Vec<u8>) {
         let mut s = UnixStream::connect(sock).unwrap();
         let raw = serde_json::to_vec(&header).unwrap();
         let mut frame = (raw.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(&raw);
-        s.write_all(&frame).unwrap();
-        // The worker may refuse (and close) before reading the body.
+        // The worker may refuse (and close) before reading the request or the body.
+        let _ = s.write_all(&frame);
         let _ = s.write_all(body);
         let mut head = [0u8; 4];
         s.read_exact(&mut head).unwrap();
         let mut raw = vec![0u8; u32::from_be_bytes(head) as usize];
         s.read_exact(&mut raw).unwrap();
         let mut rest = Vec::new();
-        s.read_to_end(&mut rest).unwrap();
+        // A refusal closes the connection with the request's bytes unread, which the kernel
+        // reports to this end as a reset once the reply is read.
+        match s.read_to_end(&mut rest) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            r => {
+                r.unwrap();
+            }
+        }
         (serde_json::from_slice(&raw).unwrap(), rest)
     }
 
     #[test]
     fn service_over_the_socket() {
-        let tmp = tempfile::tempdir().unwrap();
-        let backend = Arc::new(DirectoryBackend::open(&tmp.path().join("storage")).unwrap());
-        let service = StorageService::start(
-            &tmp.path().join(SOCKET_DIR),
-            backend,
-            ServiceLimits {
-                max_object_bytes: 1 << 20,
-                max_connections: 4,
-            },
-        )
-        .unwrap();
-        let sock = service.socket().to_path_buf();
-        let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o666);
+        let f = Fixture::new(policy());
+        let sock = f.service.socket().to_path_buf();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&sock), 0o666);
+        assert_eq!(mode(sock.parent().unwrap()), 0o700);
         // A second service on the same socket is refused.
         assert!(matches!(
             StorageService::start(
-                &tmp.path().join(SOCKET_DIR),
-                Arc::new(DirectoryBackend::open(&tmp.path().join("s2")).unwrap()),
-                ServiceLimits {
-                    max_object_bytes: 1,
-                    max_connections: 1
-                }
+                sock.parent().unwrap(),
+                Arc::new(DirectoryBackend::open(&f.dir.join("s2")).unwrap()),
+                f.acting.clone(),
+                policy(),
             ),
             Err(ServiceError::InUse(_))
         ));
-
-        let (r, _) = call(
-            &sock,
+        let alpha = Some("alpha");
+        let (r, _) = f.call(
+            alpha,
             serde_json::json!({"op": "put", "bucket": "bk", "key": "d/x", "size": 3}),
             b"abc",
         );
         assert_eq!(r, serde_json::json!({"ok": true, "key": "d/x"}));
-        assert_eq!(
-            std::fs::read(tmp.path().join("storage/bk/d/x")).unwrap(),
-            b"abc"
-        );
-        let (r, body) = call(
-            &sock,
+        assert_eq!(std::fs::read(f.dir.join("alpha/bk/d/x")).unwrap(), b"abc");
+        let (r, body) = f.call(
+            alpha,
             serde_json::json!({"op": "get", "bucket": "bk", "key": "d/x"}),
             b"",
         );
@@ -1027,31 +1571,213 @@ mod tests {
             (r["size"].as_u64(), body.as_slice()),
             (Some(3), &b"abc"[..])
         );
-        let (r, _) = call(
-            &sock,
+        let (r, _) = f.call(
+            alpha,
             serde_json::json!({"op": "list", "bucket": "bk"}),
             b"",
         );
         assert_eq!(r["keys"], serde_json::json!(["d/x"]));
-        let (r, _) = call(
-            &sock,
+        let (r, _) = f.call(
+            alpha,
             serde_json::json!({"op": "get", "bucket": "bk", "key": "../../etc/passwd"}),
             b"",
         );
         assert_eq!(r["ok"], false);
         assert_eq!(r["kind"], "invalid");
+        // An echoed name is cut short.
+        let long = "k/".repeat(600);
+        let (r, _) = f.call(
+            alpha,
+            serde_json::json!({"op": "list", "bucket": "bk", "prefix": long}),
+            b"",
+        );
+        assert!(r["error"].as_str().unwrap().len() < 400, "{r}");
         // Too large: refused before the body is read, and the reply still arrives.
         let big = vec![7u8; 4 << 20];
-        let (r, _) = call(
-            &sock,
+        let (r, _) = f.call(
+            alpha,
             serde_json::json!({"op": "put", "bucket": "bk", "key": "big", "size": big.len()}),
             &big,
         );
         assert_eq!(r["kind"], "too_large", "{r}");
-        assert!(!tmp.path().join("storage/bk/big").exists());
-        let (r, _) = call(&sock, serde_json::json!({"op": "delete"}), b"");
+        assert!(!f.dir.join("alpha/bk/big").exists());
+        let (r, _) = f.call(alpha, serde_json::json!({"op": "delete"}), b"");
         assert_eq!(r["kind"], "protocol");
-        service.stop();
+        // A caller that is no function's instance is refused before its request is read.
+        let (r, _) = f.call(None, serde_json::json!({"op": "list", "bucket": "bk"}), b"");
+        assert_eq!(r["kind"], "denied", "{r}");
+        f.service.stop();
         assert!(!sock.exists());
+    }
+
+    #[test]
+    fn functions_see_their_own_buckets_and_granted_ones() {
+        let f = Fixture::new(policy());
+        let put = |who, bucket: &str, key: &str, data: &[u8]| {
+            f.call(
+                Some(who),
+                serde_json::json!({"op": "put", "bucket": bucket, "key": key, "size": data.len()}),
+                data,
+            )
+            .0
+        };
+        let get = |who, bucket: &str, key: &str| {
+            f.call(
+                Some(who),
+                serde_json::json!({"op": "get", "bucket": bucket, "key": key}),
+                b"",
+            )
+        };
+        assert_eq!(put("alpha", "priv", "s", b"A")["ok"], true);
+        assert_eq!(put("alpha", "pub", "p", b"P")["ok"], true);
+        // Beta's bucket of the same name is its own: alpha's object is not in it, and writing
+        // it leaves alpha's alone.
+        assert_eq!(get("beta", "priv", "s").0["kind"], "not_found");
+        assert_eq!(put("beta", "priv", "s", b"B")["ok"], true);
+        assert_eq!(get("alpha", "priv", "s").1, b"A");
+        assert_eq!(get("beta", "priv", "s").1, b"B");
+        // Granted read-only: lists and reads alpha's bucket, cannot write it.
+        assert_eq!(get("reader", "pub", "p").1, b"P");
+        let r = put("reader", "pub", "p", b"X");
+        assert_eq!(r["kind"], "denied", "{r}");
+        assert_eq!(
+            r["error"],
+            r#"bucket "pub" is granted to function "reader" read-only"#
+        );
+        // Granted read-write: its writes land in alpha's bucket.
+        assert_eq!(put("writer", "pub", "w", b"W")["ok"], true);
+        assert_eq!(std::fs::read(f.dir.join("alpha/pub/w")).unwrap(), b"W");
+        // The grant covers that bucket only.
+        assert_eq!(get("reader", "priv", "s").0["kind"], "not_found");
+    }
+
+    #[test]
+    fn quota_refuses_an_upload_before_writing_it() {
+        let f = Fixture::new(policy());
+        // 64 blocks per function: 40 blocks fit (plus the bucket's directory)...
+        let data = vec![1u8; 40 * BLOCK as usize];
+        let put = |who, key: &str, data: &[u8]| {
+            f.call(
+                Some(who),
+                serde_json::json!({"op": "put", "bucket": "b", "key": key, "size": data.len()}),
+                data,
+            )
+            .0
+        };
+        assert_eq!(put("alpha", "one", &data)["ok"], true);
+        // ...40 more do not: refused with the numbers, and nothing of it is stored.
+        let r = put("alpha", "two", &data);
+        assert_eq!(r["kind"], "quota", "{r}");
+        assert_eq!(
+            r["error"],
+            format!(
+                "upload of {} bytes would take the buckets of function \"alpha\" to {} bytes, \
+                 over its quota of {} bytes",
+                data.len(),
+                82 * BLOCK,
+                64 * BLOCK
+            )
+        );
+        assert!(!f.dir.join("alpha/b/two").exists());
+        assert_eq!(std::fs::read_dir(f.dir.join(TMP_DIR)).unwrap().count(), 0);
+        // An upload must fit beside the object it replaces (both are on disk until it is
+        // stored); a small one does, and replacing it frees what the old one took.
+        assert_eq!(put("alpha", "one", &data)["kind"], "quota");
+        assert_eq!(put("alpha", "small", &[2u8; 100])["ok"], true);
+        assert_eq!(put("alpha", "small", &[3u8; 200])["ok"], true);
+        assert_eq!(
+            std::fs::read(f.dir.join("alpha/b/small")).unwrap(),
+            [3u8; 200]
+        );
+        // Another function is unaffected.
+        assert_eq!(put("beta", "two", &data)["ok"], true);
+        // Writes through a grant count against the owner.
+        let r = f
+            .call(
+                Some("writer"),
+                serde_json::json!({"op": "put", "bucket": "pub", "key": "w", "size": data.len()}),
+                &data,
+            )
+            .0;
+        assert_eq!(r["kind"], "quota", "{r}");
+    }
+
+    #[test]
+    fn total_quota_covers_every_function() {
+        let f = Fixture::new(ServicePolicy {
+            max_total_bytes: 20 * BLOCK,
+            ..policy()
+        });
+        let data = vec![1u8; 8 * BLOCK as usize];
+        let put = |who, data: &[u8]| {
+            f.call(
+                Some(who),
+                serde_json::json!({"op": "put", "bucket": "b", "key": "k", "size": data.len()}),
+                data,
+            )
+            .0
+        };
+        assert_eq!(put("alpha", &data)["ok"], true);
+        assert_eq!(put("beta", &data)["ok"], true);
+        let r = put("gamma", &data);
+        assert_eq!(r["kind"], "quota", "{r}");
+        assert!(r["error"]
+            .as_str()
+            .unwrap()
+            .contains("over its total quota of 81920 bytes"));
+    }
+
+    #[test]
+    fn one_function_at_its_connection_limit_does_not_hold_up_another() {
+        let f = Fixture::new(ServicePolicy {
+            max_connections_per_function: 2,
+            ..policy()
+        });
+        *f.acting.0.lock().unwrap() = Some("alpha".into());
+        // Alpha holds its two connections open without sending anything.
+        let idle: Vec<UnixStream> = (0..2)
+            .map(|_| UnixStream::connect(f.service.socket()).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        // A third is refused at once, as busy.
+        let (r, _) = call(
+            f.service.socket(),
+            serde_json::json!({"op": "list", "bucket": "b"}),
+            b"",
+        );
+        assert_eq!(r["kind"], "busy", "{r}");
+        // Beta is served meanwhile.
+        let t = std::time::Instant::now();
+        let (r, _) = f.call(
+            Some("beta"),
+            serde_json::json!({"op": "list", "bucket": "b"}),
+            b"",
+        );
+        assert_eq!(r["kind"], "not_found", "{r}");
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // Once alpha lets go, it is served again.
+        drop(idle);
+        std::thread::sleep(Duration::from_millis(100));
+        let (r, _) = f.call(
+            Some("alpha"),
+            serde_json::json!({"op": "list", "bucket": "b"}),
+            b"",
+        );
+        assert_eq!(r["kind"], "not_found", "{r}");
+    }
+
+    #[test]
+    fn grants_are_checked() {
+        let g = |function: &str, owner: &str, bucket: &str| Grant {
+            function: function.into(),
+            owner: owner.into(),
+            bucket: bucket.into(),
+            access: Access::Read,
+        };
+        assert!(check_grants(&[g("a", "b", "x"), g("a", "b", "y"), g("c", "b", "x")]).is_ok());
+        assert!(check_grants(&[g("a", "a", "x")]).is_err());
+        assert!(check_grants(&[g("a", "b", "x"), g("a", "c", "x")]).is_err());
+        assert!(check_grants(&[g("a", "../b", "x")]).is_err());
+        assert!(check_grants(&[g("a", "b", ".tmp")]).is_err());
     }
 }

@@ -107,6 +107,8 @@ pub struct Zygote {
     serves_instances: AtomicBool,
     /// Modules that failed to preload (they are imported by the instance instead).
     pub failed_imports: Vec<String>,
+    /// What a root zygote prints goes to the zygotes' log while this lives.
+    _output: Option<crate::logs::InstanceOutput>,
 }
 
 impl Zygote {
@@ -502,6 +504,7 @@ impl Zygotes {
                     gid: 0,
                     max_open_files: self.max_open_files,
                     stdio_to_socket: false,
+                    output_pipes: self.factory.logs_instances(),
                     privilege: Privilege::Zygote,
                 };
                 let (mut sandbox, sock) = self.factory.create_sandbox(
@@ -512,6 +515,7 @@ impl Zygotes {
                     &self.cgroup_limits(),
                     Some(spec),
                 )?;
+                let output = sandbox.take_output();
                 let started = sandbox
                     .wait_ready()
                     .map_err(ForkError::from)
@@ -529,10 +533,11 @@ impl Zygotes {
                                 sandbox.setup_error().unwrap_or_default()
                             ))
                         })?;
-                        Ok((chan, ready, pid))
+                        let output = self.factory.collect_zygote_output(&id, output)?;
+                        Ok((chan, ready, pid, output))
                     });
                 match started {
-                    Ok((chan, ready, pid)) => (sandbox, chan, (ready, pid)),
+                    Ok((chan, ready, pid, output)) => (sandbox, chan, (ready, pid, output)),
                     Err(e) => {
                         sandbox.destroy();
                         return Err(e);
@@ -565,7 +570,7 @@ impl Zygotes {
                     Ok((chan, ready, pid))
                 });
                 match forked {
-                    Ok((chan, ready, pid)) => (sandbox, chan, (ready, pid)),
+                    Ok((chan, ready, pid)) => (sandbox, chan, (ready, pid, None)),
                     Err(e) => {
                         sandbox.destroy();
                         return Err(e);
@@ -573,7 +578,7 @@ impl Zygotes {
                 }
             }
         };
-        let (ready, pid) = pid;
+        let (ready, pid, output) = pid;
         let failed_imports: Vec<String> = ready["failed"]
             .as_array()
             .map(|a| {
@@ -606,6 +611,7 @@ impl Zygotes {
             forks: AtomicU64::new(0),
             serves_instances: AtomicBool::new(false),
             failed_imports,
+            _output: output,
         })
     }
 
@@ -826,9 +832,11 @@ impl Zygotes {
 
     /// Makes a forked child of the zygote holding `set` an instance of `function`: in a clean
     /// sandbox, sets its limits and attaches the function's code and the packages of its
-    /// closure the zygote lacks; waits for the child's setup, then sends it the function's
-    /// environment, upon which it imports the handler. Returns the instance and the child's
-    /// host pid. Destroys the sandbox on failure.
+    /// closure the zygote lacks; waits for the child's setup, records the sandbox's function,
+    /// then sends the child the function's environment, upon which it imports the handler. The
+    /// write ends of its output pipes travel with the first bytes of that frame (SCM_RIGHTS), so
+    /// the function writes to its own log from its first line on. Returns the instance and the
+    /// child's host pid. Destroys the sandbox on failure.
     fn assign(
         &self,
         mut seed: Seed,
@@ -837,6 +845,7 @@ impl Zygotes {
         limits: &FunctionLimits,
         clean: bool,
     ) -> Result<(Instance, i32), ForkError> {
+        let assignment = self.factory.assign(&seed.id, function);
         let result = (|| {
             if clean {
                 seed.sandbox.set_limits(&limits.cgroup())?;
@@ -863,11 +872,22 @@ impl Zygotes {
             let body = serde_json::to_vec(&env).map_err(std::io::Error::other)?;
             let mut frame = (body.len() as u32).to_be_bytes().to_vec();
             frame.extend_from_slice(&body);
-            seed.channel.write_all(&frame)?;
-            Ok::<_, ForkError>(())
+            let pipes = if self.factory.logs_instances() {
+                let (read, write) = kindling_sandbox::stdio::OutputPipes::new()?;
+                let fds = [write.stdout.as_raw_fd(), write.stderr.as_raw_fd()];
+                sys::send_with_fds(seed.channel.as_raw_fd(), &frame[..4], &fds)?;
+                // Ours close here: the instance holds the only write ends.
+                drop(write);
+                Some(read)
+            } else {
+                seed.channel.write_all(&frame[..4])?;
+                None
+            };
+            seed.channel.write_all(&frame[4..])?;
+            Ok::<_, ForkError>(self.factory.collect_output(function, &seed.id, pipes)?)
         })();
         match result {
-            Ok(()) => {
+            Ok(output) => {
                 let Seed {
                     id,
                     sandbox,
@@ -875,7 +895,15 @@ impl Zygotes {
                     pid,
                     ..
                 } = seed;
-                let instance = Instance::new(id, function, limits, sandbox, channel.into())?;
+                let instance = Instance::new(
+                    id,
+                    function,
+                    limits,
+                    sandbox,
+                    channel.into(),
+                    assignment,
+                    output,
+                )?;
                 Ok((instance, pid))
             }
             Err(e) => {

@@ -9,6 +9,7 @@ mod isolation;
 mod package_security;
 mod packages;
 mod storage;
+mod tenancy;
 mod zygote_security;
 mod zygotes;
 

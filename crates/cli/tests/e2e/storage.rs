@@ -1,5 +1,6 @@
 //! Object storage from function code: `import storage` in a sandbox, served by the worker over
-//! the socket bound at /kindling/storage-socket, objects under `<root>/storage/<bucket>/`.
+//! the socket bound at /kindling/storage-socket/storage.sock, objects under
+//! `<root>/storage/<function>/<bucket>/`.
 
 use crate::harness::Worker;
 
@@ -60,8 +61,9 @@ fn storage_round_trip_and_bad_keys() {
         serde_json::json!(root.join("storage").to_string_lossy()),
         "{status}"
     );
-    // An input put in place on the host, as benchmarks/run_local.py --storage-dir does.
-    let bucket_dir = root.join("storage").join("bench");
+    // An input put in place on the host, as benchmarks/run_local.py --storage-dir does, in the
+    // function's own buckets.
+    let bucket_dir = root.join("storage").join("store").join("bench");
     std::fs::create_dir_all(&bucket_dir).unwrap();
     std::fs::write(bucket_dir.join("from-host.txt"), "host").unwrap();
 
@@ -94,7 +96,7 @@ fn storage_round_trip_and_bad_keys() {
     );
     assert_eq!(out["c"], "gamma");
     assert_eq!(out["same_instance"], true);
-    // The objects are plain files under <root>/storage/<bucket>/.
+    // The objects are plain files under <root>/storage/<function>/<bucket>/.
     assert_eq!(
         std::fs::read_to_string(bucket_dir.join("dir/a.txt")).unwrap(),
         "alpha"
@@ -127,6 +129,7 @@ fn storage_round_trip_and_bad_keys() {
         assert_eq!(out["type"], "InvalidNameError", "{key:?}: {out}");
     }
     assert!(!root.join("storage").join("escape").exists());
+    assert!(!root.join("storage").join("store").join("escape").exists());
     assert!(!root.join("escape").exists());
     let out = fail(serde_json::json!({"op": "put", "bucket": "../x", "key": "k"}));
     assert!(

@@ -52,6 +52,9 @@ def _exec_status():
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
+# Output of import-time code: never in the worker's own log.
+print("2026-01-01T00:00:00Z INFO kindling: forged by a zygote", flush=True)
+
 def _syscall(f):
     def run():
         if f() != 0:
@@ -304,6 +307,18 @@ fn package_code_in_a_zygote_has_no_host_privilege() {
             .unwrap()
             .contains("Address family not supported"),
         "{report}"
+    );
+    // What it printed is in the zygotes' log, not the worker's.
+    assert!(
+        !w.log_text().contains("forged by a zygote"),
+        "{}",
+        w.log_text()
+    );
+    let zygote_log =
+        std::fs::read_to_string(w.root.path().join("logs/_zygotes.log")).unwrap_or_default();
+    assert!(
+        zygote_log.contains("forged by a zygote"),
+        "zygotes' log: {zygote_log}"
     );
     let escaped: Vec<_> = ["/tmp/ESCAPED_FROM_ZYGOTE", "/ESCAPED_FROM_ZYGOTE"]
         .into_iter()
