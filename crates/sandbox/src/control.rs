@@ -22,6 +22,9 @@ pub enum ControlRequest {
     Mount { target: PathBuf },
     /// Kill every process of the sandbox except init.
     KillInstances,
+    /// The sandbox's network is configured: a networked sandbox's init starts its first
+    /// instance (and reports `Ready`) only after this.
+    NetworkReady,
 }
 
 /// What a sandbox's init reports.

@@ -20,10 +20,18 @@ pub fn run(spec: &SandboxSpec, control: ControlChannel, instance: Option<OwnedFd
     // If the spawner dies, so does the sandbox.
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
     sys::set_process_name(c"kindling-init");
-    let ready = setup(spec).and_then(|()| match (&spec.instance, instance) {
-        (Some(inst), Some(sock)) => spawn_instance(inst, sock).map(Some),
-        _ => Ok(None),
-    });
+    let ready = setup(spec)
+        .and_then(|()| {
+            if spec.network {
+                await_network(&control)
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| match (&spec.instance, instance) {
+            (Some(inst), Some(sock)) => spawn_instance(inst, sock).map(Some),
+            _ => Ok(None),
+        });
     match ready {
         Ok(instance_pid) => {
             let _ = control.send(&ControlEvent::Ready { instance_pid }, &[]);
@@ -42,15 +50,29 @@ fn setup(spec: &SandboxSpec) -> Result<(), String> {
             .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
     }
     rootfs::enter(spec).map_err(|e| error_chain(&e))?;
-    if !spec.network {
-        sys::loopback_up().map_err(|e| format!("bringing loopback up: {e}"))?;
-    }
+    sys::loopback_up().map_err(|e| format!("bringing loopback up: {e}"))?;
     sys::sethostname(&spec.id).map_err(|e| format!("setting hostname: {e}"))?;
     // Children must not be reaped behind our back, and SIGCHLD arrives through a signalfd.
     sys::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
     sys::set_sigmask(&[libc::SIGCHLD], libc::SIG_BLOCK)
         .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
     Ok(())
+}
+
+/// Waits until the worker has configured the sandbox's network (a function may use it in its
+/// first request); requests before then are refused.
+fn await_network(control: &ControlChannel) -> Result<(), String> {
+    loop {
+        match control.recv::<ControlRequest>(false) {
+            Ok(Some((ControlRequest::NetworkReady, _))) => return Ok(()),
+            Ok(Some(_)) => {
+                let message = "the sandbox's network is not configured yet".to_string();
+                let _ = control.send(&ControlEvent::Failed { message }, &[]);
+            }
+            Ok(None) => sys::exit_now(0),
+            Err(e) => return Err(format!("waiting for the network: {e}")),
+        }
+    }
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -218,6 +240,9 @@ fn handle(req: ControlRequest, mut fds: Vec<OwnedFd>) -> ControlEvent {
                 Err(e) => failed(format!("mounting on {}: {e}", target.display())),
             },
         },
+        ControlRequest::NetworkReady => {
+            failed("the sandbox's network is already configured".into())
+        }
         ControlRequest::KillInstances => {
             // From pid 1, kill(-1) reaches every other process of the namespace. Anywhere else
             // (a sandbox sharing the host's pid namespace) it would reach the whole machine.

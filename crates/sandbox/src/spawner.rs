@@ -152,12 +152,12 @@ fn create(spec: &SandboxSpec, worker: &ControlChannel) -> io::Result<(i32, Vec<O
         Some(_) => Some(sys::socketpair(SocketKind::Stream)?),
         None => None,
     };
-    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    // Every sandbox gets a network namespace of its own; a networked one is connected to the
+    // host by the worker afterwards (crate::net), never given the host's.
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
     if spec.pid_namespace {
         flags |= libc::CLONE_NEWPID;
-    }
-    if !spec.network {
-        flags |= libc::CLONE_NEWNET;
     }
     // SAFETY: the spawner is single-threaded (it is its own process, started by exec).
     match unsafe { sys::clone_process(flags) }? {

@@ -18,7 +18,9 @@ pub struct SandboxSpec {
     pub mountpoint: PathBuf,
     /// Mounts on top of the root, in order.
     pub mounts: Vec<MountSpec>,
-    /// Give the sandbox the host's network (`true`) or a new namespace with only loopback.
+    /// The sandbox's own network namespace has only loopback (`false`), or is connected to the
+    /// host by the worker ([`crate::net`]) before the first instance starts (`true`): init waits
+    /// for [`crate::control::ControlRequest::NetworkReady`] first.
     pub network: bool,
     /// A new pid namespace (init is pid 1). Zygote sandboxes stay in the host's, because a
     /// zygote must be able to `setns` into the pid namespaces of the sandboxes it forks into,

@@ -4,10 +4,12 @@
 pub mod api;
 pub mod archive;
 pub mod base;
+pub mod bounds;
 pub mod config;
 pub mod daemon;
 pub mod instance;
 pub mod metrics;
+pub mod network;
 pub mod packages;
 pub mod pool;
 pub mod registry;

@@ -6,6 +6,7 @@
 mod faults;
 mod harness;
 mod isolation;
+mod network;
 mod packages;
 mod storage;
 mod zygotes;
