@@ -256,7 +256,8 @@ table inet {table} {{
 	chain from_sandbox {{
 		oifname "{p}*" drop
 		meta nfproto ipv6 drop
-		ip saddr != {pool} drop
+		# A source not routed back through the interface it came in on is spoofed. (Not a
+		# check against this worker's pool: other workers' sandboxes pass here too.)
 		fib saddr . iif oif missing drop
 		ip daddr {{ 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3 }} drop
 		accept
@@ -496,9 +497,7 @@ fn push_ifinfo(buf: &mut Vec<u8>, index: u32, flags: u32) {
 }
 
 fn pad(buf: &mut Vec<u8>) {
-    while buf.len() % 4 != 0 {
-        buf.push(0);
-    }
+    buf.resize(buf.len().next_multiple_of(4), 0);
 }
 
 fn attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
@@ -1032,7 +1031,7 @@ mod tests {
             "oifname \"kl*\" jump to_sandbox",
             "oifname \"kl*\" drop",
             "meta nfproto ipv6 drop",
-            "ip saddr != 10.231.0.0/16 drop",
+            "fib saddr . iif oif missing drop",
             "169.254.0.0/16",
             "224.0.0.0/3",
             "127.0.0.0/8",
@@ -1042,6 +1041,8 @@ mod tests {
             assert!(r.contains(rule), "missing `{rule}` in\n{r}");
         }
         assert_eq!(r.matches('{').count(), r.matches('}').count());
+        // Every worker's rules see every worker's sandboxes: only NAT names a pool.
+        assert_eq!(r.matches("10.231.0.0/16").count(), 1, "{r}");
         assert_eq!(
             removal("kindling-k"),
             "add table inet kindling-k\ndelete table inet kindling-k\n"

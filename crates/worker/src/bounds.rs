@@ -95,7 +95,7 @@ fn over(config: &FunctionConfig, format: Format, bounds: &Bounds) -> Vec<OverBou
     // NaN is refused by the registry; here it counts as over, never as within.
     if let Some(t) = config
         .timeout_secs
-        .filter(|&t| !(t <= bounds.max_timeout_secs))
+        .filter(|&t| t.is_nan() || t > bounds.max_timeout_secs)
     {
         found.push(OverBound::Timeout {
             setting: timeout,

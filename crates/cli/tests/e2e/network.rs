@@ -77,22 +77,18 @@ fn tenant_settings_over_the_operators_bounds_are_refused() {
         ]
     };
     // SeBS's own names for the same settings.
-    let r = w.deploy("sebs", &sebs(r#"{"memory": 4096, "timeout": 10}"#));
-    assert_eq!(r.status, 400, "{}", r.text());
-    assert!(
-        error_of(&r).contains("`memory` of 4096 MB in config.json"),
-        "{}",
-        r.text()
-    );
-    let r = w.deploy("sebs", &sebs(r#"{"timeout": 1e300}"#));
-    assert_eq!(r.status, 400, "{}", r.text());
-    assert!(
-        error_of(&r).contains("`timeout` of 1e300 s"),
-        "{}",
-        r.text()
-    );
-    let r = w.deploy("sebs", &sebs(r#"{"network": true}"#));
-    assert_eq!(r.status, 400, "{}", r.text());
+    for (config, expected) in [
+        (
+            r#"{"memory": 4096, "timeout": 10}"#,
+            "`memory` of 4096 MB in config.json",
+        ),
+        (r#"{"timeout": 1e300}"#, "`timeout` of 1e300 s"),
+        (r#"{"network": true}"#, "`network: true` in config.json"),
+    ] {
+        let r = w.deploy("sebs", &sebs(config));
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(error_of(&r).contains(expected), "{}", r.text());
+    }
     let r = w.run("sebs", "{}");
     assert_eq!(r.json()["result"]["output"]["version"], 1, "{}", r.text());
     // At the bounds is fine.
@@ -627,6 +623,19 @@ def f(event):
     return {"address": me}
 "#;
 
+/// Connects from source address argv[1] to argv[2]:argv[3]; prints what happened.
+const SPOOF: &str = r#"
+import socket, sys
+s = socket.socket()
+s.settimeout(1.5)
+try:
+    s.bind((sys.argv[1], 0))
+    s.connect((sys.argv[2], int(sys.argv[3])))
+    print("connected", s.recv(64).decode())
+except OSError as e:
+    print(type(e).__name__, e)
+"#;
+
 #[test]
 fn networked_sandboxes_cannot_reach_each_other() {
     let peer = Peer::start();
@@ -639,10 +648,53 @@ fn networked_sandboxes_cannot_reach_each_other() {
     assert_eq!(r.status, 200, "{}", r.text());
     let a = r.json()["address"].as_str().unwrap().to_string();
     let targets = [(peer.addr.to_string(), peer.port), (a.clone(), port)];
-    let (v, _) = probe(&w, "prober", &targets, &[]);
+    let (v, r) = probe(&w, "prober", &targets, &[]);
     assert_reaches_peer(&v, &peer);
     assert_ne!(v["address"], json!(a), "two sandboxes share an address");
     assert_unreachable(&v, &a, port, "another sandbox");
+    // Nor can it pass for another: even root inside the prober's namespace (which its function
+    // is not), sending from the listener's address, does not get out.
+    let b = v["address"].as_str().unwrap().to_string();
+    let pid = w.processes_of_sandbox(r.header("x-kindling-sandbox").unwrap())[0].pid;
+    let netns = format!("--net=/proc/{pid}/ns/net");
+    let from = |source: &str| {
+        let out = Command::new("nsenter")
+            .args([
+                &netns,
+                "python3",
+                "-c",
+                SPOOF,
+                source,
+                &peer.addr.to_string(),
+            ])
+            .arg(peer.port.to_string())
+            .output()
+            .expect("nsenter");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let added = Command::new("nsenter")
+        .args([
+            &netns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{a}/32"),
+            "dev",
+            "eth0",
+        ])
+        .status()
+        .unwrap();
+    assert!(added.success());
+    assert_eq!(
+        from(&b),
+        format!("connected {}", peer.token),
+        "the control failed"
+    );
+    let spoofed = from(&a);
+    assert!(
+        !spoofed.starts_with("connected"),
+        "a spoofed source got out: {spoofed}"
+    );
     // The listener is still there for its own sandbox.
     let r = w.run("listener", &json!({ "port": port }).to_string());
     assert_eq!(r.status, 200, "{}", r.text());
