@@ -247,6 +247,25 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// TCP segments the peer has received (`InSegs`).
+    fn segments_received(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "cat", "/proc/net/snmp"])
+            .output()
+            .expect("read the peer's counters");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+        let (names, values) = (tcp.next().unwrap_or(""), tcp.next().unwrap_or(""));
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "InSegs")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("no InSegs in\n{text}"))
+    }
+}
+
 impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.server.kill();
@@ -690,11 +709,12 @@ fn networked_sandboxes_cannot_reach_each_other() {
         format!("connected {}", peer.token),
         "the control failed"
     );
+    // The answer to a spoofed SYN would go to the listener's sandbox, so the spoofer never
+    // connects either way: the peer's count of segments received tells whether it got out.
+    let received = peer.segments_received();
     let spoofed = from(&a);
-    assert!(
-        !spoofed.starts_with("connected"),
-        "a spoofed source got out: {spoofed}"
-    );
+    assert!(!spoofed.starts_with("connected"), "{spoofed}");
+    assert_eq!(peer.segments_received(), received, "a spoofed SYN got out");
     // The listener is still there for its own sandbox.
     let r = w.run("listener", &json!({ "port": port }).to_string());
     assert_eq!(r.status, 200, "{}", r.text());
