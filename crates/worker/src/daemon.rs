@@ -145,9 +145,9 @@ impl Worker {
             },
         )?
         .with_bounds(Bounds::of(&config));
+        let limits = Bounds::of(&config);
         for f in registry.list() {
-            let (_, clamped) =
-                bounds::effective(&f.config, f.format, &config.defaults, &Bounds::of(&config));
+            let (_, clamped) = bounds::effective(&f.config, f.format, &config.defaults, &limits);
             for c in clamped {
                 tracing::warn!(
                     function = %f.name,
