@@ -44,7 +44,7 @@ const MAX_ATTEMPTS: usize = 64;
 pub enum NetError {
     #[error("invalid network pool `{pool}`: {reason}")]
     InvalidPool { pool: String, reason: &'static str },
-    #[error("network pool {pool} overlaps the host's route to {route} on {dev}")]
+    #[error("network pool {pool} overlaps the host's route to {route} on {dev}; choose a free range as `[network] pool`")]
     PoolInUse {
         pool: Pool,
         route: String,
@@ -722,6 +722,9 @@ pub struct Network {
     slots: Arc<Mutex<Slots>>,
     /// Whether this worker's ruleset is installed (it is, from the first networked sandbox on).
     installed: Mutex<bool>,
+    /// A host route overlapping the pool, found at start (route, device): no sandbox can be
+    /// connected then.
+    conflict: Option<(String, String)>,
 }
 
 /// A networked sandbox's hold on its subnet; dropping it frees the subnet. The veth pair goes
@@ -767,19 +770,20 @@ impl Drop for NetLease {
 }
 
 impl Network {
-    /// Prepares the sandbox networks of the worker whose `cgroup_parent` is `owner`: checks
-    /// that no host route overlaps `pool`, and removes what a crashed predecessor left (its
-    /// host-side interfaces and its nftables table). Installs nothing until the first
-    /// [`Network::connect`].
+    /// Prepares the sandbox networks of the worker whose `cgroup_parent` is `owner`: removes
+    /// what a crashed predecessor left (its host-side interfaces and its nftables table) and
+    /// checks that no host route overlaps `pool` (if one does, the worker runs, but networked
+    /// sandboxes fail with that error). Installs nothing until the first [`Network::connect`].
     pub fn open(owner: &str, pool: Pool) -> Result<Self, NetError> {
         let alias = format!("kindling {owner}");
-        let net = Self {
+        let mut net = Self {
             pool,
             table: table_name(owner),
             alias,
             nft: find_nft(),
             slots: Arc::new(Mutex::new(Slots::new(pool.subnets()))),
             installed: Mutex::new(false),
+            conflict: None,
         };
         let stale = net.remove_interfaces();
         if stale > 0 {
@@ -788,14 +792,15 @@ impl Network {
                 "removed sandbox interfaces left behind by a previous worker"
             );
         }
-        for (dest, prefix, dev) in host_routes().map_err(at("reading the host's routes"))? {
-            if prefix > 0 && !dev.starts_with(IF_PREFIX) && pool.overlaps(dest, prefix) {
-                return Err(NetError::PoolInUse {
-                    pool,
-                    route: format!("{dest}/{prefix}"),
-                    dev,
-                });
-            }
+        let routes = host_routes().map_err(at("reading the host's routes"))?;
+        net.conflict = routes
+            .into_iter()
+            .find(|(dest, prefix, dev)| {
+                *prefix > 0 && !dev.starts_with(IF_PREFIX) && pool.overlaps(*dest, *prefix)
+            })
+            .map(|(dest, prefix, dev)| (format!("{dest}/{prefix}"), dev));
+        if let Err(e) = net.usable() {
+            tracing::warn!("{e}: networked sandboxes (and package installs) will fail");
         }
         match &net.nft {
             Some(nft) => run_nft(nft, &removal(&net.table))?,
@@ -821,6 +826,7 @@ impl Network {
     /// to the host: a veth pair, addresses, the sandbox's default route, and on first use the
     /// ruleset and IPv4 forwarding. Blocking, about a millisecond.
     pub fn connect(&self, netns: BorrowedFd<'_>) -> Result<NetLease, NetError> {
+        self.usable()?;
         self.install()?;
         let mut nl = Netlink::open().map_err(at("opening rtnetlink"))?;
         let mut busy = Vec::new();
@@ -888,6 +894,18 @@ impl Network {
             return Err(e);
         }
         Ok(lease)
+    }
+
+    /// Whether sandboxes can be connected: not when a host route overlaps the pool.
+    fn usable(&self) -> Result<(), NetError> {
+        match &self.conflict {
+            Some((route, dev)) => Err(NetError::PoolInUse {
+                pool: self.pool,
+                route: route.clone(),
+                dev: dev.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Installs the ruleset and turns IPv4 forwarding on, once.

@@ -74,7 +74,8 @@
 //! [network]                        # `network: true` sandboxes (and package installers): a private
 //!                                  # network namespace with egress only, through NAT
 //! pool = "10.231.0.0/16"           # IPv4 range for sandboxes, a /30 each (host end .1, sandbox .2);
-//!                                  # must not overlap a route of the host; workers sharing a pool
+//!                                  # must not overlap a route of the host (networked sandboxes
+//!                                  # fail with a message if it does); workers sharing a pool
 //!                                  # never hand out the same subnet
 //! nameservers = []                 # IPv4 DNS servers for networked sandboxes' /etc/resolv.conf
 //!                                  # (default: the host's IPv4 non-loopback ones, from

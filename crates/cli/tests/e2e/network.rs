@@ -833,3 +833,27 @@ fn crashed_worker_leaves_no_stale_veth_or_table() {
     w.stop();
     assert!(!table_exists(&table));
 }
+
+#[test]
+fn a_pool_overlapping_a_host_route_fails_networked_starts_clearly() {
+    // The peer's /30 is routed on the host: a pool there would steal its traffic.
+    let peer = Peer::start();
+    let pool = format!("{}/30", Ipv4Addr::from(u32::from(peer.host_addr) - 1));
+    let w = Worker::start(&format!("{NETWORKED}[network]\npool = \"{pool}\"\n"));
+    w.deploy_ok(
+        "online",
+        &[("f.py", NET_PROBE), ("ol.yaml", "network: true\n")],
+    );
+    let r = w.run("online", "{}");
+    assert_eq!(r.status, 500, "{}", r.text());
+    let e = r.text();
+    assert!(
+        e.contains(&format!("network pool {pool} overlaps the host's route")),
+        "{e}"
+    );
+    assert!(kindling_interfaces(&w).is_empty());
+    // Offline functions are unaffected.
+    w.assert_serves();
+    w.assert_no_leaks();
+    w.stop();
+}
