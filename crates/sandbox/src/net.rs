@@ -803,23 +803,18 @@ impl Network {
             tracing::warn!("{e}: networked sandboxes (and package installs) will fail");
         }
         match &net.nft {
-            Some(nft) => run_nft(nft, &removal(&net.table))?,
+            // Not fatal: the worker serves offline sandboxes without it.
+            Some(nft) => {
+                if let Err(e) = run_nft(nft, &removal(&net.table)) {
+                    tracing::warn!(table = %net.table, "removing a stale ruleset: {e}");
+                }
+            }
             None => tracing::warn!(
                 "nft (package nftables) not found: networked sandboxes (and package installs) \
                  will fail"
             ),
         }
         Ok(net)
-    }
-
-    /// The nftables table of this worker.
-    pub fn table(&self) -> &str {
-        &self.table
-    }
-
-    /// The pool subnets come from.
-    pub fn pool(&self) -> Pool {
-        self.pool
     }
 
     /// Connects the network namespace `netns` (of a sandbox whose first instance has not started)
