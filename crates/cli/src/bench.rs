@@ -92,6 +92,10 @@ pub struct StartupArgs {
     /// input objects of storage benchmarks are written (default: the worker's, from /status).
     #[arg(long)]
     pub storage_dir: Option<PathBuf>,
+    /// Also time cold starts of the hello function with `network: true`, alternating with the
+    /// offline ones (the worker needs `allow_network = true`).
+    #[arg(long)]
+    pub network: bool,
 }
 
 /// The handler every method runs.
@@ -161,6 +165,16 @@ fn status_rootfs(status: &serde_json::Value) -> Result<PathBuf> {
 /// One start of the hello function, timed from this client; fails unless it came back with
 /// `expect` as its start method and the right output.
 async fn hello_once(c: &mut Client, forced: Option<&str>, expect: &str) -> Result<(f64, String)> {
+    hello_start(c, "bench-hello", forced, expect).await
+}
+
+/// One start of `function` (a hello function), as [`hello_once`].
+async fn hello_start(
+    c: &mut Client,
+    function: &str,
+    forced: Option<&str>,
+    expect: &str,
+) -> Result<(f64, String)> {
     let headers: Vec<(&str, &str)> = forced
         .map(|m| vec![("x-kindling-start", m)])
         .unwrap_or_default();
@@ -169,7 +183,7 @@ async fn hello_once(c: &mut Client, forced: Option<&str>, expect: &str) -> Resul
     }
     let t = Instant::now();
     let r = c
-        .request(Method::POST, "/run/bench-hello", &headers, "{}")
+        .request(Method::POST, &format!("/run/{function}"), &headers, "{}")
         .await?
         .ok()?;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -229,6 +243,7 @@ async fn startup(addr: SocketAddr, args: StartupArgs) -> Result<()> {
         repetitions,
         output,
         no_runc,
+        network,
         ..
     } = args;
     let reps = repetitions as usize;
@@ -245,14 +260,36 @@ async fn startup(addr: SocketAddr, args: StartupArgs) -> Result<()> {
         .ok()?;
     let event = "{}";
 
-    eprintln!("kindling cold x{reps}");
+    if network {
+        let packed = crate::examples::pack(&[("f.py", HANDLER), ("ol.yaml", "network: true\n")])?;
+        c.request(Method::POST, "/registry/bench-hello-net", &[], packed)
+            .await?
+            .ok()?;
+    }
+    eprintln!(
+        "kindling cold x{reps}{}",
+        if network {
+            ", alternating with networked"
+        } else {
+            ""
+        }
+    );
     let mut cold = Samples::default();
     let mut cold_server = Samples::default();
+    let mut networked = Samples::default();
+    let mut networked_server = Samples::default();
     for _ in 0..reps {
         let (ms, timing) = hello_once(&mut c, Some("cold"), "cold").await?;
         cold.0.push(ms);
         if let Some(total) = timing_total(Some(&timing)) {
             cold_server.0.push(total);
+        }
+        if network {
+            let (ms, timing) = hello_start(&mut c, "bench-hello-net", Some("cold"), "cold").await?;
+            networked.0.push(ms);
+            if let Some(total) = timing_total(Some(&timing)) {
+                networked_server.0.push(total);
+            }
         }
     }
     eprintln!("kindling fork x{reps} (after one untimed fork that creates the zygotes)");
@@ -328,6 +365,8 @@ async fn startup(addr: SocketAddr, args: StartupArgs) -> Result<()> {
         "rootfs": rootfs,
         "kindling_cold": cold.json(),
         "kindling_cold_inside_worker": cold_server.json(),
+        "kindling_cold_networked": if network { networked.json() } else { serde_json::Value::Null },
+        "kindling_cold_networked_inside_worker": if network { networked_server.json() } else { serde_json::Value::Null },
         "kindling_fork": fork.json(),
         "kindling_warm": warm.json(),
         "chroot_python3": chroot.json(),
@@ -345,6 +384,8 @@ async fn startup(addr: SocketAddr, args: StartupArgs) -> Result<()> {
     for (name, s) in [
         ("kindling cold", &cold),
         ("kindling cold (in worker)", &cold_server),
+        ("kindling cold, networked", &networked),
+        ("  (in worker)", &networked_server),
         ("kindling fork", &fork),
         ("kindling warm", &warm),
         ("chroot python3", &chroot),
@@ -375,6 +416,11 @@ async fn startup(addr: SocketAddr, args: StartupArgs) -> Result<()> {
     if let Some(path) = output {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("results written to {}", path.display());
+    }
+    if network {
+        let _ = c
+            .request(Method::DELETE, "/registry/bench-hello-net", &[], Vec::new())
+            .await;
     }
     let _ = c
         .request(Method::DELETE, "/registry/bench-hello", &[], Vec::new())

@@ -28,6 +28,9 @@ pub enum ControlRequest {
     },
     /// Kill every process of the sandbox except init.
     KillInstances,
+    /// The sandbox's network is configured: a networked sandbox's init starts its first
+    /// instance (and reports `Ready`) only after this.
+    NetworkReady,
 }
 
 /// What a sandbox's init reports.

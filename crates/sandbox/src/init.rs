@@ -33,15 +33,22 @@ pub fn run(
     // If the spawner dies, so does the sandbox.
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
     sys::set_process_name(c"kindling-init");
-    let ready = setup(spec, detached).and_then(|namespaces| {
-        let pid = match (&spec.instance, instance) {
-            (Some(inst), Some(sock)) => {
-                Some(spawn_instance(inst, sock, output, &spec.user_namespace)?)
+    let ready = setup(spec, detached)
+        .and_then(|namespaces| {
+            if spec.network {
+                await_network(&control)?;
             }
-            _ => None,
-        };
-        Ok((pid, namespaces))
-    });
+            Ok(namespaces)
+        })
+        .and_then(|namespaces| {
+            let pid = match (&spec.instance, instance) {
+                (Some(inst), Some(sock)) => {
+                    Some(spawn_instance(inst, sock, output, &spec.user_namespace)?)
+                }
+                _ => None,
+            };
+            Ok((pid, namespaces))
+        });
     match ready {
         Ok((instance_pid, namespaces)) => {
             let mut fds: Vec<OwnedFd> = Vec::new();
@@ -110,15 +117,29 @@ fn setup(spec: &SandboxSpec, detached: Option<rootfs::Detached>) -> Result<Vec<O
         Vec::new()
     };
     rootfs::enter(spec, detached).map_err(|e| error_chain(&e))?;
-    if !spec.network {
-        sys::loopback_up().map_err(|e| format!("bringing loopback up: {e}"))?;
-    }
+    sys::loopback_up().map_err(|e| format!("bringing loopback up: {e}"))?;
     sys::sethostname(&spec.id).map_err(|e| format!("setting hostname: {e}"))?;
     // Children must not be reaped behind our back, and SIGCHLD arrives through a signalfd.
     sys::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
     sys::set_sigmask(&[libc::SIGCHLD], libc::SIG_BLOCK)
         .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
     Ok(namespaces)
+}
+
+/// Waits until the worker has configured the sandbox's network (a function may use it in its
+/// first request); requests before then are refused.
+fn await_network(control: &ControlChannel) -> Result<(), String> {
+    loop {
+        match control.recv::<ControlRequest>(false) {
+            Ok(Some((ControlRequest::NetworkReady, _))) => return Ok(()),
+            Ok(Some(_)) => {
+                let message = "the sandbox's network is not configured yet".to_string();
+                let _ = control.send(&ControlEvent::Failed { message }, &[]);
+            }
+            Ok(None) => sys::exit_now(0),
+            Err(e) => return Err(format!("waiting for the network: {e}")),
+        }
+    }
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -339,6 +360,9 @@ fn handle(req: ControlRequest, mut fds: Vec<OwnedFd>) -> ControlEvent {
                 Err(e) => failed(format!("mounting on {}: {e}", target.display())),
             },
         },
+        ControlRequest::NetworkReady => {
+            failed("the sandbox's network is already configured".into())
+        }
         ControlRequest::KillInstances => {
             // From pid 1, kill(-1) reaches every other process of the namespace. Anywhere else
             // (a sandbox sharing the host's pid namespace) it would reach the whole machine.

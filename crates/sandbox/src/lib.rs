@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod control;
 pub mod init;
+pub mod net;
 pub mod peer;
 pub mod rootfs;
 pub mod seccomp;

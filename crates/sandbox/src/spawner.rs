@@ -274,11 +274,13 @@ fn create(
     own_pid_namespace: &OwnedFd,
 ) -> io::Result<(i32, Vec<OwnedFd>)> {
     let channels = Channels::new(spec)?;
-    let mut flags =
-        libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
-    if !spec.network {
-        flags |= libc::CLONE_NEWNET;
-    }
+    // Every sandbox gets a network namespace of its own; a networked one is connected to the
+    // host by the worker afterwards (crate::net), never given the host's.
+    let flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET;
     match &spec.user_namespace {
         UserNamespace::Host => {
             // SAFETY: the spawner is single-threaded (it is its own process, started by exec).

@@ -18,7 +18,9 @@ pub struct SandboxSpec {
     pub mountpoint: PathBuf,
     /// Mounts on top of the root, in order.
     pub mounts: Vec<MountSpec>,
-    /// Give the sandbox the host's network (`true`) or a new namespace with only loopback.
+    /// The sandbox's own network namespace has only loopback (`false`), or is connected to the
+    /// host by the worker ([`crate::net`]) before the first instance starts (`true`): init waits
+    /// for [`crate::control::ControlRequest::NetworkReady`] first.
     pub network: bool,
     /// Which user namespace the sandbox's namespaces belong to. Every sandbox has its own pid
     /// namespace, with its init as pid 1.

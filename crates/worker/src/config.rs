@@ -24,6 +24,13 @@
 //! zygote_gid = 2100000000          # unprivileged id nothing else on the host may use (not 0,
 //!                                  # not sandbox_uid/sandbox_gid)
 //! max_open_files = 1024            # RLIMIT_NOFILE of instances
+//! max_memory_mb = 2048             # most memory a function's config may ask for (ol.yaml
+//!                                  # `memory_mb`, config.json `memory`); more -> 400 at deploy
+//! max_timeout_secs = 900           # longest timeout it may ask for (`timeout_secs`, `timeout`)
+//! max_pids = 1024                  # bound on `[defaults] pids`
+//! allow_network = false            # whether a function may ask for `network: true` (else 400);
+//!                                  # versions deployed before a bound was lowered run clamped to
+//!                                  # it (memory, timeout) or without network, with a warning
 //!
 //! uv = "/usr/local/bin/uv"         # uv binary for the package puller (default: found on PATH)
 //! allow_unsafe_requirements = false  # allow URLs, paths, -e and options in requirements.txt
@@ -38,12 +45,12 @@
 //!                                  # none: installer jobs inherit no environment, no uv config)
 //!
 //! [defaults]                       # per-function limits unless the function's config says otherwise
-//! memory_mb = 256                  # memory limit of the sandbox's cgroup
-//! timeout_secs = 30                # handler time limit -> 504
+//! memory_mb = 256                  # memory limit of the sandbox's cgroup (<= max_memory_mb)
+//! timeout_secs = 30                # handler time limit -> 504 (<= max_timeout_secs)
 //! cpu_cores = 1.0                  # CPU quota (cores)
-//! pids = 64                        # pids limit (fork bombs)
+//! pids = 64                        # pids limit (fork bombs) (<= max_pids)
 //! tmp_mb = 64                      # size of the sandbox's /tmp
-//! network = false                  # give functions the host's network
+//! network = false                  # network for functions that do not say (needs allow_network)
 //!
 //! [installer_limits]               # sandboxes that resolve and install packages
 //! memory_mb = 2048
@@ -99,11 +106,31 @@
 //! max_files = 2                    # rotated files kept (.log.1 to .log.<n>): a function's logs
 //!                                  # take at most max_file_bytes * (max_files + 1) bytes of disk
 //! max_line_bytes = 8192            # longer lines are cut there and marked `[truncated]`
+//!
+//! [network]                        # `network: true` sandboxes (and package installers): a private
+//!                                  # network namespace with egress only, through NAT
+//! pool = "10.231.0.0/16"           # IPv4 range for sandboxes, a /30 each (host end .1, sandbox .2);
+//!                                  # must not overlap a route of the host (networked sandboxes
+//!                                  # fail with a message if it does); workers sharing a pool
+//!                                  # never hand out the same subnet
+//! nameservers = []                 # IPv4 DNS servers for networked sandboxes' /etc/resolv.conf
+//!                                  # (default: the host's IPv4 non-loopback ones, from
+//!                                  # /etc/resolv.conf or systemd-resolved's upstream list)
 //! ```
+//!
+//! Networked sandboxes need `nft` (package nftables): the worker installs an nftables table named
+//! after `cgroup_parent` at the first networked sandbox and removes it at shutdown (and at start,
+//! after a crash). It turns IPv4 forwarding on then (`net.ipv4.ip_forward = 1`, machine-wide: the
+//! host then routes between all its interfaces) and leaves it on.
 
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+/// Largest `max_memory_mb` (4 TiB): its byte count stays far inside a u64.
+pub const MAX_MEMORY_MB: u64 = 4 << 20;
+/// Largest `max_timeout_secs` (a year): a `Duration` of it cannot overflow a deadline.
+pub const MAX_TIMEOUT_SECS: f64 = 365.0 * 86400.0;
 
 /// Errors loading a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +172,10 @@ pub struct Config {
     pub zygote_uid: u32,
     pub zygote_gid: u32,
     pub max_open_files: u64,
+    pub max_memory_mb: u64,
+    pub max_timeout_secs: f64,
+    pub max_pids: u64,
+    pub allow_network: bool,
     pub defaults: Limits,
     pub archive: ArchiveConfig,
     pub uv: Option<PathBuf>,
@@ -159,6 +190,24 @@ pub struct Config {
     pub package_index: Option<String>,
     pub package_proxy: Option<String>,
     pub logs: LogConfig,
+    pub network: NetworkConfig,
+}
+
+/// Networked sandboxes (`[network]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub pool: String,
+    pub nameservers: Vec<std::net::Ipv4Addr>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            pool: "10.231.0.0/16".into(),
+            nameservers: Vec::new(),
+        }
+    }
 }
 
 /// Object storage for functions (`[storage]`).
@@ -284,6 +333,10 @@ impl Default for Config {
             zygote_uid: 2_100_000_000,
             zygote_gid: 2_100_000_000,
             max_open_files: 1024,
+            max_memory_mb: 2048,
+            max_timeout_secs: 900.0,
+            max_pids: 1024,
+            allow_network: false,
             defaults: Limits::default(),
             archive: ArchiveConfig::default(),
             uv: None,
@@ -298,6 +351,7 @@ impl Default for Config {
             package_index: None,
             package_proxy: None,
             logs: LogConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -357,9 +411,10 @@ impl Config {
         if self.defaults.memory_mb < 16 {
             return bad("defaults.memory_mb must be at least 16");
         }
-        if self.defaults.timeout_secs <= 0.0 {
-            return bad("defaults.timeout_secs must be positive");
+        if !(self.defaults.timeout_secs > 0.0 && self.defaults.timeout_secs.is_finite()) {
+            return bad("defaults.timeout_secs must be a positive number");
         }
+        self.validate_bounds()?;
         if self.cgroup_parent.is_empty()
             || self.cgroup_parent.contains('/')
             || self.cgroup_parent.starts_with('.')
@@ -400,6 +455,51 @@ impl Config {
         // Room for several of the longest lines (escaped, tagged) in every file.
         if self.logs.max_file_bytes < 8 * self.logs.max_line_bytes as u64 + 4096 {
             return bad("logs.max_file_bytes must be at least 8 * logs.max_line_bytes + 4096");
+        }
+        Ok(())
+    }
+
+    /// Checks the operator's bounds on tenant settings and that `[defaults]` lie within them.
+    fn validate_bounds(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !(16..=MAX_MEMORY_MB).contains(&self.max_memory_mb) {
+            return invalid(format!(
+                "max_memory_mb must be between 16 and {MAX_MEMORY_MB}"
+            ));
+        }
+        let t = self.max_timeout_secs;
+        if !(t > 0.0 && t <= MAX_TIMEOUT_SECS) {
+            return invalid(format!(
+                "max_timeout_secs must be positive and at most {MAX_TIMEOUT_SECS}"
+            ));
+        }
+        if self.max_pids == 0 {
+            return invalid("max_pids must be at least 1".into());
+        }
+        let d = &self.defaults;
+        if d.memory_mb > self.max_memory_mb {
+            return invalid(format!(
+                "defaults.memory_mb ({}) is over max_memory_mb ({})",
+                d.memory_mb, self.max_memory_mb
+            ));
+        }
+        if d.timeout_secs > t {
+            return invalid(format!(
+                "defaults.timeout_secs ({}) is over max_timeout_secs ({t})",
+                d.timeout_secs
+            ));
+        }
+        if d.pids > self.max_pids {
+            return invalid(format!(
+                "defaults.pids ({}) is over max_pids ({})",
+                d.pids, self.max_pids
+            ));
+        }
+        if d.network && !self.allow_network {
+            return invalid("defaults.network = true needs allow_network = true".into());
+        }
+        if let Err(e) = self.network.pool.parse::<kindling_sandbox::net::Pool>() {
+            return invalid(format!("network.pool: {e}"));
         }
         Ok(())
     }
@@ -569,6 +669,52 @@ mod tests {
         let cfg: Config = toml::from_str(&block).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.storage.grants.len(), 1);
+    }
+
+    #[test]
+    fn bounds_hold_the_defaults() {
+        let ok = |t: &str| {
+            let cfg: Config = toml::from_str(t).unwrap();
+            cfg.validate().map_err(|e| e.to_string())
+        };
+        assert!(ok("").is_ok());
+        let cfg: Config = toml::from_str("").unwrap();
+        assert_eq!(cfg.max_memory_mb, 2048);
+        assert!(!cfg.allow_network);
+        assert_eq!(cfg.network.pool, "10.231.0.0/16");
+        assert!(ok("max_memory_mb = 512\n[defaults]\nmemory_mb = 512").is_ok());
+        let e = ok("max_memory_mb = 128\n").unwrap_err();
+        assert!(
+            e.contains("defaults.memory_mb (256) is over max_memory_mb (128)"),
+            "{e}"
+        );
+        let e = ok("max_timeout_secs = 10\n").unwrap_err();
+        assert!(e.contains("max_timeout_secs"), "{e}");
+        let e = ok("max_pids = 8\n").unwrap_err();
+        assert!(e.contains("max_pids"), "{e}");
+        let e = ok("[defaults]\nnetwork = true").unwrap_err();
+        assert!(e.contains("allow_network"), "{e}");
+        assert!(ok("allow_network = true\n[defaults]\nnetwork = true").is_ok());
+        for bad in [
+            "max_memory_mb = 8",
+            "max_memory_mb = 9223372036854775807",
+            "max_timeout_secs = 1.0e30",
+            "max_timeout_secs = nan",
+            "max_timeout_secs = inf",
+            "max_timeout_secs = 0",
+            "max_pids = 0",
+            "[defaults]\ntimeout_secs = inf",
+            "[defaults]\ntimeout_secs = nan",
+            "[network]\npool = \"10.0.0.1/8\"",
+            "[network]\npool = \"127.0.0.0/16\"",
+        ] {
+            assert!(ok(bad).is_err(), "{bad}");
+        }
+        let cfg: Config =
+            toml::from_str("[network]\nnameservers = [\"192.0.2.53\", \"192.0.2.54\"]\n").unwrap();
+        assert_eq!(cfg.network.nameservers.len(), 2);
+        assert!(toml::from_str::<Config>("[network]\nnameservers = [\"2001:db8::53\"]\n").is_err());
+        assert!(toml::from_str::<Config>("[network]\nbogus = 1\n").is_err());
     }
 
     #[test]

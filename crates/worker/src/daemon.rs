@@ -3,6 +3,7 @@
 
 use crate::archive::ArchiveLimits;
 use crate::base::{self, Base};
+use crate::bounds::{self, Bounds};
 use crate::config::Config;
 use crate::instance::{Factory, FunctionLimits};
 use crate::metrics::Metrics;
@@ -41,6 +42,8 @@ pub enum StartupError {
     Storage(#[from] crate::storage::ServiceError),
     #[error("function logs")]
     Logs(#[from] crate::logs::LogError),
+    #[error("sandbox networks")]
+    Network(#[from] kindling_sandbox::net::NetError),
 }
 
 /// Why a deploy failed; the version in service (if any) stays.
@@ -123,6 +126,9 @@ impl Worker {
             (config.zygote_uid, config.zygote_gid),
             config.max_open_files,
         );
+        let networking = crate::network::start(&config, &root, &base.rootfs)?;
+        factory.network = Some(networking.network);
+        factory.resolv_conf = networking.resolv_conf;
         factory.runtime_dir = crate::runtime::install(&root, &base, &factory)?;
         let packages = PackageStore::open(
             &root,
@@ -156,7 +162,18 @@ impl Worker {
                 max_unpacked_bytes: config.archive.max_unpacked_bytes,
                 max_entries: config.archive.max_entries,
             },
-        )?;
+        )?
+        .with_bounds(Bounds::of(&config));
+        let limits = Bounds::of(&config);
+        for f in registry.list() {
+            let (_, clamped) = bounds::effective(&f.config, f.format, &config.defaults, &limits);
+            for c in clamped {
+                tracing::warn!(
+                    function = %f.name,
+                    "{c}; the version deployed before runs within the bound"
+                );
+            }
+        }
         let metrics = Arc::new(Metrics::default());
         let zygotes = Arc::new(Zygotes::new(
             factory.clone(),
@@ -316,17 +333,11 @@ impl Worker {
         users
     }
 
-    /// The limits a function runs under: its own config over the worker's defaults.
+    /// The limits a function runs under: its own config over the worker's defaults, within the
+    /// operator's bounds (a version deployed before a bound was lowered runs clamped to it).
     pub fn limits_for(&self, f: &FunctionVersion) -> FunctionLimits {
-        let d = &self.config.defaults;
-        FunctionLimits {
-            memory_mb: f.config.memory_mb.unwrap_or(d.memory_mb),
-            timeout: Duration::from_secs_f64(f.config.timeout_secs.unwrap_or(d.timeout_secs)),
-            cpu_cores: d.cpu_cores,
-            pids: d.pids,
-            tmp_mb: d.tmp_mb,
-            network: f.config.network.unwrap_or(d.network),
-        }
+        let bounds = Bounds::of(&self.config);
+        bounds::effective(&f.config, f.format, &self.config.defaults, &bounds).0
     }
 
     /// How instances of `f` are laid out (mounts, environment, user, limits).
@@ -357,6 +368,9 @@ impl Worker {
         self.zygotes.shutdown();
         if let Some(s) = &self.storage {
             s.stop();
+        }
+        if let Some(n) = &self.factory.network {
+            n.close();
         }
         if let Err(e) = self.factory.cgroups.remove_stale() {
             tracing::warn!("cleaning cgroups at shutdown: {e}");

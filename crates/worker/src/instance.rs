@@ -9,7 +9,8 @@ use crate::logs::{InstanceOutput, Logs};
 use crate::registry::FunctionVersion;
 use crate::tenants::{Assignment, Assignments};
 use kindling_sandbox::cgroup::{Cgroup, CgroupManager, Limits as CgroupLimits};
-use kindling_sandbox::control::{ControlChannel, ControlEvent};
+use kindling_sandbox::control::{ControlChannel, ControlEvent, ControlRequest};
+use kindling_sandbox::net::{NetLease, Network};
 use kindling_sandbox::spawner::Spawner;
 use kindling_sandbox::spec::{
     IdMaps, InstanceSpec, MountSpec, Privilege, SandboxSpec, UserNamespace,
@@ -17,7 +18,7 @@ use kindling_sandbox::spec::{
 use kindling_sandbox::stdio::OutputPipes;
 use kindling_sandbox::sys;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub enum StartError {
     Spawn(#[from] kindling_sandbox::spawner::SpawnerError),
     #[error("sandbox socket setup failed")]
     Io(#[from] std::io::Error),
+    #[error("cannot connect the sandbox's network")]
+    Network(#[from] kindling_sandbox::net::NetError),
 }
 
 /// The uid and gid function code runs as inside a zygote's user namespace (mapped to the
@@ -116,6 +119,10 @@ pub struct Factory {
     pub zygote_uid: u32,
     pub zygote_gid: u32,
     pub max_open_files: u64,
+    /// Networks of `network: true` sandboxes (None: networked sandboxes cannot be made).
+    pub network: Option<Arc<Network>>,
+    /// The resolv.conf bound into networked sandboxes (None: theirs stays the base's).
+    pub resolv_conf: Option<PathBuf>,
     counter: AtomicU64,
     prefix: String,
 }
@@ -135,7 +142,7 @@ impl FunctionLimits {
     /// The cgroup limits of a sandbox running this function.
     pub fn cgroup(&self) -> CgroupLimits {
         CgroupLimits {
-            memory_bytes: Some(self.memory_mb * 1024 * 1024),
+            memory_bytes: Some(self.memory_mb.saturating_mul(1024 * 1024)),
             cpu_cores: Some(self.cpu_cores),
             pids: Some(self.pids),
         }
@@ -176,6 +183,8 @@ impl Factory {
             zygote_uid,
             zygote_gid,
             max_open_files,
+            network: None,
+            resolv_conf: None,
             counter: AtomicU64::new(0),
             prefix: format!("{:x}", secs & 0xfffff),
         }
@@ -188,7 +197,8 @@ impl Factory {
     }
 
     /// Creates a sandbox (cgroup, namespaces, root) through the spawner, optionally starting
-    /// its first instance. Returns the sandbox and the worker's end of the instance socket.
+    /// its first instance (once its network is connected, if it has one). Returns the sandbox
+    /// and the worker's end of the instance socket.
     pub(crate) fn create_sandbox(
         &self,
         id: &str,
@@ -228,23 +238,63 @@ impl Factory {
             instance,
             export_namespaces,
         };
-        match self.spawner.spawn(&spec, &namespace_fds) {
-            Ok(s) => Ok((
-                SandboxHandle {
-                    pidfd: s.pidfd,
-                    control: s.control,
-                    cgroup,
-                    namespaces: HashMap::new(),
-                    _within: within,
-                    output: s.output,
-                },
-                s.instance,
-            )),
+        let s = match self.spawner.spawn(&spec, &namespace_fds) {
+            Ok(s) => s,
             Err(e) => {
                 let _ = cgroup.remove();
-                Err(e.into())
+                return Err(e.into());
+            }
+        };
+        let mut handle = SandboxHandle {
+            pidfd: s.pidfd,
+            control: s.control,
+            cgroup,
+            namespaces: HashMap::new(),
+            _within: within,
+            output: s.output,
+            network: None,
+        };
+        if network {
+            // The init builds the root meanwhile; its first instance waits for this.
+            match self.connect_network(handle.pidfd.as_fd(), s.pid) {
+                Ok(lease) => handle.network = Some(lease),
+                Err(e) => {
+                    handle.destroy();
+                    return Err(e);
+                }
+            }
+            if let Err(e) = handle.control.send(&ControlRequest::NetworkReady, &[]) {
+                handle.destroy();
+                return Err(e.into());
             }
         }
+        Ok((handle, s.instance))
+    }
+
+    /// Connects the network namespace of a sandbox (its init's pidfd and pid) to the host:
+    /// veth, addresses, routes, egress rules. Whoever made the sandbox, its init must not start
+    /// an instance before this is done.
+    pub(crate) fn connect_network(
+        &self,
+        pidfd: BorrowedFd<'_>,
+        pid: i32,
+    ) -> Result<NetLease, StartError> {
+        let network = self.network.as_ref().ok_or_else(|| {
+            StartError::Io(std::io::Error::other(
+                "networked sandboxes are not available on this worker",
+            ))
+        })?;
+        let netns = kindling_sandbox::net::netns_of(pidfd, pid)?;
+        Ok(network.connect(netns.as_fd())?)
+    }
+
+    /// The bind of the networked sandboxes' resolv.conf.
+    fn resolv_conf_mount(&self) -> Option<MountSpec> {
+        self.resolv_conf.as_ref().map(|f| MountSpec::Bind {
+            source: f.clone(),
+            target: "/etc/resolv.conf".into(),
+            writable: false,
+        })
     }
 
     /// The mounts of a function's sandbox: its code, the runtime, the package store, /tmp,
@@ -268,7 +318,7 @@ impl Factory {
             self.packages_mount(function.lock.packages.iter().map(|p| p.key())),
             MountSpec::Tmpfs {
                 target: "/tmp".into(),
-                size_bytes: limits.tmp_mb * 1024 * 1024,
+                size_bytes: limits.tmp_mb.saturating_mul(1024 * 1024),
             },
             MountSpec::Proc {
                 target: "/proc".into(),
@@ -278,6 +328,9 @@ impl Factory {
             },
         ];
         mounts.extend(self.storage_mount());
+        if limits.network {
+            mounts.extend(self.resolv_conf_mount());
+        }
         mounts
     }
 
@@ -476,6 +529,8 @@ pub(crate) struct SandboxHandle {
     _within: Option<Arc<SharedSandbox>>,
     /// Read ends of its first instance's output pipes, until that instance takes them.
     output: Option<OutputPipes>,
+    /// A networked sandbox's subnet, freed when the sandbox goes.
+    network: Option<NetLease>,
 }
 
 /// A zygote's sandbox, kept alive by the zygote and by every sandbox made within its
@@ -548,6 +603,7 @@ impl SandboxHandle {
         if let Err(e) = self.cgroup.remove() {
             tracing::warn!(cgroup = self.cgroup.name(), "removing sandbox cgroup: {e}");
         }
+        drop(self.network);
     }
 
     /// The read ends of its first instance's output pipes (once).
@@ -898,6 +954,9 @@ impl Factory {
                 target: "/dev".into(),
             },
         ];
+        if job.network {
+            mounts.extend(self.resolv_conf_mount());
+        }
         mounts.extend(job.mounts);
         let instance = InstanceSpec {
             argv: job.argv,

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod archive;
 pub mod base;
+pub mod bounds;
 pub mod config;
 pub mod daemon;
 pub mod echo;
@@ -13,6 +14,7 @@ pub mod install_tree;
 pub mod instance;
 pub mod logs;
 pub mod metrics;
+pub mod network;
 pub mod packages;
 pub mod pool;
 pub mod registry;

@@ -5,6 +5,7 @@
 //! redeploying unchanged code changes nothing.
 
 use crate::archive::{self, ArchiveError, ArchiveLimits};
+use crate::bounds::Bounds;
 use crate::packages::Lock;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +23,8 @@ pub enum RegistryError {
     NotFound(String),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    OverBound(#[from] crate::bounds::OverBound),
     #[error("invalid function: {0}")]
     InvalidFunction(String),
     #[error("registry storage failed at {path}")]
@@ -100,6 +103,7 @@ pub struct Deployed {
 pub struct Registry {
     dir: PathBuf,
     limits: ArchiveLimits,
+    bounds: Bounds,
     current: RwLock<HashMap<String, Arc<FunctionVersion>>>,
     deploy_lock: Mutex<()>,
     counter: AtomicU64,
@@ -160,13 +164,21 @@ impl Registry {
         Ok(Self {
             dir: dir.to_path_buf(),
             limits,
+            bounds: Bounds::default(),
             current: RwLock::new(current),
             deploy_lock: Mutex::new(()),
             counter: AtomicU64::new(0),
         })
     }
 
-    /// Extracts and checks an upload; nothing changes in service until [`Registry::commit`].
+    /// Refuses deploys whose config asks for more than `bounds` allow.
+    pub fn with_bounds(mut self, bounds: Bounds) -> Self {
+        self.bounds = bounds;
+        self
+    }
+
+    /// Extracts and checks an upload (its config within the operator's bounds); nothing
+    /// changes in service until [`Registry::commit`].
     pub fn stage(&self, name: &str, tar_gz: &[u8]) -> Result<Staged, RegistryError> {
         validate_name(name)?;
         let fdir = self.dir.join(name);
@@ -179,6 +191,7 @@ impl Registry {
             archive::extract(tar_gz, &tmp, &self.limits)?;
             let hash = archive::tree_hash(&tmp).map_err(io_at(&tmp))?;
             let version = load_version(name, &hash, &tmp)?;
+            crate::bounds::check(&version.config, version.format, &self.bounds)?;
             let requirements = crate::packages::read_requirements(&tmp.join("requirements.txt"))
                 .map_err(io_at(&tmp))?;
             Ok::<_, RegistryError>((version, requirements))
@@ -562,6 +575,42 @@ mod tests {
         reg2.remove("hello").unwrap();
         assert!(reg2.get("hello").is_none());
         assert!(!root.path().join("hello").exists());
+    }
+
+    #[test]
+    fn deploys_over_the_bounds_are_refused_and_the_old_version_stays() {
+        let root = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let reg = Registry::open(root.path(), ArchiveLimits::default())
+            .unwrap()
+            .with_bounds(Bounds {
+                max_memory_mb: 512,
+                ..Bounds::default()
+            });
+        write(src.path(), &[("f.py", "def f(e): return 1")]);
+        let v1 = reg
+            .deploy("b", &archive::pack_dir(src.path()).unwrap())
+            .unwrap();
+        for (yaml, setting) in [
+            ("memory_mb: 1024\n", "memory_mb"),
+            ("timeout_secs: 1.0e30\n", "timeout_secs"),
+            ("network: true\n", "network"),
+        ] {
+            write(src.path(), &[("ol.yaml", yaml)]);
+            let e = reg
+                .deploy("b", &archive::pack_dir(src.path()).unwrap())
+                .unwrap_err();
+            assert!(matches!(e, RegistryError::OverBound(_)), "{e}");
+            assert!(e.to_string().contains(setting), "{e}");
+            assert_eq!(reg.get("b").unwrap().hash, v1.version.hash);
+        }
+        // Nothing staged is left behind.
+        let left: Vec<_> = std::fs::read_dir(root.path().join("b"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

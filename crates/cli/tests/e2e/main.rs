@@ -6,6 +6,7 @@
 mod faults;
 mod harness;
 mod isolation;
+mod network;
 mod package_security;
 mod packages;
 mod storage;
