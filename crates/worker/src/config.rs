@@ -21,6 +21,10 @@
 //! sandbox_uid = 65534              # unprivileged uid/gid function code runs as
 //! sandbox_gid = 65534
 //! max_open_files = 1024            # RLIMIT_NOFILE of instances
+//! # admin_group = "kindling"       # group (name or gid) that may read <root>/token, the admin
+//!                                  # token (mode 0640); unset: root only (mode 0600)
+//! run_requires_token = false       # POST /run/<name> needs the admin token too; off by default so
+//!                                  # that OpenLambda clients keep working unmodified
 //!
 //! [defaults]                       # per-function limits unless the function's config says otherwise
 //! memory_mb = 256                  # memory limit of the sandbox's cgroup
@@ -63,6 +67,17 @@
 //! dir = "/var/lib/kindling/storage"  # directory backend: <dir>/<bucket>/<key> (default <root>/storage)
 //! max_object_bytes = 268435456     # largest object one upload may store
 //! max_connections = 64             # storage calls served at once (more wait their turn)
+//!
+//! [http]                           # the API's connections
+//! header_read_timeout_secs = 10    # a request head must be complete this long after its first
+//!                                  # byte, else the connection is closed (half-open connections)
+//! idle_timeout_secs = 60           # a connection waiting this long for its next request (or its
+//!                                  # first) is closed
+//! body_read_timeout_secs = 30      # a request body that sends nothing for this long -> 408
+//! write_timeout_secs = 30          # a client that takes none of a response for this long is
+//!                                  # disconnected
+//! max_connections = 1024           # open connections; more are refused at once with 503
+//! max_connections_per_client = 256 # open connections from one IP address (IPv6: one /64)
 //! ```
 
 use serde::Deserialize;
@@ -114,6 +129,34 @@ pub struct Config {
     pub installer_limits: crate::packages::InstallerLimits,
     pub zygotes: ZygoteConfig,
     pub storage: StorageConfig,
+    pub admin_group: Option<String>,
+    pub run_requires_token: bool,
+    pub http: HttpConfig,
+}
+
+/// The API's connections (`[http]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub header_read_timeout_secs: f64,
+    pub idle_timeout_secs: f64,
+    pub body_read_timeout_secs: f64,
+    pub write_timeout_secs: f64,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10.0,
+            idle_timeout_secs: 60.0,
+            body_read_timeout_secs: 30.0,
+            write_timeout_secs: 30.0,
+            max_connections: 1024,
+            max_connections_per_client: 256,
+        }
+    }
 }
 
 /// Object storage for functions (`[storage]`).
@@ -215,6 +258,9 @@ impl Default for Config {
             installer_limits: Default::default(),
             zygotes: ZygoteConfig::default(),
             storage: StorageConfig::default(),
+            admin_group: None,
+            run_requires_token: false,
+            http: HttpConfig::default(),
         }
     }
 }
@@ -285,6 +331,25 @@ impl Config {
         }
         if self.storage.max_object_bytes == 0 || self.storage.max_connections == 0 {
             return bad("storage.max_object_bytes and storage.max_connections must be positive");
+        }
+        let h = &self.http;
+        let timeouts = [
+            h.header_read_timeout_secs,
+            h.idle_timeout_secs,
+            h.body_read_timeout_secs,
+            h.write_timeout_secs,
+        ];
+        // Bounded, so that Duration::from_secs_f64 cannot panic.
+        if timeouts.iter().any(|t| !(*t > 0.0 && *t <= 86_400.0)) {
+            return bad("http timeouts must be between 0 and 86400 seconds");
+        }
+        if h.max_connections == 0 || h.max_connections_per_client == 0 {
+            return bad(
+                "http.max_connections and http.max_connections_per_client must be positive",
+            );
+        }
+        if self.admin_group.as_deref() == Some("") {
+            return bad("admin_group must not be empty");
         }
         Ok(())
     }
@@ -364,6 +429,49 @@ mod tests {
         let cfg: Config = toml::from_str("[storage]\ndir = \"rel\"\n").unwrap();
         assert!(cfg.validate().is_err());
         assert!(toml::from_str::<Config>("[storage]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn auth_and_http_keys() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert_eq!(cfg.admin_group, None);
+        assert!(!cfg.run_requires_token);
+        assert_eq!(cfg.http, HttpConfig::default());
+        let cfg: Config = toml::from_str(
+            "admin_group = \"kindling\"\nrun_requires_token = true\n\
+             [http]\nheader_read_timeout_secs = 2.5\nmax_connections = 8\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.admin_group.as_deref(), Some("kindling"));
+        assert!(cfg.run_requires_token);
+        assert_eq!(cfg.http.header_read_timeout_secs, 2.5);
+        assert_eq!(cfg.http.max_connections, 8);
+        assert_eq!(cfg.http.max_connections_per_client, 256);
+        assert!(cfg.validate().is_ok());
+        for bad in [
+            "[http]\nidle_timeout_secs = 0\n",
+            "[http]\nwrite_timeout_secs = 1e30\n",
+            "[http]\nmax_connections = 0\n",
+            "admin_group = \"\"\n",
+        ] {
+            let cfg: Config = toml::from_str(bad).unwrap();
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<Config>("[http]\nbogus = 1\n").is_err());
+    }
+
+    /// The documented example parses, and its values are the defaults.
+    #[test]
+    fn documented_http_block_is_the_default() {
+        let doc = include_str!("config.rs");
+        let start = doc.find("//! [http]").unwrap();
+        let block: String = doc[start..]
+            .lines()
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").to_string() + "\n")
+            .collect();
+        let cfg: Config = toml::from_str(&block).unwrap();
+        assert_eq!(cfg.http, HttpConfig::default());
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum StartupError {
     Packages(#[from] PackageError),
     #[error("object storage")]
     Storage(#[from] crate::storage::ServiceError),
+    #[error("admin token")]
+    Token(#[from] crate::auth::TokenError),
 }
 
 /// Why a deploy failed; the version in service (if any) stays.
@@ -60,9 +62,16 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     pub base: Base,
     pub cgroup_layout: String,
+    /// Where idle instances are frozen: `v1`, `v2` or `none`.
+    pub freezer: &'static str,
     pub started: Instant,
     /// Object storage for functions (None when disabled).
     pub storage: Option<crate::storage::StorageService>,
+    /// The admin token callers of admin routes present, and who needs it.
+    pub token: crate::auth::Token,
+    pub auth: crate::auth::Policy,
+    /// The API's open connections, within their caps.
+    pub connections: crate::http::Connections,
     factory: Arc<Factory>,
 }
 
@@ -79,6 +88,14 @@ impl Worker {
     pub fn start(config: Config, program: &Path) -> Result<Arc<Self>, StartupError> {
         let root = config.root.clone();
         mkdir(&root)?;
+        let admin_gid = match &config.admin_group {
+            Some(group) => {
+                let etc_group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+                Some(crate::auth::group_id(group, &etc_group)?)
+            }
+            None => None,
+        };
+        let token = crate::auth::Token::load_or_create(&root, admin_gid)?;
         let mountpoint = root.join("sandboxes").join("root");
         mkdir(&mountpoint)?;
         let cgroups = CgroupManager::detect(&config.cgroup_parent)?;
@@ -104,6 +121,16 @@ impl Worker {
                 count = stale,
                 "removed sandboxes left behind by a previous worker"
             );
+        }
+        match cgroups.prepare_freezer() {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "no cgroup freezer (neither a v1 `freezer` hierarchy nor cgroup2 is mounted): \
+                 idle instances are not frozen, so their background processes keep running"
+            ),
+            Err(e) => tracing::warn!(
+                "cannot prepare the cgroup freezer ({e}): freezing idle instances may be slow"
+            ),
         }
         let base = base::ensure(&config.base_dir(), &config.base)?;
         let spawner = Spawner::start(program)?;
@@ -163,12 +190,13 @@ impl Worker {
             base = %base.info.name,
             python = %base.info.python_version,
             cgroups = %cgroups.version_summary(),
+            freezer = cgroups.freezer_summary(),
             functions = registry.list().len(),
             "worker ready"
         );
         Ok(Arc::new(Self {
             cgroup_layout: cgroups.version_summary(),
-            config,
+            freezer: cgroups.freezer_summary(),
             registry,
             packages,
             pool,
@@ -177,6 +205,15 @@ impl Worker {
             base,
             started: Instant::now(),
             storage,
+            auth: crate::auth::Policy {
+                run_requires_token: config.run_requires_token,
+            },
+            connections: crate::http::Connections::new(
+                config.http.max_connections,
+                config.http.max_connections_per_client,
+            ),
+            token,
+            config,
             factory,
         }))
     }

@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod archive;
+pub mod auth;
 pub mod base;
 pub mod config;
 pub mod daemon;
+pub mod http;
 pub mod instance;
 pub mod metrics;
 pub mod packages;

@@ -2,14 +2,15 @@
 //! an instance — warm when an idle instance of the same function version exists, else forked
 //! from a zygote, else cold — within the per-function instance limit, a bounded wait queue, and
 //! the worker-wide sandbox limit (idle instances of other functions are evicted, least recently
-//! used first).
+//! used first). Idle instances are frozen (their cgroup's freezer) right after their reply and
+//! thawed when taken, so that processes they left running get no CPU while nobody pays for it.
 
 use crate::instance::{Factory, FunctionLimits, Instance, InvokeError, Reply, StartError};
 use crate::metrics::Metrics;
 use crate::registry::FunctionVersion;
 use crate::zygote::{ForkError, Forked, Zygotes};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -113,6 +114,9 @@ pub struct Pool {
     live: Arc<AtomicUsize>,
     /// Sandboxes being destroyed in the background.
     destroying: Arc<AtomicUsize>,
+    /// False once freezing failed (a kernel without the freezer file): idle instances then
+    /// stay unfrozen.
+    freezing: Arc<AtomicBool>,
 }
 
 impl Pool {
@@ -130,6 +134,7 @@ impl Pool {
             functions: Mutex::new(HashMap::new()),
             live: Arc::new(AtomicUsize::new(0)),
             destroying: Arc::new(AtomicUsize::new(0)),
+            freezing: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -252,6 +257,7 @@ impl Pool {
             Err(e) => !e.is_fatal(),
         };
         if keep {
+            let id = instance.id.clone();
             let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.push(instance);
             // Forced cold starts add instances without taking one; keep at most as many idle
@@ -265,6 +271,7 @@ impl Pool {
             if let Some(old) = surplus {
                 self.destroy(old);
             }
+            self.freeze_idle(&fp, id);
         } else {
             self.destroy(instance);
         }
@@ -323,17 +330,50 @@ impl Pool {
         }
     }
 
-    /// Takes the most recently used idle instance of this exact version; idle instances of an
-    /// older version are destroyed on the way.
+    /// Takes the most recently used idle instance of this exact version, thawed; idle instances
+    /// of an older version (or that cannot be thawed) are destroyed on the way.
     fn take_idle(&self, fp: &FunctionPool, function: &FunctionVersion) -> Option<Instance> {
         let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(i) = idle.pop() {
+        while let Some(mut i) = idle.pop() {
             if i.function.hash == function.hash {
-                return Some(i);
+                match i.set_frozen(false) {
+                    Ok(()) => return Some(i),
+                    Err(e) => tracing::warn!(instance = %i.id, "cannot thaw an idle instance: {e}"),
+                }
             }
             self.destroy(i);
         }
         None
+    }
+
+    /// Freezes the idle instance `id` of `fp`, soon and off the reply's path: in a task that
+    /// finds it still idle (under the lock [`Pool::take_idle`] takes it with) or not at all.
+    fn freeze_idle(&self, fp: &Arc<FunctionPool>, id: String) {
+        if !self.freezing.load(Ordering::Relaxed) {
+            return;
+        }
+        let (fp, freezing) = (fp.clone(), self.freezing.clone());
+        let work = move || {
+            let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(instance) = idle.iter_mut().find(|i| i.id == id) else {
+                return;
+            };
+            if let Err(e) = instance.set_frozen(true) {
+                if freezing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "cannot freeze idle instances ({e}); they stay unfrozen, and their \
+                         background processes keep running"
+                    );
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            // A write to cgroupfs, a few µs: not worth a blocking thread.
+            Ok(h) => {
+                h.spawn(async move { work() });
+            }
+            Err(_) => work(),
+        }
     }
 
     /// Counts one more sandbox, evicting an idle one anywhere if the worker is full.
