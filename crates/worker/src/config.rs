@@ -8,6 +8,10 @@
 //! max_body_bytes = 6291456         # largest invocation body (POST /run/<name>) -> 413
 //! max_upload_bytes = 268435456     # largest function archive (POST /registry/<name>) -> 413
 //! keep_alive_secs = 600            # how long an idle instance stays warm
+//! freeze_idle = true               # freeze an idle instance's processes (cgroup freezer) until
+//!                                  # its next invocation, so background work it left gets no CPU
+//! freeze_idle_after_ms = 2         # ... this long after its reply: back-to-back calls then pay
+//!                                  # no freeze and thaw, and left-over work gets at most this
 //! max_instances_per_function = 8   # concurrent instances of one function
 //! max_queue_per_function = 64      # waiting calls beyond that -> 429
 //! max_sandboxes = 256              # sandboxes on the worker (idle ones are evicted first)
@@ -114,6 +118,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
     pub keep_alive_secs: u64,
+    pub freeze_idle: bool,
+    pub freeze_idle_after_ms: u64,
     pub max_instances_per_function: usize,
     pub max_queue_per_function: usize,
     pub max_sandboxes: usize,
@@ -243,6 +249,8 @@ impl Default for Config {
             max_body_bytes: 6 * 1024 * 1024,
             max_upload_bytes: 256 * 1024 * 1024,
             keep_alive_secs: 600,
+            freeze_idle: true,
+            freeze_idle_after_ms: 2,
             max_instances_per_function: 8,
             max_queue_per_function: 64,
             max_sandboxes: 256,
@@ -347,6 +355,9 @@ impl Config {
             return bad(
                 "http.max_connections and http.max_connections_per_client must be positive",
             );
+        }
+        if self.freeze_idle_after_ms > 60_000 {
+            return bad("freeze_idle_after_ms must be at most 60000");
         }
         if self.admin_group.as_deref() == Some("") {
             return bad("admin_group must not be empty");

@@ -179,6 +179,9 @@ impl Worker {
             zygotes.clone(),
             PoolConfig {
                 keep_alive: Duration::from_secs(config.keep_alive_secs),
+                freeze_idle_after: config
+                    .freeze_idle
+                    .then(|| Duration::from_millis(config.freeze_idle_after_ms)),
                 max_instances_per_function: config.max_instances_per_function,
                 max_queue_per_function: config.max_queue_per_function,
                 max_sandboxes: config.max_sandboxes,

@@ -595,6 +595,11 @@ impl Instance {
         self.sandbox.as_ref()?.cgroup.memory_usage().ok()
     }
 
+    /// Whether its sandbox is frozen.
+    pub(crate) fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
     /// Freezes (or thaws) every process of the instance's sandbox, so that an idle instance's
     /// background processes get no CPU; nothing to do if it is in that state already.
     pub(crate) fn set_frozen(

@@ -2,7 +2,7 @@
 //! an instance — warm when an idle instance of the same function version exists, else forked
 //! from a zygote, else cold — within the per-function instance limit, a bounded wait queue, and
 //! the worker-wide sandbox limit (idle instances of other functions are evicted, least recently
-//! used first). Idle instances are frozen (their cgroup's freezer) right after their reply and
+//! used first). Idle instances are frozen (their cgroup's freezer) shortly after their reply and
 //! thawed when taken, so that processes they left running get no CPU while nobody pays for it.
 
 use crate::instance::{Factory, FunctionLimits, Instance, InvokeError, Reply, StartError};
@@ -93,6 +93,8 @@ pub enum PoolError {
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub keep_alive: Duration,
+    /// How long after its reply an idle instance is frozen (None: never).
+    pub freeze_idle_after: Option<Duration>,
     pub max_instances_per_function: usize,
     pub max_queue_per_function: usize,
     pub max_sandboxes: usize,
@@ -102,6 +104,8 @@ struct FunctionPool {
     busy: Arc<Semaphore>,
     waiting: AtomicUsize,
     idle: Mutex<Vec<Instance>>,
+    /// A task will freeze this function's idle instances (see [`Pool::freeze_idle`]).
+    freeze_armed: AtomicBool,
 }
 
 /// Instances of every function.
@@ -146,6 +150,7 @@ impl Pool {
                     busy: Arc::new(Semaphore::new(self.config.max_instances_per_function)),
                     waiting: AtomicUsize::new(0),
                     idle: Mutex::new(Vec::new()),
+                    freeze_armed: AtomicBool::new(false),
                 })
             })
             .clone()
@@ -257,7 +262,6 @@ impl Pool {
             Err(e) => !e.is_fatal(),
         };
         if keep {
-            let id = instance.id.clone();
             let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.push(instance);
             // Forced cold starts add instances without taking one; keep at most as many idle
@@ -271,7 +275,7 @@ impl Pool {
             if let Some(old) = surplus {
                 self.destroy(old);
             }
-            self.freeze_idle(&fp, id);
+            self.freeze_idle(&fp);
         } else {
             self.destroy(instance);
         }
@@ -346,34 +350,60 @@ impl Pool {
         None
     }
 
-    /// Freezes the idle instance `id` of `fp`, soon and off the reply's path: in a task that
-    /// finds it still idle (under the lock [`Pool::take_idle`] takes it with) or not at all.
-    fn freeze_idle(&self, fp: &Arc<FunctionPool>, id: String) {
-        if !self.freezing.load(Ordering::Relaxed) {
+    /// Freezes `fp`'s idle instances once they have been idle for `freeze_idle_after`, off the
+    /// reply's path, in one task per function at most: it freezes those quiet long enough, under
+    /// the lock [`Pool::take_idle`] takes them with, and sleeps until the next one is. The delay
+    /// spares back-to-back calls a freeze and a thaw each (tens of µs).
+    fn freeze_idle(&self, fp: &Arc<FunctionPool>) {
+        let Some(delay) = self.config.freeze_idle_after else {
+            return;
+        };
+        // Invocations always run on the worker's runtime.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.freezing.load(Ordering::Relaxed) || fp.freeze_armed.swap(true, Ordering::SeqCst) {
             return;
         }
         let (fp, freezing) = (fp.clone(), self.freezing.clone());
-        let work = move || {
+        // The next wait, or None once every idle instance is frozen. Disarms under the idle
+        // lock: an instance idled after that arms a new task.
+        let freeze_quiet = move || -> Option<Duration> {
             let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(instance) = idle.iter_mut().find(|i| i.id == id) else {
-                return;
-            };
-            if let Err(e) = instance.set_frozen(true) {
-                if freezing.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "cannot freeze idle instances ({e}); they stay unfrozen, and their \
-                         background processes keep running"
-                    );
+            let mut next: Option<Duration> = None;
+            for instance in idle.iter_mut().filter(|i| !i.is_frozen()) {
+                let quiet = instance.last_used.elapsed();
+                if quiet < delay {
+                    next = Some(next.map_or(delay - quiet, |n| n.min(delay - quiet)));
+                } else if let Err(e) = instance.set_frozen(true) {
+                    if freezing.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "cannot freeze idle instances ({e}); they stay unfrozen, and their \
+                             background processes keep running"
+                        );
+                    }
+                    next = None;
+                    break;
                 }
             }
-        };
-        match tokio::runtime::Handle::try_current() {
-            // A write to cgroupfs, a few µs: not worth a blocking thread.
-            Ok(h) => {
-                h.spawn(async move { work() });
+            if next.is_none() {
+                fp.freeze_armed.store(false, Ordering::SeqCst);
             }
-            Err(_) => work(),
-        }
+            next
+        };
+        runtime.spawn(async move {
+            let mut wait = delay;
+            loop {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                // Writes to cgroupfs, a few µs each: not worth a blocking thread.
+                match freeze_quiet() {
+                    Some(next) => wait = next,
+                    None => return,
+                }
+            }
+        });
     }
 
     /// Counts one more sandbox, evicting an idle one anywhere if the worker is full.
