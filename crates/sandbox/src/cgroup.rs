@@ -163,8 +163,8 @@ pub struct CgroupManager {
     memory: Hierarchy,
     cpu: Hierarchy,
     pids: Hierarchy,
-    /// Where sandboxes are frozen: the v1 freezer hierarchy, else the cgroup2 mount (whose
-    /// cgroups all have `cgroup.freeze`), else nowhere.
+    /// Where sandboxes are frozen: the cgroup2 mount (whose cgroups all have `cgroup.freeze`),
+    /// else the v1 freezer hierarchy, else nowhere.
     freezer: Option<Hierarchy>,
     /// The cgroup2 mount, even when none of our controllers is on it (for the summary only).
     unified: Option<PathBuf>,
@@ -217,9 +217,11 @@ impl RemountTarget {
 impl CgroupManager {
     /// Detects the layout from `/proc/self/mountinfo`: each of memory, cpu and pids comes from its
     /// cgroup v1 hierarchy when it has one, else from the cgroup2 mount if that mount's
-    /// `cgroup.controllers` lists it; the freezer likewise from its v1 hierarchy, else the
-    /// cgroup2 mount. `parent` is the directory Kindling owns under each hierarchy root, e.g.
-    /// `kindling`.
+    /// `cgroup.controllers` lists it. The freezer comes from the cgroup2 mount if there is one,
+    /// even in a hybrid layout whose cgroup2 has no controllers, else from the v1 hierarchy:
+    /// a process frozen by v2 still dies of SIGKILL, while one frozen by v1 waits to be thawed,
+    /// so a worker killed while v1 froze its idle instances would leave them behind.
+    /// `parent` is the directory Kindling owns under each hierarchy root, e.g. `kindling`.
     pub fn detect(parent: &str) -> Result<Self, CgroupError> {
         let path = Path::new("/proc/self/mountinfo");
         let mountinfo = fs::read_to_string(path).map_err(|source| CgroupError::Read {
@@ -289,15 +291,18 @@ impl CgroupManager {
             }
         };
         // A v2 cgroup freezes without any controller enabled (Linux 5.2+).
-        let freezer = match v1.iter().find(|(opts, _)| opts.contains(&"freezer")) {
-            Some((_, mount)) => Some(Hierarchy {
-                version: Version::V1,
-                mount: mount.clone(),
-            }),
-            None => unified.as_ref().map(|mount| Hierarchy {
+        let freezer = match &unified {
+            Some(mount) => Some(Hierarchy {
                 version: Version::V2,
                 mount: mount.clone(),
             }),
+            None => v1
+                .iter()
+                .find(|(opts, _)| opts.contains(&"freezer"))
+                .map(|(_, mount)| Hierarchy {
+                    version: Version::V1,
+                    mount: mount.clone(),
+                }),
         };
         Ok(CgroupManager {
             parent: parent.to_string(),
@@ -680,7 +685,8 @@ impl Cgroup {
         }
     }
 
-    /// Freezes every process in the cgroup (they stay, using no CPU, until [`Cgroup::thaw`]).
+    /// Freezes every process in the cgroup (they stay, using no CPU, until [`Cgroup::thaw`] or
+    /// a SIGKILL, which on v1 only takes effect once thawed).
     /// Returns false, doing nothing, when the machine has no freezer. The kernel completes the
     /// freeze asynchronously; nothing here waits for it.
     pub fn freeze(&self) -> Result<bool, CgroupError> {
@@ -1261,7 +1267,14 @@ mod tests {
         let manager = CgroupManager::from_mountinfo(V2, root.path(), "kindling").unwrap();
         assert_eq!(manager.freezer_summary(), "v2");
 
-        // Hybrid without a v1 freezer: sandboxes freeze in the cgroup2 tree.
+        // Hybrid: sandboxes freeze in the cgroup2 tree, even with a v1 freezer mounted, and
+        // even though none of the controllers is there.
+        let hybrid = format!(
+            "{HYBRID}42 31 0:39 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n"
+        );
+        let root = fake_tree(&hybrid, "hugetlb\n");
+        let manager = CgroupManager::from_mountinfo(&hybrid, root.path(), "kindling").unwrap();
+        assert_eq!(manager.freezer_summary(), "v2");
         let root = fake_tree(HYBRID, "hugetlb\n");
         let manager = CgroupManager::from_mountinfo(HYBRID, root.path(), "kindling").unwrap();
         assert_eq!(manager.freezer_summary(), "v2");

@@ -123,6 +123,11 @@ impl Worker {
             );
         }
         match cgroups.prepare_freezer() {
+            Ok(true) if cgroups.freezer_summary() == "v1" => tracing::warn!(
+                "idle instances are frozen with the cgroup v1 freezer (no cgroup2 is mounted): \
+                 v1 holds SIGKILL until a thaw, so if this worker is killed its frozen instances \
+                 stay (frozen) until the next start cleans them up"
+            ),
             Ok(true) => {}
             Ok(false) => tracing::warn!(
                 "no cgroup freezer (neither a v1 `freezer` hierarchy nor cgroup2 is mounted): \

@@ -7,7 +7,6 @@ use serde_json::json;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -508,21 +507,57 @@ fn idle_instances_use_no_cpu() {
             idle <= 5,
             "{start}: the idle instance used {idle} ticks of CPU"
         );
-        let freezer = Path::new("/sys/fs/cgroup/freezer")
-            .join(&w.cgroup_parent)
-            .join(&sandbox)
-            .join("freezer.state");
-        if let Ok(state) = std::fs::read_to_string(&freezer) {
-            assert_eq!(state.trim(), "FROZEN", "{start}");
-        }
+        // The kernel says so too (v2 reports `frozen 1`, v1 `FROZEN`).
+        let states: Vec<String> = w
+            .sandbox_cgroups(&sandbox)
+            .iter()
+            .filter_map(|cg| {
+                let events = std::fs::read_to_string(cg.join("cgroup.events")).ok();
+                events
+                    .and_then(|e| {
+                        e.lines()
+                            .find(|l| l.starts_with("frozen "))
+                            .map(str::to_string)
+                    })
+                    .or_else(|| std::fs::read_to_string(cg.join("freezer.state")).ok())
+            })
+            .collect();
+        assert!(
+            states
+                .iter()
+                .any(|s| s.trim() == "frozen 1" || s.trim() == "FROZEN"),
+            "{start}: {states:?}"
+        );
         let r = w.run("spinner", "{}");
         assert_eq!(r.status, 200, "{start}: {}", r.text());
         assert_eq!(r.header("x-kindling-start"), Some("warm"));
         assert_eq!(r.header("x-kindling-sandbox"), Some(sandbox.as_str()));
-        // Frozen instances are still destroyed completely (a redeploy replaces this one).
+        // Frozen instances are still destroyed completely (a redeploy replaces this one)...
         let procs = w.processes_of_sandbox(&sandbox);
-        w.deploy_ok("spinner", &[("f.py", HELLO)]);
+        w.deploy_ok(
+            "spinner",
+            &[("f.py", SPINNER.replace("\"pid\"", "\"v2\"").as_str())],
+        );
         w.assert_sandbox_gone(&sandbox, &procs);
+        w.assert_no_leaks();
+        // ... and die with a worker killed while they are frozen.
+        let r = w.run("spinner", "{}");
+        assert_eq!(r.status, 200, "{start}: {}", r.text());
+        let sandbox = r.header("x-kindling-sandbox").unwrap().to_string();
+        std::thread::sleep(Duration::from_millis(300));
+        let procs = w.processes_of_sandbox(&sandbox);
+        assert!(procs.len() >= 2, "{start}: {procs:?}");
+        let mut w = w;
+        w.crash();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while procs.iter().any(|p| p.alive()) {
+            assert!(
+                Instant::now() < deadline,
+                "{start}: frozen processes outlived the worker: {procs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        w.spawn();
         w.assert_no_leaks();
         w.stop();
     }

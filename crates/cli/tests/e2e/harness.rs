@@ -395,10 +395,11 @@ fn is_sandbox_cgroup(e: &std::fs::DirEntry) -> bool {
     e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.')
 }
 
-/// Mount points of the cgroup hierarchies that hold Kindling's controllers and its freezer.
+/// Mount points of the cgroup hierarchies that hold Kindling's controllers and its freezer
+/// (in a hybrid layout, the cgroup2 tree at `unified`, else the v1 `freezer`).
 pub fn cgroup_hierarchies() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for c in ["memory", "cpu", "pids", "freezer"] {
+    for c in ["memory", "cpu", "pids", "unified", "freezer"] {
         let p = Path::new("/sys/fs/cgroup").join(c);
         if p.join("cgroup.procs").exists() {
             out.push(p);
