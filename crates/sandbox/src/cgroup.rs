@@ -27,6 +27,9 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(2);
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between two looks at a cgroup that is emptying.
 const POLL: Duration = Duration::from_millis(5);
+/// How many times [`Cgroup::freeze`] moves the processes still outside the freezer cgroup in,
+/// before concluding that they fork faster than it can move them.
+const JOIN_ROUNDS: usize = 8;
 /// An empty cgroup v1 freezer cgroup under the parent, kept frozen while the worker runs. The
 /// kernel flips a static key (text patching on every CPU, ~150 µs here) whenever the number of
 /// frozen v1 cgroups goes from 0 to 1 or back; with this one always frozen, freezing or thawing a
@@ -123,6 +126,8 @@ pub enum CgroupError {
     },
     #[error("processes {pids:?} still in cgroup {name} after SIGKILL")]
     KillTimeout { name: String, pids: Vec<i32> },
+    #[error("the processes of cgroup {name} fork faster than they can be moved to be frozen")]
+    FreezerJoin { name: String },
     #[error("cannot remove {}", .path.display())]
     Remove {
         path: PathBuf,
@@ -395,11 +400,16 @@ impl CgroupManager {
         Ok(true)
     }
 
-    /// Creates `<hierarchy>/<parent>/<name>` in every hierarchy, enabling the controllers on the
-    /// way down in v2, and writes `limits`. On failure, the directories made so far are removed.
+    /// Creates `<hierarchy>/<parent>/<name>` in every hierarchy of the limits, enabling the
+    /// controllers on the way down in v2, and writes `limits`. On failure, the directories made
+    /// so far are removed. A freezer in a hierarchy of its own is joined at the first
+    /// [`Cgroup::freeze`] instead, so that starting a sandbox costs no extra cgroup move.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
         check_name(name)?;
         for (hierarchy, controllers) in self.hierarchies() {
+            if controllers.is_empty() {
+                continue;
+            }
             let parent = hierarchy.mount.join(&self.parent);
             match fs::create_dir(&parent) {
                 Err(err) if err.kind() != io::ErrorKind::AlreadyExists => {
@@ -570,7 +580,7 @@ impl Cgroup {
     }
 
     /// The `cgroup.procs` files a process writes `0` into to join this cgroup, one per
-    /// distinct directory.
+    /// distinct directory of the limits (a separate freezer's is joined when freezing).
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.nodes()
             .into_iter()
@@ -702,31 +712,62 @@ impl Cgroup {
         let Some(node) = &self.freezer else {
             return Ok(false);
         };
+        if self.freezer_is_separate() {
+            if frozen {
+                self.join_freezer(node)?;
+            } else if !node.dir.exists() {
+                // Never frozen: nothing to thaw.
+                return Ok(true);
+            }
+        }
         let (file, freeze, thaw) = node.version.freezer_file();
         write(&node.dir.join(file), if frozen { freeze } else { thaw })?;
         Ok(true)
+    }
+
+    /// Whether the freezer is a hierarchy apart from the limits' (v1 `freezer`, or cgroup2 in a
+    /// hybrid layout), whose directory processes do not join at start.
+    fn freezer_is_separate(&self) -> bool {
+        self.freezer
+            .as_ref()
+            .is_some_and(|f| self.nodes().iter().all(|n| n.dir != f.dir))
+    }
+
+    /// Moves every process of the sandbox into the freezer's cgroup (creating it), looking
+    /// again until none is left outside: children forked meanwhile by a process not yet moved
+    /// are born outside, those of a moved one inside. Every process is in the memory cgroup.
+    fn join_freezer(&self, node: &Node) -> Result<(), CgroupError> {
+        fs::create_dir_all(&node.dir).map_err(|source| CgroupError::Create {
+            path: node.dir.clone(),
+            source,
+        })?;
+        let target = node.dir.join("cgroup.procs");
+        let source = self.memory.dir.join("cgroup.procs");
+        for _ in 0..JOIN_ROUNDS {
+            let inside = read_pids(&target)?;
+            let outside: Vec<i32> = read_pids(&source)?.difference(&inside).copied().collect();
+            if outside.is_empty() {
+                return Ok(());
+            }
+            for pid in outside {
+                match append_pid(&target, pid) {
+                    // Exited meanwhile.
+                    Err(CgroupError::Write { source, .. })
+                        if source.raw_os_error() == Some(libc::ESRCH) => {}
+                    other => other?,
+                }
+            }
+        }
+        Err(CgroupError::FreezerJoin {
+            name: self.name.clone(),
+        })
     }
 
     /// The processes in the cgroup, sorted; empty once its directories are gone.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         let mut pids = BTreeSet::new();
         for path in self.procs_files() {
-            let content = match fs::read_to_string(&path) {
-                Ok(content) => content,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(CgroupError::Read { path, source }),
-            };
-            for line in content.lines() {
-                let pid: i32 = line.trim().parse().map_err(|_| CgroupError::Parse {
-                    path: path.clone(),
-                    content: content.clone(),
-                })?;
-                // Processes outside our pid namespace show as 0, and kill(0) would hit our own
-                // process group.
-                if pid > 0 {
-                    pids.insert(pid);
-                }
-            }
+            pids.extend(read_pids(&path)?);
         }
         Ok(pids.into_iter().collect())
     }
@@ -779,7 +820,8 @@ impl Cgroup {
     /// Removes every directory of the cgroup; ones already gone are fine. Retries for a while on
     /// `EBUSY`, as killed processes take a moment to leave.
     pub fn remove(&self) -> Result<(), CgroupError> {
-        for node in self.nodes() {
+        let separate = self.freezer.as_ref().filter(|_| self.freezer_is_separate());
+        for node in self.nodes().into_iter().chain(separate) {
             let deadline = Instant::now() + REMOVE_TIMEOUT;
             loop {
                 match fs::remove_dir(&node.dir) {
@@ -801,11 +843,10 @@ impl Cgroup {
         Ok(())
     }
 
-    /// The distinct directories: controllers sharing a hierarchy share a directory.
+    /// The distinct directories of the limits: controllers sharing a hierarchy share one.
     fn nodes(&self) -> Vec<&Node> {
-        let mut nodes: Vec<&Node> = Vec::with_capacity(4);
-        let all = [Some(&self.memory), Some(&self.cpu), Some(&self.pids)];
-        for node in all.into_iter().chain([self.freezer.as_ref()]).flatten() {
+        let mut nodes: Vec<&Node> = Vec::with_capacity(3);
+        for node in [&self.memory, &self.cpu, &self.pids] {
             if !nodes.iter().any(|seen| seen.dir == node.dir) {
                 nodes.push(node);
             }
@@ -852,6 +893,50 @@ fn read(path: &Path) -> Result<String, CgroupError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The pids a `cgroup.procs` file lists (none if it is gone). Processes outside our pid
+/// namespace show as 0 and are left out: kill(0) would hit our own process group.
+fn read_pids(path: &Path) -> Result<BTreeSet<i32>, CgroupError> {
+    let content = match fs::read_to_string(path) {
+        Ok(content) => content,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(source) => {
+            return Err(CgroupError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut pids = BTreeSet::new();
+    for line in content.lines() {
+        let pid: i32 = line.trim().parse().map_err(|_| CgroupError::Parse {
+            path: path.to_path_buf(),
+            content: content.clone(),
+        })?;
+        if pid > 0 {
+            pids.insert(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// Moves process `pid` into the cgroup of `procs` (appending, one pid a line, as the kernel
+/// takes it and as a fake cgroupfs records it).
+fn append_pid(procs: &Path, pid: i32) -> Result<(), CgroupError> {
+    use std::io::Write;
+    let value = format!("{pid}\n");
+    // `create` only matters in a fake cgroupfs; the kernel's file always exists.
+    fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(procs)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(|source| CgroupError::Write {
+            path: procs.to_path_buf(),
+            value,
+            source,
+        })
 }
 
 fn read_u64(path: &Path) -> Result<u64, CgroupError> {
@@ -1280,13 +1365,17 @@ mod tests {
         assert_eq!(manager.freezer_summary(), "v2");
         let cgroup = manager.create("sb1", &LIMITS).unwrap();
         let unified = root.path().join("sys/fs/cgroup/unified");
-        assert!(cgroup
+        // Starting a sandbox does not touch the freezer's tree; the first freeze joins it.
+        assert!(!cgroup
             .procs_files()
             .contains(&unified.join("kindling/sb1/cgroup.procs")));
-        // No controller is enabled in a tree used only to freeze.
-        assert!(!unified.join("cgroup.subtree_control").exists());
+        assert!(!unified.join("kindling").exists());
+        assert!(cgroup.thaw().unwrap(), "thawing a never frozen sandbox");
+        assert!(!unified.join("kindling/sb1").exists());
         assert!(cgroup.freeze().unwrap());
         assert_eq!(read(&unified.join("kindling/sb1/cgroup.freeze")), "1");
+        // No controller is enabled in a tree used only to freeze.
+        assert!(!unified.join("cgroup.subtree_control").exists());
     }
 
     #[test]
@@ -1301,12 +1390,17 @@ mod tests {
             "FROZEN"
         );
         let cgroup = manager.create("sb1", &LIMITS).unwrap();
-        // Every process of the sandbox joins the freezer cgroup with the others.
-        let procs = cgroup.procs_files();
-        assert_eq!(procs.len(), 4);
-        assert_eq!(procs[3], freezer.join("sb1/cgroup.procs"));
+        assert_eq!(cgroup.procs_files().len(), 3);
+        // The first freeze moves every process of the sandbox into the freezer's cgroup.
+        let memory = root.path().join("sys/fs/cgroup/memory/kindling/sb1");
+        fs::write(memory.join("cgroup.procs"), "5\n12\n").unwrap();
         assert!(cgroup.freeze().unwrap());
+        assert_eq!(read(&freezer.join("sb1/cgroup.procs")), "5\n12\n");
         assert_eq!(read(&freezer.join("sb1/freezer.state")), "FROZEN");
+        // Later ones move only what is not there yet (a child born before its parent moved).
+        fs::write(memory.join("cgroup.procs"), "5\n12\n40\n").unwrap();
+        assert!(cgroup.freeze().unwrap());
+        assert_eq!(read(&freezer.join("sb1/cgroup.procs")), "5\n12\n40\n");
         assert!(cgroup.thaw().unwrap());
         assert_eq!(read(&freezer.join("sb1/freezer.state")), "THAWED");
 
@@ -1413,10 +1507,7 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         let removed = cgroup.remove();
-        for file in cgroup.procs_files() {
-            let parent = file.parent().and_then(Path::parent).unwrap();
-            let _ = fs::remove_dir(parent);
-        }
+        manager.remove_parent();
         if let Err(panic) = checks {
             std::panic::resume_unwind(panic);
         }

@@ -376,6 +376,11 @@ impl Pool {
                 if quiet < delay {
                     next = Some(next.map_or(delay - quiet, |n| n.min(delay - quiet)));
                 } else if let Err(e) = instance.set_frozen(true) {
+                    if matches!(e, kindling_sandbox::cgroup::CgroupError::FreezerJoin { .. }) {
+                        // This instance's processes fork too fast to move; it stays unfrozen.
+                        tracing::warn!(instance = %instance.id, "cannot freeze: {e}");
+                        continue;
+                    }
                     if freezing.swap(false, Ordering::Relaxed) {
                         tracing::warn!(
                             "cannot freeze idle instances ({e}); they stay unfrozen, and their \
