@@ -12,6 +12,9 @@ the SeBS envelope and run input.py's validate(event, output). Each benchmark is 
 `ok`, `incorrect` (validate() said no), `error` (deploy or invocation failed) or `skipped`.
 The exit code is 0 only if every benchmark that ran is `ok`.
 
+Deploys need the worker's admin token: $KINDLING_TOKEN, else <root>/token (--root, or
+$KINDLING_ROOT, default /var/lib/kindling), which only root (or the worker's admin_group) reads.
+
 Benchmarks that use object storage (input.py has storage_inputs) are skipped unless
 --storage-dir names the directory of the worker's storage backend, where this script then
 writes their input objects into the function's own buckets: <dir>/<function>/<bucket>/<key>
@@ -75,11 +78,23 @@ class WorkerDown(WorkerError):
     """Nothing listens on the address: the whole run stops with one clear message."""
 
 
+def find_token(root):
+    token = os.environ.get("KINDLING_TOKEN", "").strip()
+    if token:
+        return token
+    try:
+        with open(os.path.join(root, "token")) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
 class Worker:
-    def __init__(self, addr, timeout):
+    def __init__(self, addr, timeout, token=None):
         host, _, port = addr.rpartition(":")
         self.host, self.port, self.timeout = host or "127.0.0.1", int(port), timeout
         self.addr = addr
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     def down_message(self):
         return (f"no Kindling worker is listening on {self.addr}: start one with "
@@ -88,7 +103,7 @@ class Worker:
     def request(self, method, path, body=None, headers=None):
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers={**self.auth, **(headers or {})})
             resp = conn.getresponse()
             return resp.status, resp.read()
         except ConnectionRefusedError:
@@ -102,7 +117,7 @@ class Worker:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
             conn.request("POST", f"/registry/{fname}?progress", body=archive,
-                         headers={"Content-Type": "application/gzip",
+                         headers={**self.auth, "Content-Type": "application/gzip",
                                   "Accept": "application/x-ndjson"})
             resp = conn.getresponse()
             if resp.status != 200 or "ndjson" not in (resp.getheader("Content-Type") or ""):
@@ -212,6 +227,9 @@ def main():
                     help=f"benchmarks to run (default: all): {', '.join(all_names)}")
     ap.add_argument("--addr", default=os.environ.get("KINDLING_ADDR", "127.0.0.1:5000"),
                     help="worker API address (default: $KINDLING_ADDR or 127.0.0.1:5000)")
+    ap.add_argument("--root", default=os.environ.get("KINDLING_ROOT", "/var/lib/kindling"),
+                    help="worker root, where its admin token is (default: $KINDLING_ROOT or "
+                    "/var/lib/kindling)")
     ap.add_argument("--size", default="test", help="input size: test, small or large")
     ap.add_argument("--prefix", default="bench-",
                     help="prefix of the deployed function names (default: bench-)")
@@ -231,7 +249,7 @@ def main():
         ap.error(f"unknown benchmark(s): {', '.join(unknown)}; valid: {', '.join(all_names)}")
     names = args.benchmarks or all_names
 
-    worker = Worker(args.addr, args.timeout)
+    worker = Worker(args.addr, args.timeout, find_token(args.root))
     try:
         status, _ = worker.request("GET", "/status")
     except WorkerError as e:

@@ -4,7 +4,9 @@
 //! /packages, the runtime at /kindling and an object storage socket at
 //! /kindling/storage-socket/storage.sock, the same environment and interpreter flags. The
 //! worker's storage answers only its own sandboxes, so the baselines get the function's buckets
-//! from a storage service of their own ([`BaselineStorage`]), bound where the worker's would be.
+//! from a storage service of their own ([`BaselineStorage`]), bound where the worker's would be. The function's own
+//! environment variables are the exception: the worker never returns their values, so baselines
+//! run without them (Kindling's variables, such as `KINDLING_PATH`, have theirs).
 //!
 //! Two ways to start it: `chroot` into a tree prepared once (the base bound read-only with the
 //! instance's mounts on top, made with the `mount` command and undone by [`ChrootTree`]'s drop),
@@ -363,7 +365,7 @@ impl ChrootTree {
         cmd.arg(&self.dir)
             .args(argv)
             .env_clear()
-            .envs(layout.env.iter().map(|(k, v)| (k, v)));
+            .envs(layout.known_env());
         start_once(cmd, input, limit).await
     }
 }
@@ -446,7 +448,10 @@ pub fn oci_config(rootfs: &Path, layout: &InstanceLayout, args: &[String]) -> Va
             json!({"quota": (cores * period as f64).round() as i64, "period": period}),
         );
     }
-    let env: Vec<String> = layout.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let env: Vec<String> = layout
+        .known_env()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -633,11 +638,12 @@ mod tests {
                 },
             ],
             env: vec![
+                ("DB_PASSWORD".into(), None),
                 (
                     "KINDLING_PATH".into(),
-                    "/packages/numpy==2.4.6/files".into(),
+                    Some("/packages/numpy==2.4.6/files".into()),
                 ),
-                ("KINDLING_FORMAT".into(), "sebs".into()),
+                ("KINDLING_FORMAT".into(), Some("sebs".into())),
             ],
             cwd: "/handler".into(),
             uid: 65534,

@@ -224,7 +224,7 @@ fn hello_layout() -> InstanceLayout {
             ("HOME", "/tmp"),
             ("LANG", "C.UTF-8"),
         ]
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), Some(v.to_string())))
         .to_vec(),
         cwd: "/".into(),
         uid: 65534,

@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 client of the worker's API, keeping one connection open across requests
-//! (benchmarks measure with it, so it must not add a connection setup to every call).
+//! (benchmarks measure with it, so it must not add a connection setup to every call). Every
+//! request carries the admin token when this process has one ([`set_token`]).
 
 use anyhow::{anyhow, Context, Result};
 use http_body_util::{BodyExt, Full};
@@ -7,6 +8,35 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// The admin token every client of this process sends: a process talks to one worker.
+static TOKEN: OnceLock<Option<String>> = OnceLock::new();
+
+/// Where the worker's token is found: `KINDLING_TOKEN`, else `<root>/token` if this user may read
+/// it (root, or the worker's admin group), else none (routes that need it then answer 401).
+pub fn find_token(root: &Path) -> Option<String> {
+    if let Some(t) = std::env::var("KINDLING_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Some(t.trim().to_string());
+    }
+    let path = root.join(kindling_worker::auth::TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Some(t.trim().to_string()),
+        Err(e) => {
+            tracing::debug!("no admin token from {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Sets the token of every client of this process (once, at start-up).
+pub fn set_token(token: Option<String>) {
+    let _ = TOKEN.set(token);
+}
 
 /// A response: status, headers and the whole body.
 pub struct Response {
@@ -28,9 +58,25 @@ impl Response {
     pub fn ok(self) -> Result<Self> {
         if self.status.is_success() {
             Ok(self)
+        } else if self.status == StatusCode::UNAUTHORIZED {
+            Err(anyhow!(
+                "{}: {}\n(the worker's admin token is in <root>/token, readable by root or the \
+                 worker's admin_group: run as root, give the worker's --root or KINDLING_ROOT, or \
+                 set KINDLING_TOKEN)",
+                self.status,
+                self.text().trim_end()
+            ))
         } else {
             Err(anyhow!("{}: {}", self.status, self.text().trim_end()))
         }
+    }
+}
+
+/// Adds the process's admin token, if any, to a request.
+fn authorized(builder: hyper::http::request::Builder) -> hyper::http::request::Builder {
+    match TOKEN.get().and_then(Option::as_deref) {
+        Some(token) => builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}")),
+        None => builder,
     }
 }
 
@@ -72,10 +118,12 @@ impl Client {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Result<Response> {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, self.addr.to_string());
+        let mut builder = authorized(
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .header(hyper::header::HOST, self.addr.to_string()),
+        );
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
@@ -104,12 +152,14 @@ impl Client {
         body: impl Into<Bytes>,
         mut on_line: impl FnMut(&str),
     ) -> Result<StatusCode> {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, self.addr.to_string())
-            .header(hyper::header::ACCEPT, "application/x-ndjson")
-            .body(Full::new(body.into()))?;
+        let req = authorized(
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .header(hyper::header::HOST, self.addr.to_string())
+                .header(hyper::header::ACCEPT, "application/x-ndjson"),
+        )
+        .body(Full::new(body.into()))?;
         let sender = self.connect().await?;
         sender.ready().await?;
         let resp = sender

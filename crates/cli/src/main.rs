@@ -31,20 +31,23 @@ struct Cli {
         default_value = "127.0.0.1:5000"
     )]
     addr: SocketAddr,
+    /// Worker root (default /var/lib/kindling): where `up` keeps its state and the worker's
+    /// admin token is, which client commands send.
+    #[arg(long, global = true, env = "KINDLING_ROOT")]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The worker root when neither --root nor KINDLING_ROOT says.
+const DEFAULT_ROOT: &str = "/var/lib/kindling";
 
 #[derive(Subcommand)]
 enum Command {
     /// Start a worker (in the foreground unless --detach).
     Up(UpArgs),
-    /// Stop a detached worker.
-    Down {
-        /// Worker root (where its pid file is).
-        #[arg(long, default_value = "/var/lib/kindling")]
-        root: PathBuf,
-    },
+    /// Stop a detached worker (its pid file is under --root).
+    Down,
     /// Deploy a function directory (OpenLambda f.py or SeBS function.py).
     Deploy {
         dir: PathBuf,
@@ -81,6 +84,9 @@ enum Command {
     },
     /// Show the worker's status and counters.
     Status,
+    /// Print the worker's admin token (`<root>/token`; only root, or the worker's admin_group,
+    /// may read it), for `Authorization: Bearer <token>` in scripts and curl.
+    Token,
     /// Base root filesystems.
     Base {
         #[command(subcommand)]
@@ -106,9 +112,6 @@ struct UpArgs {
     /// Listen address (default 127.0.0.1:5000).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Worker root (default /var/lib/kindling).
-    #[arg(long)]
-    root: Option<PathBuf>,
     /// TOML config file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -135,13 +138,11 @@ enum PkgCommand {
 
 #[derive(Subcommand)]
 enum BaseCommand {
-    /// Build a base root filesystem (default debian-python) if it is missing.
+    /// Build a base root filesystem (default debian-python) if it is missing; it goes to
+    /// <root>/base/<name> (or the config's base_dir).
     Build {
         #[arg(default_value = kindling_worker::base::DEFAULT_BASE)]
         name: String,
-        /// Worker root (default /var/lib/kindling); the base goes to <root>/base/<name>.
-        #[arg(long)]
-        root: Option<PathBuf>,
         /// Config file (for `root` and `base_dir`).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -172,11 +173,25 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let root = cli.root.clone();
+    let root_or_default = || root.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
     match cli.command {
-        Command::Up(args) => up(args),
-        Command::Down { root } => down(&root),
+        Command::Up(args) => up(args, root),
+        Command::Down => down(&root_or_default()),
+        Command::Token => {
+            let path = root_or_default().join(kindling_worker::auth::TOKEN_FILE);
+            let token = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read the admin token at {} (only root, or the worker's admin_group, \
+                     may; the worker creates it at its first start)",
+                    path.display()
+                )
+            })?;
+            println!("{}", token.trim());
+            Ok(())
+        }
         Command::Base {
-            command: BaseCommand::Build { name, root, config },
+            command: BaseCommand::Build { name, config },
         } => {
             let cfg = load_config(config.as_deref(), root, None)?;
             let base = kindling_worker::base::build(&cfg.base_dir(), &name)?;
@@ -190,7 +205,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Spawner => unreachable!("handled in main"),
-        command => runtime()?.block_on(client_command(cli.addr, command)),
+        command => {
+            client::set_token(client::find_token(&root_or_default()));
+            runtime()?.block_on(client_command(cli.addr, command))
+        }
     }
 }
 
@@ -213,8 +231,8 @@ fn load_config(
     Ok(cfg)
 }
 
-fn up(args: UpArgs) -> Result<()> {
-    let cfg = load_config(args.config.as_deref(), args.root.clone(), args.listen)?;
+fn up(args: UpArgs, root: Option<PathBuf>) -> Result<()> {
+    let cfg = load_config(args.config.as_deref(), root, args.listen)?;
     if args.detach {
         return detach(&cfg, &args);
     }
@@ -247,7 +265,7 @@ fn up(args: UpArgs) -> Result<()> {
             }
             tracing::info!("shutting down");
         };
-        kindling_worker::api::serve(worker.clone(), listener, shutdown).await;
+        kindling_worker::http::serve(worker.clone(), listener, shutdown).await;
         Ok::<(), anyhow::Error>(())
     });
     let w = worker.clone();
@@ -538,7 +556,11 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
             );
         }
         Command::Bench { command } => bench::run(addr, command).await?,
-        Command::Up(_) | Command::Down { .. } | Command::Base { .. } | Command::Spawner => {
+        Command::Up(_)
+        | Command::Down
+        | Command::Token
+        | Command::Base { .. }
+        | Command::Spawner => {
             unreachable!()
         }
     }

@@ -1,7 +1,7 @@
 //! Cgroups of sandboxes: finding the memory, cpu and pids controllers (cgroup v1, v2 or a hybrid
-//! of both), creating one cgroup per sandbox under a directory Kindling owns in each hierarchy,
-//! writing its limits, reading its usage, and killing and removing it, including the ones a
-//! crashed worker left behind.
+//! of both) and the freezer, creating one cgroup per sandbox under a directory Kindling owns in
+//! each hierarchy, writing its limits, reading its usage, freezing and thawing it, and killing and
+//! removing it, including the ones a crashed worker left behind.
 //!
 //! Everything here is plain file access to cgroupfs; signals go through [`crate::sys::kill`].
 
@@ -27,6 +27,15 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(2);
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between two looks at a cgroup that is emptying.
 const POLL: Duration = Duration::from_millis(5);
+/// How many times [`Cgroup::freeze`] moves the processes still outside the freezer cgroup in,
+/// before concluding that they fork faster than it can move them.
+const JOIN_ROUNDS: usize = 8;
+/// An empty cgroup v1 freezer cgroup under the parent, kept frozen while the worker runs. The
+/// kernel flips a static key (text patching on every CPU, ~150 µs here) whenever the number of
+/// frozen v1 cgroups goes from 0 to 1 or back; with this one always frozen, freezing or thawing a
+/// sandbox costs a few µs instead. Its name cannot clash with a sandbox's: [`CgroupManager::list`]
+/// skips names that start with a dot.
+const FREEZER_ANCHOR: &str = ".freezer-anchor";
 
 /// A resource controller that Kindling limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,6 +126,8 @@ pub enum CgroupError {
     },
     #[error("processes {pids:?} still in cgroup {name} after SIGKILL")]
     KillTimeout { name: String, pids: Vec<i32> },
+    #[error("the processes of cgroup {name} fork faster than they can be moved to be frozen")]
+    FreezerJoin { name: String },
     #[error("cannot remove {}", .path.display())]
     Remove {
         path: PathBuf,
@@ -139,6 +150,16 @@ struct Hierarchy {
     mount: PathBuf,
 }
 
+impl Version {
+    /// The file that freezes a cgroup, and the values that freeze and thaw it.
+    fn freezer_file(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Version::V1 => ("freezer.state", "FROZEN", "THAWED"),
+            Version::V2 => ("cgroup.freeze", "1", "0"),
+        }
+    }
+}
+
 /// Knows where each controller lives and creates sandbox cgroups under
 /// `<hierarchy>/<parent>/<name>`.
 #[derive(Debug, Clone)]
@@ -147,6 +168,9 @@ pub struct CgroupManager {
     memory: Hierarchy,
     cpu: Hierarchy,
     pids: Hierarchy,
+    /// Where sandboxes are frozen: the cgroup2 mount (whose cgroups all have `cgroup.freeze`),
+    /// else the v1 freezer hierarchy, else nowhere.
+    freezer: Option<Hierarchy>,
     /// The cgroup2 mount, even when none of our controllers is on it (for the summary only).
     unified: Option<PathBuf>,
     /// The mount [`CgroupManager::favor_dynmods`] reconfigures: cgroup2 if mounted, else the
@@ -198,8 +222,11 @@ impl RemountTarget {
 impl CgroupManager {
     /// Detects the layout from `/proc/self/mountinfo`: each of memory, cpu and pids comes from its
     /// cgroup v1 hierarchy when it has one, else from the cgroup2 mount if that mount's
-    /// `cgroup.controllers` lists it. `parent` is the directory Kindling owns under each
-    /// hierarchy root, e.g. `kindling`.
+    /// `cgroup.controllers` lists it. The freezer comes from the cgroup2 mount if there is one,
+    /// even in a hybrid layout whose cgroup2 has no controllers, else from the v1 hierarchy:
+    /// a process frozen by v2 still dies of SIGKILL, while one frozen by v1 waits to be thawed,
+    /// so a worker killed while v1 froze its idle instances would leave them behind.
+    /// `parent` is the directory Kindling owns under each hierarchy root, e.g. `kindling`.
     pub fn detect(parent: &str) -> Result<Self, CgroupError> {
         let path = Path::new("/proc/self/mountinfo");
         let mountinfo = fs::read_to_string(path).map_err(|source| CgroupError::Read {
@@ -268,11 +295,26 @@ impl CgroupManager {
                 _ => Err(CgroupError::ControllerMissing(controller)),
             }
         };
+        // A v2 cgroup freezes without any controller enabled (Linux 5.2+).
+        let freezer = match &unified {
+            Some(mount) => Some(Hierarchy {
+                version: Version::V2,
+                mount: mount.clone(),
+            }),
+            None => v1
+                .iter()
+                .find(|(opts, _)| opts.contains(&"freezer"))
+                .map(|(_, mount)| Hierarchy {
+                    version: Version::V1,
+                    mount: mount.clone(),
+                }),
+        };
         Ok(CgroupManager {
             parent: parent.to_string(),
             memory: find(Controller::Memory)?,
             cpu: find(Controller::Cpu)?,
             pids: find(Controller::Pids)?,
+            freezer,
             unified,
             dynmods_mount,
         })
@@ -331,11 +373,43 @@ impl CgroupManager {
         }
     }
 
-    /// Creates `<hierarchy>/<parent>/<name>` in every hierarchy, enabling the controllers on the
-    /// way down in v2, and writes `limits`. On failure, the directories made so far are removed.
+    /// Where idle sandboxes can be frozen, for logs and `/status`: `v1`, `v2` or `none`.
+    pub fn freezer_summary(&self) -> &'static str {
+        match self.freezer.as_ref().map(|h| h.version) {
+            Some(Version::V1) => "v1",
+            Some(Version::V2) => "v2",
+            None => "none",
+        }
+    }
+
+    /// Readies the freezer: on v1, creates the parent and keeps [`FREEZER_ANCHOR`] frozen in it,
+    /// so that freezing a sandbox stays cheap. Returns false when there is no freezer at all.
+    pub fn prepare_freezer(&self) -> Result<bool, CgroupError> {
+        let Some(hierarchy) = &self.freezer else {
+            return Ok(false);
+        };
+        if hierarchy.version == Version::V1 {
+            let anchor = hierarchy.mount.join(&self.parent).join(FREEZER_ANCHOR);
+            fs::create_dir_all(&anchor).map_err(|source| CgroupError::Create {
+                path: anchor.clone(),
+                source,
+            })?;
+            let (file, frozen, _) = Version::V1.freezer_file();
+            write(&anchor.join(file), frozen)?;
+        }
+        Ok(true)
+    }
+
+    /// Creates `<hierarchy>/<parent>/<name>` in every hierarchy of the limits, enabling the
+    /// controllers on the way down in v2, and writes `limits`. On failure, the directories made
+    /// so far are removed. A freezer in a hierarchy of its own is joined at the first
+    /// [`Cgroup::freeze`] instead, so that starting a sandbox costs no extra cgroup move.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
         check_name(name)?;
         for (hierarchy, controllers) in self.hierarchies() {
+            if controllers.is_empty() {
+                continue;
+            }
             let parent = hierarchy.mount.join(&self.parent);
             match fs::create_dir(&parent) {
                 Err(err) if err.kind() != io::ErrorKind::AlreadyExists => {
@@ -390,8 +464,10 @@ impl CgroupManager {
             };
             for entry in entries {
                 let entry = entry.map_err(list_err)?;
-                if entry.file_type().map_err(list_err)?.is_dir() {
-                    names.insert(entry.file_name().to_string_lossy().into_owned());
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Dot names are Kindling's own (the freezer anchor), never a sandbox's.
+                if entry.file_type().map_err(list_err)?.is_dir() && !name.starts_with('.') {
+                    names.insert(name);
                 }
             }
         }
@@ -410,6 +486,7 @@ impl CgroupManager {
             memory: node(&self.memory),
             cpu: node(&self.cpu),
             pids: node(&self.pids),
+            freezer: self.freezer.as_ref().map(node),
         }
     }
 
@@ -417,7 +494,9 @@ impl CgroupManager {
     /// cgroups, such as another worker's.
     pub fn remove_parent(&self) {
         for (hierarchy, _) in self.hierarchies() {
-            let _ = fs::remove_dir(hierarchy.mount.join(&self.parent));
+            let parent = hierarchy.mount.join(&self.parent);
+            let _ = fs::remove_dir(parent.join(FREEZER_ANCHOR));
+            let _ = fs::remove_dir(parent);
         }
     }
 
@@ -454,7 +533,8 @@ impl CgroupManager {
         }
     }
 
-    /// The distinct hierarchies in use, each with the controllers it provides.
+    /// The distinct hierarchies in use, each with the controllers it provides (none for a
+    /// hierarchy used only to freeze).
     fn hierarchies(&self) -> Vec<(&Hierarchy, Vec<Controller>)> {
         let mut out: Vec<(&Hierarchy, Vec<Controller>)> = Vec::new();
         for controller in Controller::ALL {
@@ -465,6 +545,11 @@ impl CgroupManager {
             {
                 Some((_, controllers)) => controllers.push(controller),
                 None => out.push((hierarchy, vec![controller])),
+            }
+        }
+        if let Some(freezer) = &self.freezer {
+            if !out.iter().any(|(seen, _)| seen.mount == freezer.mount) {
+                out.push((freezer, Vec::new()));
             }
         }
         out
@@ -485,6 +570,7 @@ pub struct Cgroup {
     memory: Node,
     cpu: Node,
     pids: Node,
+    freezer: Option<Node>,
 }
 
 impl Cgroup {
@@ -494,7 +580,7 @@ impl Cgroup {
     }
 
     /// The `cgroup.procs` files a process writes `0` into to join this cgroup, one per
-    /// distinct directory.
+    /// distinct directory of the limits (a separate freezer's is joined when freezing).
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.nodes()
             .into_iter()
@@ -609,26 +695,79 @@ impl Cgroup {
         }
     }
 
+    /// Freezes every process in the cgroup (they stay, using no CPU, until [`Cgroup::thaw`] or
+    /// a SIGKILL, which on v1 only takes effect once thawed).
+    /// Returns false, doing nothing, when the machine has no freezer. The kernel completes the
+    /// freeze asynchronously; nothing here waits for it.
+    pub fn freeze(&self) -> Result<bool, CgroupError> {
+        self.set_frozen(true)
+    }
+
+    /// Lets a frozen cgroup's processes run again; false when there is no freezer.
+    pub fn thaw(&self) -> Result<bool, CgroupError> {
+        self.set_frozen(false)
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<bool, CgroupError> {
+        let Some(node) = &self.freezer else {
+            return Ok(false);
+        };
+        if self.freezer_is_separate() {
+            if frozen {
+                self.join_freezer(node)?;
+            } else if !node.dir.exists() {
+                // Never frozen: nothing to thaw.
+                return Ok(true);
+            }
+        }
+        let (file, freeze, thaw) = node.version.freezer_file();
+        write(&node.dir.join(file), if frozen { freeze } else { thaw })?;
+        Ok(true)
+    }
+
+    /// Whether the freezer is a hierarchy apart from the limits' (v1 `freezer`, or cgroup2 in a
+    /// hybrid layout), whose directory processes do not join at start.
+    fn freezer_is_separate(&self) -> bool {
+        self.freezer
+            .as_ref()
+            .is_some_and(|f| self.nodes().iter().all(|n| n.dir != f.dir))
+    }
+
+    /// Moves every process of the sandbox into the freezer's cgroup (creating it), looking
+    /// again until none is left outside: children forked meanwhile by a process not yet moved
+    /// are born outside, those of a moved one inside. Every process is in the memory cgroup.
+    fn join_freezer(&self, node: &Node) -> Result<(), CgroupError> {
+        fs::create_dir_all(&node.dir).map_err(|source| CgroupError::Create {
+            path: node.dir.clone(),
+            source,
+        })?;
+        let target = node.dir.join("cgroup.procs");
+        let source = self.memory.dir.join("cgroup.procs");
+        for _ in 0..JOIN_ROUNDS {
+            let inside = read_pids(&target)?;
+            let outside: Vec<i32> = read_pids(&source)?.difference(&inside).copied().collect();
+            if outside.is_empty() {
+                return Ok(());
+            }
+            for pid in outside {
+                match append_pid(&target, pid) {
+                    // Exited meanwhile.
+                    Err(CgroupError::Write { source, .. })
+                        if source.raw_os_error() == Some(libc::ESRCH) => {}
+                    other => other?,
+                }
+            }
+        }
+        Err(CgroupError::FreezerJoin {
+            name: self.name.clone(),
+        })
+    }
+
     /// The processes in the cgroup, sorted; empty once its directories are gone.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         let mut pids = BTreeSet::new();
         for path in self.procs_files() {
-            let content = match fs::read_to_string(&path) {
-                Ok(content) => content,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(CgroupError::Read { path, source }),
-            };
-            for line in content.lines() {
-                let pid: i32 = line.trim().parse().map_err(|_| CgroupError::Parse {
-                    path: path.clone(),
-                    content: content.clone(),
-                })?;
-                // Processes outside our pid namespace show as 0, and kill(0) would hit our own
-                // process group.
-                if pid > 0 {
-                    pids.insert(pid);
-                }
-            }
+            pids.extend(read_pids(&path)?);
         }
         Ok(pids.into_iter().collect())
     }
@@ -670,6 +809,10 @@ impl Cgroup {
                     }
                 }
             }
+            // A task frozen by the v1 freezer does not die until thawed; thawed after the
+            // SIGKILL, it dies before running any more of its own code. A cgroup whose
+            // directory is already gone has nothing left to thaw.
+            let _ = self.thaw();
             thread::sleep(POLL);
         }
     }
@@ -677,7 +820,8 @@ impl Cgroup {
     /// Removes every directory of the cgroup; ones already gone are fine. Retries for a while on
     /// `EBUSY`, as killed processes take a moment to leave.
     pub fn remove(&self) -> Result<(), CgroupError> {
-        for node in self.nodes() {
+        let separate = self.freezer.as_ref().filter(|_| self.freezer_is_separate());
+        for node in self.nodes().into_iter().chain(separate) {
             let deadline = Instant::now() + REMOVE_TIMEOUT;
             loop {
                 match fs::remove_dir(&node.dir) {
@@ -699,7 +843,7 @@ impl Cgroup {
         Ok(())
     }
 
-    /// The distinct directories: controllers sharing a hierarchy share a directory.
+    /// The distinct directories of the limits: controllers sharing a hierarchy share one.
     fn nodes(&self) -> Vec<&Node> {
         let mut nodes: Vec<&Node> = Vec::with_capacity(3);
         for node in [&self.memory, &self.cpu, &self.pids] {
@@ -749,6 +893,50 @@ fn read(path: &Path) -> Result<String, CgroupError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The pids a `cgroup.procs` file lists (none if it is gone). Processes outside our pid
+/// namespace show as 0 and are left out: kill(0) would hit our own process group.
+fn read_pids(path: &Path) -> Result<BTreeSet<i32>, CgroupError> {
+    let content = match fs::read_to_string(path) {
+        Ok(content) => content,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(source) => {
+            return Err(CgroupError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut pids = BTreeSet::new();
+    for line in content.lines() {
+        let pid: i32 = line.trim().parse().map_err(|_| CgroupError::Parse {
+            path: path.to_path_buf(),
+            content: content.clone(),
+        })?;
+        if pid > 0 {
+            pids.insert(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// Moves process `pid` into the cgroup of `procs` (appending, one pid a line, as the kernel
+/// takes it and as a fake cgroupfs records it).
+fn append_pid(procs: &Path, pid: i32) -> Result<(), CgroupError> {
+    use std::io::Write;
+    let value = format!("{pid}\n");
+    // `create` only matters in a fake cgroupfs; the kernel's file always exists.
+    fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(procs)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(|source| CgroupError::Write {
+            path: procs.to_path_buf(),
+            value,
+            source,
+        })
 }
 
 fn read_u64(path: &Path) -> Result<u64, CgroupError> {
@@ -1142,6 +1330,125 @@ mod tests {
         b.remove().unwrap();
     }
 
+    /// [`V1`] with the freezer hierarchy mounted, as most v1 machines have it.
+    fn v1_with_freezer() -> String {
+        format!("{V1}30 25 0:26 / /sys/fs/cgroup/freezer rw shared:14 - cgroup cgroup rw,freezer\n")
+    }
+
+    #[test]
+    fn finds_the_freezer() {
+        let root = fake_tree(V1, "");
+        let manager = CgroupManager::from_mountinfo(V1, root.path(), "kindling").unwrap();
+        assert_eq!(manager.freezer_summary(), "none");
+
+        let mountinfo = v1_with_freezer();
+        let root = fake_tree(&mountinfo, "");
+        let manager = CgroupManager::from_mountinfo(&mountinfo, root.path(), "kindling").unwrap();
+        assert_eq!(manager.freezer_summary(), "v1");
+        // The freezer is not a limit: the summary of the controllers does not change.
+        assert_eq!(manager.version_summary(), "v1 (memory, cpu, pids)");
+
+        let root = fake_tree(V2, "cpu memory pids\n");
+        let manager = CgroupManager::from_mountinfo(V2, root.path(), "kindling").unwrap();
+        assert_eq!(manager.freezer_summary(), "v2");
+
+        // Hybrid: sandboxes freeze in the cgroup2 tree, even with a v1 freezer mounted, and
+        // even though none of the controllers is there.
+        let hybrid = format!(
+            "{HYBRID}42 31 0:39 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n"
+        );
+        let root = fake_tree(&hybrid, "hugetlb\n");
+        let manager = CgroupManager::from_mountinfo(&hybrid, root.path(), "kindling").unwrap();
+        assert_eq!(manager.freezer_summary(), "v2");
+        let root = fake_tree(HYBRID, "hugetlb\n");
+        let manager = CgroupManager::from_mountinfo(HYBRID, root.path(), "kindling").unwrap();
+        assert_eq!(manager.freezer_summary(), "v2");
+        let cgroup = manager.create("sb1", &LIMITS).unwrap();
+        let unified = root.path().join("sys/fs/cgroup/unified");
+        // Starting a sandbox does not touch the freezer's tree; the first freeze joins it.
+        assert!(!cgroup
+            .procs_files()
+            .contains(&unified.join("kindling/sb1/cgroup.procs")));
+        assert!(!unified.join("kindling").exists());
+        assert!(cgroup.thaw().unwrap(), "thawing a never frozen sandbox");
+        assert!(!unified.join("kindling/sb1").exists());
+        assert!(cgroup.freeze().unwrap());
+        assert_eq!(read(&unified.join("kindling/sb1/cgroup.freeze")), "1");
+        // No controller is enabled in a tree used only to freeze.
+        assert!(!unified.join("cgroup.subtree_control").exists());
+    }
+
+    #[test]
+    fn freezes_and_thaws_v1() {
+        let mountinfo = v1_with_freezer();
+        let root = fake_tree(&mountinfo, "");
+        let freezer = root.path().join("sys/fs/cgroup/freezer/kindling");
+        let manager = CgroupManager::from_mountinfo(&mountinfo, root.path(), "kindling").unwrap();
+        assert!(manager.prepare_freezer().unwrap());
+        assert_eq!(
+            read(&freezer.join(FREEZER_ANCHOR).join("freezer.state")),
+            "FROZEN"
+        );
+        let cgroup = manager.create("sb1", &LIMITS).unwrap();
+        assert_eq!(cgroup.procs_files().len(), 3);
+        // The first freeze moves every process of the sandbox into the freezer's cgroup.
+        let memory = root.path().join("sys/fs/cgroup/memory/kindling/sb1");
+        fs::write(memory.join("cgroup.procs"), "5\n12\n").unwrap();
+        assert!(cgroup.freeze().unwrap());
+        assert_eq!(read(&freezer.join("sb1/cgroup.procs")), "5\n12\n");
+        assert_eq!(read(&freezer.join("sb1/freezer.state")), "FROZEN");
+        // Later ones move only what is not there yet (a child born before its parent moved).
+        fs::write(memory.join("cgroup.procs"), "5\n12\n40\n").unwrap();
+        assert!(cgroup.freeze().unwrap());
+        assert_eq!(read(&freezer.join("sb1/cgroup.procs")), "5\n12\n40\n");
+        assert!(cgroup.thaw().unwrap());
+        assert_eq!(read(&freezer.join("sb1/freezer.state")), "THAWED");
+
+        // The anchor is no sandbox: crash cleanup neither lists nor removes it.
+        assert_eq!(manager.list().unwrap(), ["sb1"]);
+        let stale = manager.open("sb2");
+        fs::create_dir_all(freezer.join("sb2")).unwrap();
+        assert_eq!(manager.list().unwrap(), ["sb1", "sb2"]);
+        stale.remove().unwrap();
+        assert!(freezer.join(FREEZER_ANCHOR).is_dir());
+        // A shutdown removes it with the parent.
+        fs::remove_file(freezer.join(FREEZER_ANCHOR).join("freezer.state")).unwrap();
+        manager.remove_parent();
+        assert!(!freezer.join(FREEZER_ANCHOR).exists());
+    }
+
+    #[test]
+    fn freezes_and_thaws_v2() {
+        let root = fake_tree(V2, "cpu memory pids\n");
+        let manager = CgroupManager::from_mountinfo(V2, root.path(), "kindling").unwrap();
+        // No anchor on v2: its freezer flips no static key.
+        assert!(manager.prepare_freezer().unwrap());
+        let cgroup = manager.create("sb1", &LIMITS).unwrap();
+        let dir = root.path().join("sys/fs/cgroup/kindling/sb1");
+        assert_eq!(cgroup.procs_files(), vec![dir.join("cgroup.procs")]);
+        assert!(cgroup.freeze().unwrap());
+        assert_eq!(read(&dir.join("cgroup.freeze")), "1");
+        assert!(cgroup.thaw().unwrap());
+        assert_eq!(read(&dir.join("cgroup.freeze")), "0");
+        assert!(!root
+            .path()
+            .join("sys/fs/cgroup/kindling")
+            .join(FREEZER_ANCHOR)
+            .exists());
+    }
+
+    #[test]
+    fn without_a_freezer_nothing_freezes() {
+        let root = fake_tree(V1, "");
+        let manager = CgroupManager::from_mountinfo(V1, root.path(), "kindling").unwrap();
+        assert!(!manager.prepare_freezer().unwrap());
+        let cgroup = manager.create("sb1", &LIMITS).unwrap();
+        assert_eq!(cgroup.procs_files().len(), 3);
+        assert!(!cgroup.freeze().unwrap());
+        assert!(!cgroup.thaw().unwrap());
+        assert!(!root.path().join("sys/fs/cgroup/freezer").exists());
+    }
+
     #[test]
     fn reads_pids_from_every_directory() {
         let root = fake_tree(V1, "");
@@ -1185,16 +1492,22 @@ mod tests {
             cgroup.memory_usage().unwrap();
             cgroup.memory_peak().unwrap();
             assert_eq!(cgroup.oom_kills().unwrap(), 0);
+            // A frozen sandbox is still killed (v1 freezes through SIGKILL until thawed).
+            if cgroup.freeze().unwrap() {
+                let (file, ..) = cgroup.freezer.as_ref().unwrap().version.freezer_file();
+                let state = read(&cgroup.freezer.as_ref().unwrap().dir.join(file));
+                assert!(
+                    ["FREEZING", "FROZEN", "1"].contains(&state.trim()),
+                    "{state}"
+                );
+            }
             cgroup.kill_all().unwrap();
             assert!(cgroup.pids().unwrap().is_empty());
         });
         let _ = child.kill();
         let _ = child.wait();
         let removed = cgroup.remove();
-        for file in cgroup.procs_files() {
-            let parent = file.parent().and_then(Path::parent).unwrap();
-            let _ = fs::remove_dir(parent);
-        }
+        manager.remove_parent();
         if let Err(panic) = checks {
             std::panic::resume_unwind(panic);
         }

@@ -1,7 +1,9 @@
 //! The HTTP API: routes only. Each handler parses the request, calls the registry or the pool,
 //! and turns the result into a response. OpenLambda-compatible paths (`/run/<name>`,
-//! `/registry/<name>`, `/status`, `/stats`) plus `/metrics`.
+//! `/registry/<name>`, `/status`, `/stats`) plus `/metrics`. Every route and who may call it is
+//! in one table, [`Route`]; the connections themselves are `crate::http`'s.
 
+use crate::auth::{Access, Caller};
 use crate::daemon::{DeployError, Worker};
 use crate::instance::InvokeError;
 use crate::packages::{PackageError, PackageRef};
@@ -9,10 +11,11 @@ use crate::pool::{PoolError, StartPolicy};
 use crate::registry::{validate_name, RegistryError};
 use http_body_util::{BodyExt, Channel, Either, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 type Body = Either<Full<Bytes>, Channel<Bytes>>;
 type Reply = Response<Body>;
@@ -68,47 +71,184 @@ fn chain(err: &dyn std::error::Error) -> String {
     s
 }
 
+/// Longest piece of a request (a path, a name) echoed in an error message.
+const MAX_ECHO: usize = 256;
+
+/// `text` cut to [`MAX_ECHO`] bytes (on a character boundary), marked when cut.
+fn echo(text: &str) -> String {
+    if text.len() <= MAX_ECHO {
+        return text.to_string();
+    }
+    let mut end = MAX_ECHO;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// Every route of the API. A new route is a variant here, its line in [`Route::parse`], its
+/// handler in [`handle`], and its [`Access`] in [`Route::access`], which matches exhaustively so
+/// that no route can be added without saying who may call it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route<'a> {
+    /// `/run/<name>`, any method (the function's config may restrict them).
+    Run(&'a str),
+    /// `GET /registry`
+    Functions,
+    /// `POST|PUT /registry/<name>`
+    Deploy(&'a str),
+    /// `GET /registry/<name>`
+    Function(&'a str),
+    /// `DELETE /registry/<name>`
+    Remove(&'a str),
+    /// `GET /status`
+    Status,
+    /// `GET /stats`
+    Stats,
+    /// `GET /metrics`
+    Metrics,
+    /// `GET /packages`
+    Packages,
+    /// `POST /packages/gc`
+    PackagesGc,
+    /// `DELETE /packages/<name>==<version>`
+    RemovePackage(&'a str),
+    /// `GET /logs/<name>`
+    Logs(&'a str),
+}
+
+/// Why a request matches no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoRoute {
+    /// `/run` without exactly one name.
+    RunPath,
+    /// A known path, a method it does not take.
+    Method,
+    NotFound,
+}
+
+impl<'a> Route<'a> {
+    fn parse(method: &Method, path: &'a str) -> Result<Route<'a>, NoRoute> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        Ok(match (segments.as_slice(), method) {
+            (["run", name], _) => Route::Run(name),
+            (["run", ..], _) => return Err(NoRoute::RunPath),
+            (["registry"], &Method::GET) => Route::Functions,
+            (["registry", name], &Method::POST | &Method::PUT) => Route::Deploy(name),
+            (["registry", name], &Method::GET) => Route::Function(name),
+            (["registry", name], &Method::DELETE) => Route::Remove(name),
+            (["status"], &Method::GET) => Route::Status,
+            (["stats"], &Method::GET) => Route::Stats,
+            (["metrics"], &Method::GET) => Route::Metrics,
+            (["packages"], &Method::GET) => Route::Packages,
+            (["packages", "gc"], &Method::POST) => Route::PackagesGc,
+            (["packages", key], &Method::DELETE) => Route::RemovePackage(key),
+            (["logs", name], &Method::GET) => Route::Logs(name),
+            (["registry" | "status" | "stats" | "metrics" | "packages" | "logs", ..], _) => {
+                return Err(NoRoute::Method)
+            }
+            _ => return Err(NoRoute::NotFound),
+        })
+    }
+
+    /// Who may call the route. Everything that changes the worker, or shows its functions,
+    /// their code's layout, its packages or its counters, is the admin's; `/status` answers
+    /// anyone, with host paths and names only for the admin.
+    fn access(self) -> Access {
+        match self {
+            Route::Run(_) => Access::Invoke,
+            Route::Status => Access::Public,
+            Route::Functions
+            | Route::Deploy(_)
+            | Route::Function(_)
+            | Route::Remove(_)
+            | Route::Stats
+            | Route::Metrics
+            | Route::Packages
+            | Route::PackagesGc
+            | Route::RemovePackage(_)
+            // A function's output may hold what it prints of its secrets.
+            | Route::Logs(_) => Access::Admin,
+        }
+    }
+}
+
+/// 401 for a caller without the admin token (RFC 6750's challenge).
+fn unauthorized(caller: Caller) -> Reply {
+    let (challenge, message) = match caller {
+        Caller::Invalid => (
+            "Bearer realm=\"kindling\", error=\"invalid_token\"",
+            "the credential is not this worker's admin token",
+        ),
+        Caller::Anonymous | Caller::Admin => (
+            "Bearer realm=\"kindling\"",
+            "this endpoint needs the worker's admin token: send `Authorization: Bearer <token>` \
+             (`kindling token` prints it, to root)",
+        ),
+    };
+    let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    r.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    r
+}
+
 /// Handles one HTTP request.
 pub async fn handle(
     worker: Arc<Worker>,
     req: Request<Incoming>,
 ) -> Result<Reply, std::convert::Infallible> {
     let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
-    let reply = match (segments.as_slice(), &method) {
-        (["run", name], _) => run(&worker, name, req).await,
-        (["run", ..], _) => error(StatusCode::BAD_REQUEST, "invalid-name", "use /run/<name>"),
-        (["registry"], &Method::GET) => list(&worker),
-        (["registry", name], &Method::POST) | (["registry", name], &Method::PUT) => {
-            deploy(&worker, name, req).await
+    let route = match Route::parse(&method, &path) {
+        Ok(route) => route,
+        Err(NoRoute::RunPath) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "invalid-name",
+                "use /run/<name>",
+            ))
         }
-        (["registry", name], &Method::GET) => info(&worker, name),
-        (["registry", name], &Method::DELETE) => remove(&worker, name),
-        (["status"], &Method::GET) => status(&worker),
-        (["stats"], &Method::GET) => stats(&worker),
-        (["packages"], &Method::GET) => packages(&worker),
-        (["packages", "gc"], &Method::POST) => packages_gc(&worker),
-        (["packages", key], &Method::DELETE) => package_remove(&worker, key),
-        (["metrics"], &Method::GET) => metrics(&worker),
-        // Admin: a function's output may hold what it prints of its secrets.
-        (["logs", name], &Method::GET) => logs(&worker, name, req.uri().query()),
-        (["registry" | "status" | "stats" | "metrics", ..], _) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method",
-            format!("{method} is not allowed on {path}"),
-        ),
-        _ => error(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("no such endpoint: {path}"),
-        ),
+        Err(NoRoute::Method) => {
+            return Ok(error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+                format!("{method} is not allowed on {}", echo(&path)),
+            ))
+        }
+        Err(NoRoute::NotFound) => {
+            return Ok(error(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no such endpoint: {}", echo(&path)),
+            ))
+        }
+    };
+    let authorization = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    let caller = Caller::identify(&worker.token, authorization);
+    if !worker.auth.allows(route.access(), caller) {
+        worker.metrics.add("errors.unauthorized", 1);
+        return Ok(unauthorized(caller));
+    }
+    let reply = match route {
+        Route::Run(name) => run(&worker, name, req).await,
+        Route::Functions => list(&worker),
+        Route::Deploy(name) => deploy(&worker, name, req).await,
+        Route::Function(name) => info(&worker, name),
+        Route::Remove(name) => remove(&worker, name),
+        Route::Status => status(&worker, caller == Caller::Admin),
+        Route::Stats => stats(&worker),
+        Route::Metrics => metrics(&worker),
+        Route::Packages => packages(&worker),
+        Route::PackagesGc => packages_gc(&worker),
+        Route::RemovePackage(key) => package_remove(&worker, key),
+        Route::Logs(name) => logs(&worker, name, req.uri().query()),
     };
     Ok(reply)
 }
 
-/// Reads the whole body, refusing more than `limit` bytes.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reply> {
+/// Reads the whole body, refusing more than `limit` bytes, and a body that sends nothing for
+/// `stall` (408).
+async fn read_body(req: Request<Incoming>, limit: usize, stall: Duration) -> Result<Bytes, Reply> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -126,20 +266,45 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reply>
             return Err(too_large());
         }
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
+    let mut body = Limited::new(req.into_body(), limit);
+    let mut data = Vec::new();
+    loop {
+        match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => {
+                return Err(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    format!(
+                        "the request body sent nothing for {:.0} s",
+                        stall.as_secs_f64()
+                    ),
+                ))
+            }
+            Ok(None) => return Ok(Bytes::from(data)),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(chunk) = frame.into_data() {
+                    data.extend_from_slice(&chunk);
+                }
+            }
+            Ok(Some(Err(e)))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(too_large())
+            }
+            Ok(Some(Err(e))) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "body",
+                    format!("cannot read request body: {e}"),
+                ))
+            }
         }
-        Err(e) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "body",
-            format!("cannot read request body: {e}"),
-        )),
     }
+}
+
+fn body_stall(worker: &Worker) -> Duration {
+    Duration::from_secs_f64(worker.config.http.body_read_timeout_secs)
 }
 
 async fn run(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply {
@@ -205,7 +370,7 @@ async fn run_inner(worker: &Worker, name: &str, req: Request<Incoming>) -> Reply
             )
         }
     };
-    let body = match read_body(req, worker.config.max_body_bytes).await {
+    let body = match read_body(req, worker.config.max_body_bytes, body_stall(worker)).await {
         Ok(b) => b,
         Err(r) => {
             worker.metrics.add("errors.too-large", 1);
@@ -308,7 +473,7 @@ async fn deploy(worker: &Arc<Worker>, name: &str, req: Request<Incoming>) -> Rep
         .get(hyper::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/x-ndjson"));
-    let body = match read_body(req, worker.config.max_upload_bytes).await {
+    let body = match read_body(req, worker.config.max_upload_bytes, body_stall(worker)).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -518,10 +683,23 @@ fn gauges(worker: &Worker) -> Vec<(&'static str, u64)> {
             worker.pool.background_pending() as u64,
         ),
         ("functions", worker.registry.list().len() as u64),
+        ("http.connections", worker.connections.open() as u64),
     ]
 }
 
-fn status(worker: &Worker) -> Reply {
+/// The worker's state; for callers without the admin token, only that it is up (no host paths,
+/// no function or package names).
+fn status(worker: &Worker, admin: bool) -> Reply {
+    if !admin {
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "status": "ready",
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_secs": worker.started.elapsed().as_secs(),
+            }),
+        );
+    }
     json(
         StatusCode::OK,
         &serde_json::json!({
@@ -533,9 +711,11 @@ fn status(worker: &Worker) -> Reply {
             "rootfs": worker.base.rootfs,
             "storage_dir": worker.storage.as_ref().and_then(|s| s.backend().local_dir()),
             "cgroups": worker.cgroup_layout,
+            "freezer": worker.freezer,
             "functions": worker.registry.list().len(),
             "sandboxes": worker.pool.live_sandboxes(),
             "idle_instances": worker.pool.idle_instances(),
+            "connections": worker.connections.open(),
             "zygotes": worker.zygotes.describe(),
         }),
     )
@@ -646,32 +826,74 @@ fn logs(worker: &Worker, name: &str, query: Option<&str>) -> Reply {
     r
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
-pub async fn serve(
-    worker: Arc<Worker>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let w = worker.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(w.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn route(method: &str, path: &'static str) -> Result<Route<'static>, NoRoute> {
+        Route::parse(&Method::from_bytes(method.as_bytes()).unwrap(), path)
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("POST", "/run/hello"), Ok(Route::Run("hello")));
+        assert_eq!(route("GET", "/run/hello/"), Ok(Route::Run("hello")));
+        assert_eq!(route("POST", "/run/a/b"), Err(NoRoute::RunPath));
+        assert_eq!(route("POST", "/run"), Err(NoRoute::RunPath));
+        assert_eq!(route("GET", "/registry"), Ok(Route::Functions));
+        assert_eq!(route("PUT", "/registry/f"), Ok(Route::Deploy("f")));
+        assert_eq!(route("POST", "/registry/f"), Ok(Route::Deploy("f")));
+        assert_eq!(route("GET", "/registry/f"), Ok(Route::Function("f")));
+        assert_eq!(route("DELETE", "/registry/f"), Ok(Route::Remove("f")));
+        assert_eq!(route("PATCH", "/registry/f"), Err(NoRoute::Method));
+        assert_eq!(route("POST", "/status"), Err(NoRoute::Method));
+        assert_eq!(route("GET", "/packages/gc"), Err(NoRoute::Method));
+        assert_eq!(
+            route("DELETE", "/packages/six==1.16.0"),
+            Ok(Route::RemovePackage("six==1.16.0"))
+        );
+        assert_eq!(route("GET", "/nowhere"), Err(NoRoute::NotFound));
+    }
+
+    /// Which requests need the admin token: every one but `/status` and (by default) `/run`.
+    #[test]
+    fn route_access() {
+        let table = [
+            ("POST", "/run/f", Access::Invoke),
+            ("GET", "/status", Access::Public),
+            ("GET", "/registry", Access::Admin),
+            ("POST", "/registry/f", Access::Admin),
+            ("PUT", "/registry/f", Access::Admin),
+            ("GET", "/registry/f", Access::Admin),
+            ("DELETE", "/registry/f", Access::Admin),
+            ("GET", "/stats", Access::Admin),
+            ("GET", "/metrics", Access::Admin),
+            ("GET", "/packages", Access::Admin),
+            ("POST", "/packages/gc", Access::Admin),
+            ("DELETE", "/packages/six==1.16.0", Access::Admin),
+            ("GET", "/logs/f", Access::Admin),
+        ];
+        let open = crate::auth::Policy::default();
+        for (method, path, access) in table {
+            let r = route(method, path).unwrap();
+            assert_eq!(r.access(), access, "{method} {path}");
+            let anonymous_ok = access != Access::Admin;
+            assert_eq!(
+                open.allows(r.access(), Caller::Anonymous),
+                anonymous_ok,
+                "{method} {path}"
+            );
+            assert!(open.allows(r.access(), Caller::Admin), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn echoed_input_is_bounded() {
+        assert_eq!(echo("/short"), "/short");
+        let long = format!("/{}", "é".repeat(300));
+        let cut = echo(&long);
+        assert!(cut.len() <= MAX_ECHO + 3, "{}", cut.len());
+        assert!(cut.ends_with("..."));
     }
 }

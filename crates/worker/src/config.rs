@@ -8,6 +8,10 @@
 //! max_body_bytes = 6291456         # largest invocation body (POST /run/<name>) -> 413
 //! max_upload_bytes = 268435456     # largest function archive (POST /registry/<name>) -> 413
 //! keep_alive_secs = 600            # how long an idle instance stays warm
+//! freeze_idle = true               # freeze an idle instance's processes (cgroup freezer) until
+//!                                  # its next invocation, so background work it left gets no CPU
+//! freeze_idle_after_ms = 2         # ... this long after its reply: back-to-back calls then pay
+//!                                  # no freeze and thaw, and left-over work gets at most this
 //! max_instances_per_function = 8   # concurrent instances of one function
 //! max_queue_per_function = 64      # waiting calls beyond that -> 429
 //! max_sandboxes = 256              # sandboxes on the worker (idle ones are evicted first)
@@ -31,6 +35,10 @@
 //! allow_network = false            # whether a function may ask for `network: true` (else 400);
 //!                                  # versions deployed before a bound was lowered run clamped to
 //!                                  # it (memory, timeout) or without network, with a warning
+//! # admin_group = "kindling"       # group (name or gid) that may read <root>/token, the admin
+//!                                  # token (mode 0640); unset: root only (mode 0600)
+//! run_requires_token = false       # POST /run/<name> needs the admin token too; off by default so
+//!                                  # that OpenLambda clients keep working unmodified
 //!
 //! uv = "/usr/local/bin/uv"         # uv binary for the package puller (default: found on PATH)
 //! allow_unsafe_requirements = false  # allow URLs, paths, -e and options in requirements.txt
@@ -116,6 +124,17 @@
 //! nameservers = []                 # IPv4 DNS servers for networked sandboxes' /etc/resolv.conf
 //!                                  # (default: the host's IPv4 non-loopback ones, from
 //!                                  # /etc/resolv.conf or systemd-resolved's upstream list)
+//!
+//! [http]                           # the API's connections
+//! header_read_timeout_secs = 10    # a request head must be complete this long after its first
+//!                                  # byte, else the connection is closed (half-open connections)
+//! idle_timeout_secs = 60           # a connection waiting this long for its next request (or its
+//!                                  # first) is closed
+//! body_read_timeout_secs = 30      # a request body that sends nothing for this long -> 408
+//! write_timeout_secs = 30          # a client that takes none of a response for this long is
+//!                                  # disconnected
+//! max_connections = 1024           # open connections; more are refused at once with 503
+//! max_connections_per_client = 256 # open connections from one IP address (IPv6: one /64)
 //! ```
 //!
 //! Networked sandboxes need `nft` (package nftables): the worker installs an nftables table named
@@ -162,6 +181,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
     pub keep_alive_secs: u64,
+    pub freeze_idle: bool,
+    pub freeze_idle_after_ms: u64,
     pub max_instances_per_function: usize,
     pub max_queue_per_function: usize,
     pub max_sandboxes: usize,
@@ -191,6 +212,34 @@ pub struct Config {
     pub package_proxy: Option<String>,
     pub logs: LogConfig,
     pub network: NetworkConfig,
+    pub admin_group: Option<String>,
+    pub run_requires_token: bool,
+    pub http: HttpConfig,
+}
+
+/// The API's connections (`[http]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub header_read_timeout_secs: f64,
+    pub idle_timeout_secs: f64,
+    pub body_read_timeout_secs: f64,
+    pub write_timeout_secs: f64,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10.0,
+            idle_timeout_secs: 60.0,
+            body_read_timeout_secs: 30.0,
+            write_timeout_secs: 30.0,
+            max_connections: 1024,
+            max_connections_per_client: 256,
+        }
+    }
 }
 
 /// Networked sandboxes (`[network]`).
@@ -323,6 +372,8 @@ impl Default for Config {
             max_body_bytes: 6 * 1024 * 1024,
             max_upload_bytes: 256 * 1024 * 1024,
             keep_alive_secs: 600,
+            freeze_idle: true,
+            freeze_idle_after_ms: 2,
             max_instances_per_function: 8,
             max_queue_per_function: 64,
             max_sandboxes: 256,
@@ -352,6 +403,9 @@ impl Default for Config {
             package_proxy: None,
             logs: LogConfig::default(),
             network: NetworkConfig::default(),
+            admin_group: None,
+            run_requires_token: false,
+            http: HttpConfig::default(),
         }
     }
 }
@@ -441,6 +495,28 @@ impl Config {
         }
         if self.storage.max_object_bytes == 0 || self.storage.max_connections == 0 {
             return bad("storage.max_object_bytes and storage.max_connections must be positive");
+        }
+        let h = &self.http;
+        let timeouts = [
+            h.header_read_timeout_secs,
+            h.idle_timeout_secs,
+            h.body_read_timeout_secs,
+            h.write_timeout_secs,
+        ];
+        // Bounded, so that Duration::from_secs_f64 cannot panic.
+        if timeouts.iter().any(|t| !(*t > 0.0 && *t <= 86_400.0)) {
+            return bad("http timeouts must be between 0 and 86400 seconds");
+        }
+        if h.max_connections == 0 || h.max_connections_per_client == 0 {
+            return bad(
+                "http.max_connections and http.max_connections_per_client must be positive",
+            );
+        }
+        if self.freeze_idle_after_ms > 60_000 {
+            return bad("freeze_idle_after_ms must be at most 60000");
+        }
+        if self.admin_group.as_deref() == Some("") {
+            return bad("admin_group must not be empty");
         }
         if self.storage.max_connections_per_function == 0 {
             return bad("storage.max_connections_per_function must be at least 1");
@@ -715,6 +791,49 @@ mod tests {
         assert_eq!(cfg.network.nameservers.len(), 2);
         assert!(toml::from_str::<Config>("[network]\nnameservers = [\"2001:db8::53\"]\n").is_err());
         assert!(toml::from_str::<Config>("[network]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn auth_and_http_keys() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert_eq!(cfg.admin_group, None);
+        assert!(!cfg.run_requires_token);
+        assert_eq!(cfg.http, HttpConfig::default());
+        let cfg: Config = toml::from_str(
+            "admin_group = \"kindling\"\nrun_requires_token = true\n\
+             [http]\nheader_read_timeout_secs = 2.5\nmax_connections = 8\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.admin_group.as_deref(), Some("kindling"));
+        assert!(cfg.run_requires_token);
+        assert_eq!(cfg.http.header_read_timeout_secs, 2.5);
+        assert_eq!(cfg.http.max_connections, 8);
+        assert_eq!(cfg.http.max_connections_per_client, 256);
+        assert!(cfg.validate().is_ok());
+        for bad in [
+            "[http]\nidle_timeout_secs = 0\n",
+            "[http]\nwrite_timeout_secs = 1e30\n",
+            "[http]\nmax_connections = 0\n",
+            "admin_group = \"\"\n",
+        ] {
+            let cfg: Config = toml::from_str(bad).unwrap();
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<Config>("[http]\nbogus = 1\n").is_err());
+    }
+
+    /// The documented example parses, and its values are the defaults.
+    #[test]
+    fn documented_http_block_is_the_default() {
+        let doc = include_str!("config.rs");
+        let start = doc.find("//! [http]").unwrap();
+        let block: String = doc[start..]
+            .lines()
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").to_string() + "\n")
+            .collect();
+        let cfg: Config = toml::from_str(&block).unwrap();
+        assert_eq!(cfg.http, HttpConfig::default());
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum StartupError {
     Logs(#[from] crate::logs::LogError),
     #[error("sandbox networks")]
     Network(#[from] kindling_sandbox::net::NetError),
+    #[error("admin token")]
+    Token(#[from] crate::auth::TokenError),
 }
 
 /// Why a deploy failed; the version in service (if any) stays.
@@ -65,11 +67,18 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     pub base: Base,
     pub cgroup_layout: String,
+    /// Where idle instances are frozen: `v1`, `v2` or `none`.
+    pub freezer: &'static str,
     pub started: Instant,
     /// Object storage for functions (None when disabled).
     pub storage: Option<crate::storage::StorageService>,
     /// What instances write to stdout and stderr, per function.
     pub logs: Arc<crate::logs::Logs>,
+    /// The admin token callers of admin routes present, and who needs it.
+    pub token: crate::auth::Token,
+    pub auth: crate::auth::Policy,
+    /// The API's open connections, within their caps.
+    pub connections: crate::http::Connections,
     factory: Arc<Factory>,
 }
 
@@ -86,6 +95,14 @@ impl Worker {
     pub fn start(config: Config, program: &Path) -> Result<Arc<Self>, StartupError> {
         let root = config.root.clone();
         mkdir(&root)?;
+        let admin_gid = match &config.admin_group {
+            Some(group) => {
+                let etc_group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+                Some(crate::auth::group_id(group, &etc_group)?)
+            }
+            None => None,
+        };
+        let token = crate::auth::Token::load_or_create(&root, admin_gid)?;
         let mountpoint = root.join("sandboxes").join("root");
         mkdir(&mountpoint)?;
         let cgroups = CgroupManager::detect(&config.cgroup_parent)?;
@@ -111,6 +128,21 @@ impl Worker {
                 count = stale,
                 "removed sandboxes left behind by a previous worker"
             );
+        }
+        match cgroups.prepare_freezer() {
+            Ok(true) if cgroups.freezer_summary() == "v1" => tracing::warn!(
+                "idle instances are frozen with the cgroup v1 freezer (no cgroup2 is mounted): \
+                 v1 holds SIGKILL until a thaw, so if this worker is killed its frozen instances \
+                 stay (frozen) until the next start cleans them up"
+            ),
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "no cgroup freezer (neither a v1 `freezer` hierarchy nor cgroup2 is mounted): \
+                 idle instances are not frozen, so their background processes keep running"
+            ),
+            Err(e) => tracing::warn!(
+                "cannot prepare the cgroup freezer ({e}): freezing idle instances may be slow"
+            ),
         }
         let base = base::ensure(&config.base_dir(), &config.base)?;
         let spawner = Spawner::start(program)?;
@@ -188,6 +220,9 @@ impl Worker {
             zygotes.clone(),
             PoolConfig {
                 keep_alive: Duration::from_secs(config.keep_alive_secs),
+                freeze_idle_after: config
+                    .freeze_idle
+                    .then(|| Duration::from_millis(config.freeze_idle_after_ms)),
                 max_instances_per_function: config.max_instances_per_function,
                 max_queue_per_function: config.max_queue_per_function,
                 max_sandboxes: config.max_sandboxes,
@@ -199,12 +234,13 @@ impl Worker {
             base = %base.info.name,
             python = %base.info.python_version,
             cgroups = %cgroups.version_summary(),
+            freezer = cgroups.freezer_summary(),
             functions = registry.list().len(),
             "worker ready"
         );
         Ok(Arc::new(Self {
             cgroup_layout: cgroups.version_summary(),
-            config,
+            freezer: cgroups.freezer_summary(),
             registry,
             packages,
             pool,
@@ -214,6 +250,15 @@ impl Worker {
             started: Instant::now(),
             storage,
             logs,
+            auth: crate::auth::Policy {
+                run_requires_token: config.run_requires_token,
+            },
+            connections: crate::http::Connections::new(
+                config.http.max_connections,
+                config.http.max_connections_per_client,
+            ),
+            token,
+            config,
             factory,
         }))
     }

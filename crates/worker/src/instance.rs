@@ -455,8 +455,16 @@ impl Factory {
         function: &FunctionVersion,
         limits: &FunctionLimits,
     ) -> InstanceLayout {
-        let mut env = self.instance_env(function, "");
-        env.retain(|(k, _)| k != "KINDLING_SANDBOX");
+        // The function's own variables come first (see instance_env); their values stay out of
+        // every reply.
+        let own = function.config.environment.len();
+        let env = self
+            .instance_env(function, "")
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (k, _))| k != "KINDLING_SANDBOX")
+            .map(|(i, (k, v))| (k, (i >= own).then_some(v)))
+            .collect();
         InstanceLayout {
             interpreter: self.interpreter(),
             mounts: self.function_mounts(function, limits),
@@ -507,14 +515,24 @@ pub struct InstanceLayout {
     pub interpreter: Vec<String>,
     /// The sandbox's mounts in order, sources as host paths.
     pub mounts: Vec<MountSpec>,
-    /// The instance's environment, less the per-sandbox `KINDLING_SANDBOX`.
-    pub env: Vec<(String, String)>,
+    /// The instance's environment, less the per-sandbox `KINDLING_SANDBOX`: Kindling's variables
+    /// with their values, the function's own by name only (`None`: withheld, may be a secret).
+    pub env: Vec<(String, Option<String>)>,
     pub cwd: PathBuf,
     /// The unprivileged user and group function code runs as.
     pub uid: u32,
     pub gid: u32,
     pub limits: CgroupLimits,
     pub network: bool,
+}
+
+impl InstanceLayout {
+    /// The variables whose values the layout carries (Kindling's, not the function's own).
+    pub fn known_env(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.env
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.as_deref()?)))
+    }
 }
 
 /// The sandbox under an instance; destroying it kills every process and removes the cgroup.
@@ -744,6 +762,8 @@ pub struct Instance {
     output: Option<InstanceOutput>,
     /// Its sandbox's assignment to its function, withdrawn when the instance goes.
     _assignment: Assignment,
+    /// Whether its sandbox's cgroup is frozen (while idle).
+    frozen: bool,
 }
 
 impl Instance {
@@ -772,6 +792,7 @@ impl Instance {
             loaded_modules: None,
             output,
             _assignment: assignment,
+            frozen: false,
         })
     }
 
@@ -858,6 +879,31 @@ impl Instance {
     /// Memory the sandbox's cgroup charges now, in bytes.
     pub fn memory_usage(&self) -> Option<u64> {
         self.sandbox.as_ref()?.cgroup.memory_usage().ok()
+    }
+
+    /// Whether its sandbox is frozen.
+    pub(crate) fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// Freezes (or thaws) every process of the instance's sandbox, so that an idle instance's
+    /// background processes get no CPU; nothing to do if it is in that state already.
+    pub(crate) fn set_frozen(
+        &mut self,
+        frozen: bool,
+    ) -> Result<(), kindling_sandbox::cgroup::CgroupError> {
+        let Some(sandbox) = &self.sandbox else {
+            return Ok(());
+        };
+        if self.frozen != frozen {
+            if frozen {
+                sandbox.cgroup.freeze()?;
+            } else {
+                sandbox.cgroup.thaw()?;
+            }
+            self.frozen = frozen;
+        }
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod auth;
 pub mod base;
 pub mod bounds;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod daemon;
 pub mod echo;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod http;
 pub mod install_tree;
 pub mod instance;
 pub mod logs;

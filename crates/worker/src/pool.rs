@@ -2,14 +2,15 @@
 //! an instance — warm when an idle instance of the same function version exists, else forked
 //! from a zygote, else cold — within the per-function instance limit, a bounded wait queue, and
 //! the worker-wide sandbox limit (idle instances of other functions are evicted, least recently
-//! used first).
+//! used first). Idle instances are frozen (their cgroup's freezer) shortly after their reply and
+//! thawed when taken, so that processes they left running get no CPU while nobody pays for it.
 
 use crate::instance::{Factory, FunctionLimits, Instance, InvokeError, Reply, StartError};
 use crate::metrics::Metrics;
 use crate::registry::FunctionVersion;
 use crate::zygote::{ForkError, Forked, Zygotes};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -92,6 +93,8 @@ pub enum PoolError {
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub keep_alive: Duration,
+    /// How long after its reply an idle instance is frozen (None: never).
+    pub freeze_idle_after: Option<Duration>,
     pub max_instances_per_function: usize,
     pub max_queue_per_function: usize,
     pub max_sandboxes: usize,
@@ -101,6 +104,8 @@ struct FunctionPool {
     busy: Arc<Semaphore>,
     waiting: AtomicUsize,
     idle: Mutex<Vec<Instance>>,
+    /// A task will freeze this function's idle instances (see [`Pool::freeze_idle`]).
+    freeze_armed: AtomicBool,
 }
 
 /// Instances of every function.
@@ -113,6 +118,9 @@ pub struct Pool {
     live: Arc<AtomicUsize>,
     /// Sandboxes being destroyed in the background.
     destroying: Arc<AtomicUsize>,
+    /// False once freezing failed (a kernel without the freezer file): idle instances then
+    /// stay unfrozen.
+    freezing: Arc<AtomicBool>,
 }
 
 impl Pool {
@@ -130,6 +138,7 @@ impl Pool {
             functions: Mutex::new(HashMap::new()),
             live: Arc::new(AtomicUsize::new(0)),
             destroying: Arc::new(AtomicUsize::new(0)),
+            freezing: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -141,6 +150,7 @@ impl Pool {
                     busy: Arc::new(Semaphore::new(self.config.max_instances_per_function)),
                     waiting: AtomicUsize::new(0),
                     idle: Mutex::new(Vec::new()),
+                    freeze_armed: AtomicBool::new(false),
                 })
             })
             .clone()
@@ -265,6 +275,7 @@ impl Pool {
             if let Some(old) = surplus {
                 self.destroy(old);
             }
+            self.freeze_idle(&fp);
         } else {
             self.destroy(instance);
         }
@@ -327,17 +338,81 @@ impl Pool {
         }
     }
 
-    /// Takes the most recently used idle instance of this exact version; idle instances of an
-    /// older version are destroyed on the way.
+    /// Takes the most recently used idle instance of this exact version, thawed; idle instances
+    /// of an older version (or that cannot be thawed) are destroyed on the way.
     fn take_idle(&self, fp: &FunctionPool, function: &FunctionVersion) -> Option<Instance> {
         let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(i) = idle.pop() {
+        while let Some(mut i) = idle.pop() {
             if i.function.hash == function.hash {
-                return Some(i);
+                match i.set_frozen(false) {
+                    Ok(()) => return Some(i),
+                    Err(e) => tracing::warn!(instance = %i.id, "cannot thaw an idle instance: {e}"),
+                }
             }
             self.destroy(i);
         }
         None
+    }
+
+    /// Freezes `fp`'s idle instances once they have been idle for `freeze_idle_after`, off the
+    /// reply's path, in one task per function at most: it freezes those quiet long enough, under
+    /// the lock [`Pool::take_idle`] takes them with, and sleeps until the next one is. The delay
+    /// spares back-to-back calls a freeze and a thaw each (tens of µs).
+    fn freeze_idle(&self, fp: &Arc<FunctionPool>) {
+        let Some(delay) = self.config.freeze_idle_after else {
+            return;
+        };
+        // Invocations always run on the worker's runtime.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.freezing.load(Ordering::Relaxed) || fp.freeze_armed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (fp, freezing) = (fp.clone(), self.freezing.clone());
+        // The next wait, or None once every idle instance is frozen. Disarms under the idle
+        // lock: an instance idled after that arms a new task.
+        let freeze_quiet = move || -> Option<Duration> {
+            let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next: Option<Duration> = None;
+            for instance in idle.iter_mut().filter(|i| !i.is_frozen()) {
+                let quiet = instance.last_used.elapsed();
+                if quiet < delay {
+                    next = Some(next.map_or(delay - quiet, |n| n.min(delay - quiet)));
+                } else if let Err(e) = instance.set_frozen(true) {
+                    if matches!(e, kindling_sandbox::cgroup::CgroupError::FreezerJoin { .. }) {
+                        // This instance's processes fork too fast to move; it stays unfrozen.
+                        tracing::warn!(instance = %instance.id, "cannot freeze: {e}");
+                        continue;
+                    }
+                    if freezing.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "cannot freeze idle instances ({e}); they stay unfrozen, and their \
+                             background processes keep running"
+                        );
+                    }
+                    next = None;
+                    break;
+                }
+            }
+            if next.is_none() {
+                fp.freeze_armed.store(false, Ordering::SeqCst);
+            }
+            next
+        };
+        runtime.spawn(async move {
+            let mut wait = delay;
+            loop {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                // Writes to cgroupfs, a few µs each: not worth a blocking thread.
+                match freeze_quiet() {
+                    Some(next) => wait = next,
+                    None => return,
+                }
+            }
+        });
     }
 
     /// Counts one more sandbox, evicting an idle one anywhere if the worker is full.

@@ -68,9 +68,19 @@ pub struct FunctionConfig {
     pub memory_mb: Option<u64>,
     pub timeout_secs: Option<f64>,
     pub network: Option<bool>,
+    /// The function's environment variables. Serialized (for the API) as their names only: the
+    /// values are often secrets, and no reply ever carries them.
+    #[serde(serialize_with = "names_only")]
     pub environment: BTreeMap<String, String>,
     /// HTTP methods `/run/<name>` accepts; empty means any.
     pub methods: Vec<String>,
+}
+
+fn names_only<S: serde::Serializer>(
+    env: &BTreeMap<String, String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(env.keys())
 }
 
 /// One deployed version of a function.
@@ -619,5 +629,25 @@ mod tests {
         let reg = Registry::open(root.path(), ArchiveLimits::default()).unwrap();
         assert!(reg.deploy("x", b"not a tarball").is_err());
         assert!(!root.path().join("x").exists());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod environment_tests {
+    use super::*;
+
+    #[test]
+    fn environment_values_are_never_serialized() {
+        let config = FunctionConfig {
+            environment: BTreeMap::from([
+                ("DB_PASSWORD".to_string(), "hunter2".to_string()),
+                ("MODE".to_string(), "fast".to_string()),
+            ]),
+            ..FunctionConfig::default()
+        };
+        let v = serde_json::to_value(&config).unwrap();
+        assert_eq!(v["environment"], serde_json::json!(["DB_PASSWORD", "MODE"]));
+        assert!(!v.to_string().contains("hunter2"));
     }
 }

@@ -1,5 +1,6 @@
 //! A real worker for end-to-end tests: the `kindling` binary started with a temporary root, its
-//! own port and its own cgroup parent, on the base built by `kindling base build`.
+//! own port and its own cgroup parent, on the base built by `kindling base build`. Requests carry
+//! the worker's admin token (`<root>/token`) unless a test asks for an unauthenticated one.
 //!
 //! Needs root. Run with `cargo test -p kindling --features e2e --test e2e`.
 
@@ -30,6 +31,8 @@ pub struct Worker {
     pub addr: SocketAddr,
     pub root: tempfile::TempDir,
     pub cgroup_parent: String,
+    /// The worker's admin token, read from `<root>/token` once it is up.
+    pub token: String,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -99,6 +102,7 @@ impl Worker {
             addr,
             root,
             cgroup_parent,
+            token: String::new(),
             child: None,
             log,
         };
@@ -129,7 +133,8 @@ impl Worker {
         let w = self;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if let Ok(r) = w.try_request("GET", "/status", &[], b"") {
+            // Unauthenticated: /status answers anyone, and the token may not exist yet.
+            if let Ok(r) = w.try_request_unauthenticated("GET", "/status", &[], b"") {
                 if r.status == 200 {
                     break;
                 }
@@ -146,6 +151,28 @@ impl Worker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        let token = w.root.path().join("token");
+        w.token = std::fs::read_to_string(&token)
+            .unwrap_or_else(|e| panic!("no admin token at {}: {e}", token.display()))
+            .trim()
+            .to_string();
+    }
+
+    /// The `Authorization` header value of the admin.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// The `kindling` client set up for this worker (its address and root, so it finds the
+    /// token as root would).
+    pub fn cli_command(&self) -> Command {
+        let mut c = Command::new(kindling_bin());
+        c.arg("--addr")
+            .arg(self.addr.to_string())
+            .arg("--root")
+            .arg(self.root.path())
+            .env_remove("KINDLING_TOKEN");
+        c
     }
 
     pub fn log_text(&self) -> String {
@@ -156,8 +183,28 @@ impl Worker {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
-    /// One HTTP/1.1 request on a fresh connection.
+    /// One HTTP/1.1 request on a fresh connection, as the admin (unless `headers` has its own
+    /// `Authorization`).
     pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Resp> {
+        let bearer = self.bearer();
+        let mut all = headers.to_vec();
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            all.push(("Authorization", bearer.as_str()));
+        }
+        self.try_request_unauthenticated(method, path, &all, body)
+    }
+
+    /// One HTTP/1.1 request on a fresh connection with only the given headers (no token).
+    pub fn try_request_unauthenticated(
         &self,
         method: &str,
         path: &str,
@@ -187,6 +234,18 @@ impl Worker {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}\nworker log:\n{}", self.log_text()))
     }
 
+    /// A request without the admin token (`headers` may carry a wrong one).
+    pub fn request_unauthenticated(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
+        self.try_request_unauthenticated(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\nworker log:\n{}", self.log_text()))
+    }
+
     pub fn run(&self, name: &str, event: &str) -> Resp {
         self.request("POST", &format!("/run/{name}"), &[], event.as_bytes())
     }
@@ -202,16 +261,12 @@ impl Worker {
 
     /// Deploys files as a function.
     pub fn deploy(&self, name: &str, files: &[(&str, &str)]) -> Resp {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for (f, body) in files {
-            let p = dir.path().join(f);
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent).expect("mkdir");
-            }
-            std::fs::write(p, body).expect("write");
-        }
-        let packed = kindling_worker::archive::pack_dir(dir.path()).expect("pack");
-        self.request("POST", &format!("/registry/{name}"), &[], &packed)
+        self.request(
+            "POST",
+            &format!("/registry/{name}"),
+            &[],
+            &pack_files(files),
+        )
     }
 
     pub fn deploy_ok(&self, name: &str, files: &[(&str, &str)]) {
@@ -223,12 +278,13 @@ impl Worker {
         self.request("GET", "/stats", &[], b"").json()
     }
 
-    /// Cgroup directories under this worker's parent, in every hierarchy.
+    /// Cgroup directories of sandboxes under this worker's parent, in every hierarchy (not the
+    /// worker's own dot-named ones, such as the freezer's anchor).
     pub fn cgroups(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for h in cgroup_hierarchies() {
             if let Ok(rd) = std::fs::read_dir(h.join(&self.cgroup_parent)) {
-                out.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+                out.extend(rd.flatten().filter(is_sandbox_cgroup).map(|e| e.path()));
             }
         }
         out
@@ -265,7 +321,7 @@ impl Worker {
                 .iter()
                 .map(|h| {
                     std::fs::read_dir(h.join(&self.cgroup_parent))
-                        .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).count())
+                        .map(|rd| rd.flatten().filter(is_sandbox_cgroup).count())
                         .unwrap_or(0)
                 })
                 .max()
@@ -335,10 +391,15 @@ impl Drop for Worker {
     }
 }
 
-/// Mount points of the cgroup hierarchies that hold Kindling's controllers.
+fn is_sandbox_cgroup(e: &std::fs::DirEntry) -> bool {
+    e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.')
+}
+
+/// Mount points of the cgroup hierarchies that hold Kindling's controllers and its freezer
+/// (in a hybrid layout, the cgroup2 tree at `unified`, else the v1 `freezer`).
 pub fn cgroup_hierarchies() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for c in ["memory", "cpu", "pids"] {
+    for c in ["memory", "cpu", "pids", "unified", "freezer"] {
         let p = Path::new("/sys/fs/cgroup").join(c);
         if p.join("cgroup.procs").exists() {
             out.push(p);
@@ -353,6 +414,8 @@ pub fn cgroup_hierarchies() -> Vec<PathBuf> {
 
 fn remove_parent_cgroups(parent: &str) {
     for h in cgroup_hierarchies() {
+        // The freezer's anchor, left by a worker that did not stop cleanly.
+        let _ = std::fs::remove_dir(h.join(parent).join(".freezer-anchor"));
         let _ = std::fs::remove_dir(h.join(parent));
     }
 }
@@ -437,6 +500,19 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
         headers,
         body,
     })
+}
+
+/// A function archive (tar.gz) of the given files.
+pub fn pack_files(files: &[(&str, &str)]) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (f, body) in files {
+        let p = dir.path().join(f);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(p, body).expect("write");
+    }
+    kindling_worker::archive::pack_dir(dir.path()).expect("pack")
 }
 
 // ---------------------------------------------------------------------------------------------

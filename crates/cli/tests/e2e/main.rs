@@ -3,6 +3,7 @@
 #![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)]
 
+mod api_security;
 mod faults;
 mod harness;
 mod isolation;

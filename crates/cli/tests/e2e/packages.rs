@@ -144,12 +144,7 @@ fn package_users(w: &Worker) -> std::collections::BTreeMap<String, Vec<String>> 
 
 /// Runs the `kindling` client against the worker.
 fn cli(w: &Worker, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(crate::harness::kindling_bin())
-        .arg("--addr")
-        .arg(w.addr.to_string())
-        .args(args)
-        .output()
-        .expect("run kindling");
+    let out = w.cli_command().args(args).output().expect("run kindling");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
@@ -820,7 +815,8 @@ fn gc_during_a_deploy_keeps_its_packages() {
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     write!(
         s,
-        "POST /registry/req?progress HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "POST /registry/req?progress HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+        w.bearer(),
         body.len()
     )
     .unwrap();

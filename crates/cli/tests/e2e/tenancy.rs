@@ -331,7 +331,8 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn function_output_goes_to_its_own_tagged_log() {
-    let w = Worker::start("[zygotes]\nenabled = true\n");
+    // Background output between requests: idle instances must not be frozen for it to happen.
+    let w = Worker::start("freeze_idle = false\n[zygotes]\nenabled = true\n");
     w.deploy_ok("forger", &[("f.py", FORGER)]);
     let before = w.log_text();
     assert!(before.contains("worker ready"), "{before}");
@@ -400,9 +401,9 @@ fn function_output_goes_to_its_own_tagged_log() {
     assert_eq!(w.request("GET", "/logs/..%2Fetc", &[], b"").status, 400);
 
     // `kindling logs`: the last lines, then (-f) the lines as they come.
-    let addr = w.addr.to_string();
-    let out = std::process::Command::new(crate::harness::kindling_bin())
-        .args(["--addr", &addr, "logs", "forger", "--tail", "3"])
+    let out = w
+        .cli_command()
+        .args(["logs", "forger", "--tail", "3"])
         .output()
         .unwrap();
     assert!(
@@ -413,8 +414,9 @@ fn function_output_goes_to_its_own_tagged_log() {
     let printed = String::from_utf8_lossy(&out.stdout);
     assert_eq!(printed.lines().count(), 3, "{printed}");
     assert!(printed.contains("late T-FORK"), "{printed}");
-    let mut follow = std::process::Command::new(crate::harness::kindling_bin())
-        .args(["--addr", &addr, "logs", "forger", "-f", "--tail", "1"])
+    let mut follow = w
+        .cli_command()
+        .args(["logs", "forger", "-f", "--tail", "1"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
