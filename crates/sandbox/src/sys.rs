@@ -475,31 +475,31 @@ pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> 
     }
 }
 
-/// Receives one message and the descriptors attached to it (made close-on-exec).
-/// Returns `Ok(None)` at end of stream. With `nonblock`, `WouldBlock` means nothing is waiting.
-pub fn recv_with_fds(
-    sock: RawFd,
-    buf: &mut [u8],
-    nonblock: bool,
-) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+/// What one `recvmsg(2)` got: bytes, descriptors (SCM_RIGHTS, made close-on-exec) and the
+/// sender's pid (SCM_CREDENTIALS).
+struct Received {
+    len: usize,
+    fds: Vec<OwnedFd>,
+    pid: Option<libc::pid_t>,
+}
+
+/// One `recvmsg(2)` into `buf`, collecting whatever control messages came with it.
+fn recv_message(sock: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<Received> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
-    let mut cbuf = [0u64; 32];
+    // Room for MAX_FDS descriptors and a `struct ucred`, aligned as cmsghdr requires.
+    let mut cbuf = [0u64; 40];
     // SAFETY: msghdr is plain data; all-zero is valid and we fill the fields we use.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
     msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    let mut flags = libc::MSG_CMSG_CLOEXEC;
-    if nonblock {
-        flags |= libc::MSG_DONTWAIT;
-    }
-    let n = loop {
+    let len = loop {
         // SAFETY: `msg` points at `iov`/`buf` and `cbuf`, all live and writable for the call.
-        let ret = unsafe { libc::recvmsg(sock, &mut msg, flags) };
+        let ret = unsafe { libc::recvmsg(sock, &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
         if ret == -1 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -510,26 +510,45 @@ pub fn recv_with_fds(
         break ret as usize;
     };
     let mut fds = Vec::new();
+    let mut pid = None;
     // SAFETY: the kernel filled `msg`'s control area; CMSG_FIRSTHDR/NXTHDR walk it within
-    // msg_controllen, and each SCM_RIGHTS payload holds cmsg_len - CMSG_LEN(0) bytes of ints.
+    // msg_controllen; an SCM_RIGHTS payload holds cmsg_len - CMSG_LEN(0) bytes of ints, an
+    // SCM_CREDENTIALS payload one `struct ucred`.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize;
-                let count = bytes / std::mem::size_of::<libc::c_int>();
-                let data = libc::CMSG_DATA(cmsg) as *const libc::c_int;
-                for i in 0..count {
-                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET {
+                if (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let bytes = (*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize;
+                    let data = libc::CMSG_DATA(cmsg) as *const libc::c_int;
+                    for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                        fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                    }
+                } else if (*cmsg).cmsg_type == libc::SCM_CREDENTIALS {
+                    let cred: libc::ucred =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::ucred);
+                    pid = Some(cred.pid);
                 }
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    if n == 0 && fds.is_empty() {
+    Ok(Received { len, fds, pid })
+}
+
+/// Receives one message and the descriptors attached to it (made close-on-exec).
+/// Returns `Ok(None)` at end of stream. With `nonblock`, `WouldBlock` means nothing is waiting.
+pub fn recv_with_fds(
+    sock: RawFd,
+    buf: &mut [u8],
+    nonblock: bool,
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    let flags = if nonblock { libc::MSG_DONTWAIT } else { 0 };
+    let got = recv_message(sock, buf, flags)?;
+    if got.len == 0 && got.fds.is_empty() {
         return Ok(None);
     }
-    Ok(Some((n, fds)))
+    Ok(Some((got.len, got.fds)))
 }
 
 /// `dup2(2)` onto a fixed descriptor number (the result is not close-on-exec).
@@ -852,61 +871,17 @@ pub fn set_passcred(sock: RawFd) -> io::Result<()> {
 }
 
 /// Receives up to `buf.len()` bytes and the sender's pid (from `SCM_CREDENTIALS`, see
-/// [`set_passcred`]). `Ok(None)` at end of stream.
+/// [`set_passcred`]). `Ok(None)` at end of stream. Descriptors an unexpected SCM_RIGHTS message
+/// carries are closed, not leaked.
 pub fn recv_with_credentials(
     sock: RawFd,
     buf: &mut [u8],
 ) -> io::Result<Option<(usize, Option<libc::pid_t>)>> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    let mut cbuf = [0u64; 8];
-    // SAFETY: msghdr is plain data; all-zero is valid and we fill the fields we use.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    let n = loop {
-        // SAFETY: `msg` points at `iov`/`buf` and `cbuf`, all live and writable for the call.
-        let ret = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if ret == -1 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        break ret as usize;
-    };
-    if n == 0 {
+    let got = recv_message(sock, buf, 0)?;
+    if got.len == 0 {
         return Ok(None);
     }
-    let mut pid = None;
-    // SAFETY: the kernel filled `msg`'s control area; CMSG_FIRSTHDR/NXTHDR walk it within
-    // msg_controllen, and an SCM_CREDENTIALS payload is one `struct ucred`. Descriptors that
-    // an unexpected SCM_RIGHTS message carries are closed, not leaked.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET {
-                if (*cmsg).cmsg_type == libc::SCM_CREDENTIALS {
-                    let cred: libc::ucred =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::ucred);
-                    pid = Some(cred.pid);
-                } else if (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    let bytes = (*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize;
-                    let data = libc::CMSG_DATA(cmsg) as *const libc::c_int;
-                    for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
-                        drop(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                    }
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    Ok(Some((n, pid)))
+    Ok(Some((got.len, got.pid)))
 }
 
 /// The pid of the process behind `pidfd` in the caller's pid namespace (from

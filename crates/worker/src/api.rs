@@ -60,16 +60,7 @@ fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> 
 const MAX_DEPLOY_ERROR_BYTES: usize = 16 * 1024;
 
 /// Prints an error with its sources, for response bodies.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
-}
+use crate::error_chain as chain;
 
 /// Longest piece of a request (a path, a name) echoed in an error message.
 const MAX_ECHO: usize = 256;
