@@ -12,11 +12,11 @@
 //! fails its check counts as incorrect, never as a start.
 
 use crate::baseline::{self, ChrootTree, RuncBundle};
-use crate::client::Client;
 use crate::sebs::{Invocation, Size, StartMethod, Status};
 use anyhow::{anyhow, bail, Context, Result};
 use hyper::body::Bytes;
 use hyper::Method;
+use kindling_api::client::Client;
 use kindling_sandbox::cgroup::Limits;
 use kindling_sandbox::spec::MountSpec;
 use kindling_worker::instance::InstanceLayout;

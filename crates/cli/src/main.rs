@@ -2,15 +2,14 @@
 
 mod baseline;
 mod bench;
-mod client;
 mod examples;
 mod report;
 mod sebs;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use client::Client;
 use hyper::Method;
+use kindling_api::client::{self, Client};
 use kindling_worker::config::Config;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -179,7 +178,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Up(args) => up(args, root),
         Command::Down => down(&root_or_default()),
         Command::Token => {
-            let path = root_or_default().join(kindling_worker::auth::TOKEN_FILE);
+            let path = root_or_default().join(kindling_api::TOKEN_FILE);
             let token = std::fs::read_to_string(&path).with_context(|| {
                 format!(
                     "cannot read the admin token at {} (only root, or the worker's admin_group, \

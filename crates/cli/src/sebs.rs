@@ -12,10 +12,10 @@
 //! breakdown, and `<output-dir>/result.csv` over every result file in the directory, with the
 //! columns of SeBS's `perf-cost/result.csv` first.
 
-use crate::client::{Client, Response};
 use anyhow::{anyhow, bail, Context, Result};
 use hyper::body::Bytes;
 use hyper::Method;
+use kindling_api::client::{Client, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};

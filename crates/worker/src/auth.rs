@@ -11,7 +11,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The token's file name under the worker's root.
-pub const TOKEN_FILE: &str = "token";
+pub use kindling_api::TOKEN_FILE;
 /// Random bytes in a token (hex-encoded in the file and on the wire).
 const TOKEN_BYTES: usize = 32;
 

@@ -15,23 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
-/// How an invocation got its instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartMethod {
-    Warm,
-    Fork,
-    Cold,
-}
-
-impl StartMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StartMethod::Warm => "warm",
-            StartMethod::Fork => "fork",
-            StartMethod::Cold => "cold",
-        }
-    }
-}
+pub use kindling_api::StartMethod;
 
 /// What the caller asked for (`X-Kindling-Start`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -23,7 +23,7 @@ pub fn find_token(root: &Path) -> Option<String> {
     {
         return Some(t.trim().to_string());
     }
-    let path = root.join(kindling_worker::auth::TOKEN_FILE);
+    let path = root.join(crate::TOKEN_FILE);
     match std::fs::read_to_string(&path) {
         Ok(t) => Some(t.trim().to_string()),
         Err(e) => {
