@@ -17,6 +17,7 @@ pub mod instance;
 pub mod logs;
 pub mod metrics;
 pub mod network;
+pub mod nosql;
 pub mod packages;
 pub mod pool;
 pub mod registry;
