@@ -353,8 +353,34 @@ impl Store {
     /// Declares `owner`'s table: a new table, the same declaration again, or other keys for a
     /// table that holds no items.
     pub fn declare(&self, owner: &Owner, decl: &Declaration) -> Result<Declared, NosqlError> {
+        let mut done = self.declare_all(owner, std::slice::from_ref(decl))?;
+        Ok(done.pop().map_or(Declared::Unchanged, |(_, d)| d))
+    }
+
+    /// Declares each of `owner`'s tables as [`Store::declare`] does, all or none (a deploy
+    /// whose config declares a table wrongly changes nothing).
+    pub fn declare_all(
+        &self,
+        owner: &Owner,
+        decls: &[Declaration],
+    ) -> Result<Vec<(TableName, Declared)>, NosqlError> {
         let mut inner = self.lock();
         let tx = inner.conn.transaction().map_err(self.db())?;
+        let mut done = Vec::with_capacity(decls.len());
+        for decl in decls {
+            let declared = self.declare_in(&tx, owner, decl)?;
+            done.push((decl.table.clone(), declared));
+        }
+        tx.commit().map_err(self.db())?;
+        Ok(done)
+    }
+
+    fn declare_in(
+        &self,
+        tx: &Transaction<'_>,
+        owner: &Owner,
+        decl: &Declaration,
+    ) -> Result<Declared, NosqlError> {
         let existing = tx
             .query_row(
                 "SELECT primary_key, secondary_key FROM tables WHERE function = ?1 AND name = ?2",
@@ -410,8 +436,48 @@ impl Store {
             params![owner.as_str(), decl.table.as_str(), pk, sk],
         )
         .map_err(self.db())?;
-        tx.commit().map_err(self.db())?;
         Ok(declared)
+    }
+
+    /// `owner`'s tables with what each holds.
+    pub fn table_usage(&self, owner: &Owner) -> Result<Vec<(Declaration, Usage)>, NosqlError> {
+        let inner = self.lock();
+        let mut counts = HashMap::new();
+        {
+            let mut stmt = inner
+                .conn
+                .prepare_cached(
+                    "SELECT tbl, COUNT(*), SUM(bytes) FROM items WHERE function = ?1 GROUP BY tbl",
+                )
+                .map_err(self.db())?;
+            let rows = stmt
+                .query_map([owner.as_str()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(self.db())?;
+            for row in rows {
+                let (table, items, bytes) = row.map_err(self.db())?;
+                counts.insert(
+                    table,
+                    Usage {
+                        items: items.max(0) as u64,
+                        bytes: bytes.max(0) as u64,
+                    },
+                );
+            }
+        }
+        Ok(self
+            .tables_in(&inner.conn, owner)?
+            .into_iter()
+            .map(|d| {
+                let used = counts.get(d.table.as_str()).copied().unwrap_or_default();
+                (d, used)
+            })
+            .collect())
     }
 
     /// Drops `owner`'s table and its items; returns how many items it held.
@@ -709,15 +775,49 @@ impl Store {
         let (name, spec) = self.table(&inner.conn, owner, table)?;
         check_key_name(&name, "primary", &spec.primary_key, &primary.name)?;
         check_key_name(&name, "secondary", &spec.secondary_key, secondary_key)?;
-        let mut stmt = inner
-            .conn
-            .prepare_cached(
-                "SELECT item FROM items WHERE function = ?1 AND tbl = ?2 AND pk = ?3 ORDER BY sk",
-            )
-            .map_err(self.db())?;
-        let mut rows = stmt
-            .query(params![owner.as_str(), name.as_str(), primary.value])
-            .map_err(self.db())?;
+        self.select(&inner.conn, owner, &name, Some(&primary.value))
+    }
+
+    /// For the operator: the items of `owner`'s table with this primary key value, or all of
+    /// them, in key order.
+    pub fn read(
+        &self,
+        owner: &Owner,
+        table: &str,
+        primary: Option<&KeyValue>,
+    ) -> Result<Vec<Item>, NosqlError> {
+        let inner = self.lock();
+        let (name, _) = self.table(&inner.conn, owner, table)?;
+        self.select(&inner.conn, owner, &name, primary)
+    }
+
+    /// The items of a table (of one primary key value), within the reply limit.
+    fn select(
+        &self,
+        conn: &Connection,
+        owner: &Owner,
+        table: &TableName,
+        primary: Option<&KeyValue>,
+    ) -> Result<Vec<Item>, NosqlError> {
+        // Two statements, so that a query by primary key is a range of the index.
+        let (sql, by_primary) = match primary {
+            Some(_) => (
+                "SELECT item FROM items WHERE function = ?1 AND tbl = ?2 AND pk = ?3 \
+                 ORDER BY sk",
+                true,
+            ),
+            None => (
+                "SELECT item FROM items WHERE function = ?1 AND tbl = ?2 ORDER BY pk, sk",
+                false,
+            ),
+        };
+        let mut stmt = conn.prepare_cached(sql).map_err(self.db())?;
+        let mut rows = if by_primary {
+            stmt.query(params![owner.as_str(), table.as_str(), primary])
+        } else {
+            stmt.query(params![owner.as_str(), table.as_str()])
+        }
+        .map_err(self.db())?;
         let mut items = Vec::new();
         let mut size = 2u64;
         while let Some(row) = rows.next().map_err(self.db())? {
@@ -728,7 +828,7 @@ impl Store {
                     limit: self.limits.max_reply_bytes,
                 });
             }
-            items.push(decode(&text, &name)?);
+            items.push(decode(&text, table)?);
         }
         Ok(items)
     }
@@ -1203,5 +1303,211 @@ pub(crate) mod tests {
         // Replacing counts no new item.
         assert_eq!(store.load(&f, t, vec![row("a"), row("x")]).unwrap(), 2);
         assert_eq!(store.usage(&f).items, 3);
+    }
+
+    #[test]
+    fn a_deploy_declares_all_its_tables_or_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path());
+        let f = owner("shop");
+        cart(&store, "shop");
+        store
+            .insert(&f, "shopping_cart", &c("c"), &p("p"), Item::new())
+            .unwrap();
+        // "orders" is new, "shopping_cart" conflicts: neither is applied.
+        let decls = parse_declarations(&json!({
+            "orders": {"primary_key": "order", "secondary_key": "line"},
+            "shopping_cart": {"primary_key": "cart", "secondary_key": "product"},
+        }))
+        .unwrap();
+        let e = store.declare_all(&f, &decls).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        let names = |s: &Store| -> Vec<String> {
+            s.tables(&f)
+                .unwrap()
+                .into_iter()
+                .map(|d| d.table.as_str().to_string())
+                .collect()
+        };
+        assert_eq!(names(&store), ["shopping_cart"]);
+        let decls = parse_declarations(&json!({
+            "orders": {"primary_key": "order", "secondary_key": "line"},
+            "shopping_cart": {"primary_key": "cart_id", "secondary_key": "product_id"},
+        }))
+        .unwrap();
+        let done = store.declare_all(&f, &decls).unwrap();
+        assert_eq!(
+            done.iter().map(|(_, d)| *d).collect::<Vec<_>>(),
+            [Declared::Created, Declared::Unchanged]
+        );
+        assert_eq!(names(&store), ["orders", "shopping_cart"]);
+        let usage = store.table_usage(&f).unwrap();
+        assert_eq!(usage[0].1, Usage::default());
+        assert_eq!(usage[1].1.items, 1);
+        assert_eq!(usage[1].0.spec.primary_key.as_str(), "cart_id");
+    }
+
+    #[test]
+    fn the_operator_reads_a_table_or_one_primary_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path());
+        let f = owner("shop");
+        cart(&store, "shop");
+        let t = "shopping_cart";
+        for (cart, product) in [("b", "2"), ("a", "1"), ("b", "1")] {
+            store
+                .insert(&f, t, &c(cart), &p(product), Item::new())
+                .unwrap();
+        }
+        let keys = |items: Vec<Item>| -> Vec<(Value, Value)> {
+            items
+                .into_iter()
+                .map(|i| (i["cart_id"].clone(), i["product_id"].clone()))
+                .collect()
+        };
+        assert_eq!(
+            keys(store.read(&f, t, None).unwrap()),
+            [
+                (json!("a"), json!("1")),
+                (json!("b"), json!("1")),
+                (json!("b"), json!("2"))
+            ]
+        );
+        assert_eq!(
+            keys(store.read(&f, t, Some(&KeyValue::Str("b".into()))).unwrap()).len(),
+            2
+        );
+        assert_eq!(
+            store.read(&owner("other"), t, None).unwrap_err().kind(),
+            ErrorKind::NoSuchTable
+        );
+    }
+
+    #[test]
+    fn a_query_is_a_range_of_the_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path());
+        let inner = store.lock();
+        let plan: Vec<String> = inner
+            .conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT item FROM items WHERE function = ?1 AND tbl = ?2 \
+                 AND pk = ?3 ORDER BY sk",
+            )
+            .unwrap()
+            .query_map(params!["f", "t", "c"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            plan,
+            ["SEARCH items USING PRIMARY KEY (function=? AND tbl=? AND pk=?)"]
+        );
+    }
+
+    #[test]
+    fn concurrent_calls_keep_the_counts_right() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(open(tmp.path()));
+        cart(&store, "shop");
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let f = owner("shop");
+                    for i in 0..100 {
+                        let (cart, product) = (c(&format!("t{t}")), p(&format!("{}", i % 50)));
+                        store
+                            .insert(&f, "shopping_cart", &cart, &product, item(json!({"i": i})))
+                            .unwrap();
+                        if i % 3 == 0 {
+                            store.delete(&f, "shopping_cart", &cart, &product).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let f = owner("shop");
+        let counted = store.usage(&f);
+        let stored = store.read(&f, "shopping_cart", None).unwrap();
+        assert_eq!(counted.items, stored.len() as u64);
+        let bytes: usize = stored
+            .iter()
+            .map(|i| Value::Object(i.clone()).to_string().len())
+            .sum();
+        assert_eq!(counted.bytes, bytes as u64);
+        drop(store);
+        assert_eq!(open(tmp.path()).usage(&f), counted);
+    }
+
+    /// Set in the child process of [`a_killed_writer_leaves_whole_calls`]: the database's
+    /// directory.
+    const CRASH_CHILD: &str = "KINDLING_NOSQL_TEST_WRITER";
+    const BATCH: usize = 400;
+
+    #[test]
+    fn a_killed_writer_leaves_whole_calls() {
+        if let Some(dir) = std::env::var_os(CRASH_CHILD) {
+            // The child: loads batches until it is killed (or for 60 s at most).
+            let store = open(Path::new(&dir));
+            let f = owner("shop");
+            let start = std::time::Instant::now();
+            let mut batch = 0;
+            while start.elapsed() < std::time::Duration::from_secs(60) {
+                let items = (0..BATCH)
+                    .map(|i| {
+                        item(json!({"cart_id": batch, "product_id": i, "pad": "x".repeat(200)}))
+                    })
+                    .collect();
+                store.load(&f, "shopping_cart", items).unwrap();
+                batch += 1;
+            }
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        cart(&open(tmp.path()), "shop");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "nosql::store::tests::a_killed_writer_leaves_whole_calls",
+                "--nocapture",
+            ])
+            .env(CRASH_CHILD, tmp.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill it once a few batches are in, most likely in the middle of one.
+        let count = || -> i64 {
+            let conn = Connection::open(tmp.path().join(FILE_NAME)).unwrap();
+            conn.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0))
+                .unwrap()
+        };
+        let start = std::time::Instant::now();
+        while count() < 3 * BATCH as i64 {
+            assert!(start.elapsed() < std::time::Duration::from_secs(60));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(37));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Every batch is whole, and the counts agree with the items.
+        let store = open(tmp.path());
+        let f = owner("shop");
+        let inner = store.lock();
+        let sizes: Vec<i64> = inner
+            .conn
+            .prepare("SELECT COUNT(*) FROM items GROUP BY pk")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        drop(inner);
+        assert!(sizes.len() >= 3, "{sizes:?}");
+        assert!(sizes.iter().all(|n| *n == BATCH as i64), "{sizes:?}");
+        assert_eq!(store.usage(&f).items, (sizes.len() * BATCH) as u64);
     }
 }
