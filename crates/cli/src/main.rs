@@ -1,10 +1,6 @@
-//! `kindling`: the worker daemon, its command-line client, and the benchmarks.
+//! `kindling`: the worker daemon, its command-line client, and the benchmarks (`kindling-bench`).
 
-mod baseline;
-mod bench;
 mod examples;
-mod report;
-mod sebs;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -99,7 +95,7 @@ enum Command {
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
-        command: bench::BenchCommand,
+        command: kindling_bench::BenchCommand,
     },
     /// Internal: the sandbox spawner (started by the worker).
     #[command(name = "__spawner", hide = true)]
@@ -554,7 +550,7 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
                 v["bytes_freed"].as_f64().unwrap_or(0.0) / 1e6
             );
         }
-        Command::Bench { command } => bench::run(addr, command).await?,
+        Command::Bench { command } => kindling_bench::run(addr, command).await?,
         Command::Up(_)
         | Command::Down
         | Command::Token
