@@ -31,10 +31,10 @@ pub const HANDLER_DIR: &str = "/handler";
 pub const RUNTIME_DIR: &str = "/kindling";
 
 /// The Python program of a baseline start, run as `INTERPRETER -c DRIVER` with the event on
-/// standard input. It sets `sys.path` as the runtime (`kindling_runtime._load`) does: the code
-/// directory first, then the closure from `KINDLING_PATH` (with `site.addsitedir` for the
-/// entries of `KINDLING_SITE`, packages shipping `.pth` files), then the runtime directory. It
-/// uses the runtime's JSON codec, as the runtime does, so that the baseline does not pay for
+/// standard input. It sets `sys.path` as the runtime (`kindling_runtime._load`) does, with the
+/// runtime's own `_package_path`: the code directory first, then the closure from
+/// `KINDLING_PATH` (with `site.addsitedir` for the entries of `KINDLING_SITE`, packages
+/// shipping `.pth` files), then the runtime directory. It uses the runtime's JSON codec, as the runtime does, so that the baseline does not pay for
 /// importing `json`. For a SeBS function (`KINDLING_FORMAT=sebs`) it prints the envelope the
 /// runtime would send (`result.output` is what `validate()` checks); for an OpenLambda one,
 /// `f(event)`'s JSON.
@@ -47,15 +47,8 @@ H, R = {handler}, {runtime}
 os.chdir(H)
 sys.path.insert(0, R)
 sys.path.insert(0, H)
-paths = [p for p in os.environ.get("KINDLING_PATH", "").split(":") if p]
-sites = set(p for p in os.environ.get("KINDLING_SITE", "").split(":") if p)
-sys.path[1:1] = paths
-if sites:
-    import site
-    for p in paths:
-        if p in sites:
-            site.addsitedir(p)
-from kindling_runtime import dumps, loads
+from kindling_runtime import _package_path, dumps, loads
+_package_path()
 event = loads(sys.stdin.read())
 if os.environ.get("KINDLING_FORMAT") == "sebs":
     from function import handler

@@ -29,6 +29,28 @@ pub async fn worker_status(c: &mut Client, addr: SocketAddr) -> Result<serde_jso
     serde_json::from_slice(&r.body).context("the worker's /status is not JSON")
 }
 
+/// One start of `function` with the event `{}`, forcing `forced` (`X-Kindling-Start`) on a
+/// worker settled first; returns the client's latency in milliseconds and the reply, which
+/// must be a success.
+pub async fn timed_start(
+    c: &mut Client,
+    function: &str,
+    forced: Option<&str>,
+) -> Result<(f64, Response)> {
+    let headers: Vec<(&str, &str)> = forced
+        .map(|m| vec![("x-kindling-start", m)])
+        .unwrap_or_default();
+    if forced.is_some() {
+        c.settle().await?;
+    }
+    let t = Instant::now();
+    let r = c
+        .request(Method::POST, &format!("/run/{function}"), &headers, "{}")
+        .await?
+        .ok()?;
+    Ok((t.elapsed().as_secs_f64() * 1000.0, r))
+}
+
 /// One invocation on `c`'s connection. A reply that takes longer than `limit` is an error, and
 /// the connection, which still carries that request, is replaced.
 async fn invoke(

@@ -1,6 +1,7 @@
 //! `kindling bench fork`: cold, fork and warm starts of hello, numpy and pandas functions, and
 //! the memory of forked against cold-started instances (the sandboxes' cgroup usage).
 
+use crate::driver::timed_start;
 use crate::stats::Samples;
 use crate::suite::pack_files;
 use anyhow::{bail, Result};
@@ -9,8 +10,8 @@ use kindling_api::client::Client;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
 
+/// The arguments of `kindling bench fork`.
 #[derive(clap::Args)]
 pub struct ForkArgs {
     /// Measured starts per function and method.
@@ -55,18 +56,7 @@ async fn start_once(
     name: &str,
     method: Option<&str>,
 ) -> Result<(f64, String, Option<u64>)> {
-    let headers: Vec<(&str, &str)> = method
-        .map(|m| vec![("x-kindling-start", m)])
-        .unwrap_or_default();
-    if method.is_some() {
-        c.settle().await?;
-    }
-    let t = Instant::now();
-    let r = c
-        .request(Method::POST, &format!("/run/{name}"), &headers, "{}")
-        .await?
-        .ok()?;
-    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let (ms, r) = timed_start(c, name, method).await?;
     Ok((
         ms,
         r.header("x-kindling-start").unwrap_or("").to_string(),

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+/// The arguments of `kindling bench packages`.
 #[derive(clap::Args)]
 pub struct PackagesArgs {
     /// Requirements of the benchmark function.

@@ -257,32 +257,18 @@ impl Invocation {
         } else {
             ms_to_us(ms("sandbox") + ms("instance"))
         };
-        let mut inv = Invocation {
-            request_id: r.header("x-kindling-request").unwrap_or("").to_string(),
-            start: start.clone(),
-            status: Status::Ok,
-            error: None,
-            times: Times {
-                client: client.as_micros() as u64,
-                client_begin: begin,
-                client_end: end,
-                benchmark: 0,
-                initialization,
-                http_startup: 0,
-            },
-            provider_times: ProviderTimes {
-                initialization,
-                execution: ms_to_us(ms("total")),
-            },
-            stats: Stats {
-                cold_start: start.as_deref() == Some("cold"),
-                memory_used,
-                failure: false,
-            },
-            timing,
-            container_id: r.header("x-kindling-sandbox").map(str::to_string),
-            output: Value::Null,
+        let mut inv = Self::timed(begin, end, client);
+        inv.request_id = r.header("x-kindling-request").unwrap_or("").to_string();
+        inv.start = start.clone();
+        inv.times.initialization = initialization;
+        inv.provider_times = ProviderTimes {
+            initialization,
+            execution: ms_to_us(ms("total")),
         };
+        inv.stats.cold_start = start.as_deref() == Some("cold");
+        inv.stats.memory_used = memory_used;
+        inv.timing = timing;
+        inv.container_id = r.header("x-kindling-sandbox").map(str::to_string);
         if !r.status.is_success() {
             let why = format!("HTTP {}: {}", r.status, tail(r.text().trim_end(), 2000));
             inv.output = Value::String(r.text());
@@ -304,8 +290,8 @@ impl Invocation {
         inv
     }
 
-    /// Builds the record of one run of a baseline (a process that printed the SeBS envelope,
-    /// see `crate::baseline`): `ok` when it exited 0 with an envelope holding `result.output`.
+    /// Builds the record of one run of a baseline (a process outside Kindling that printed
+    /// the SeBS envelope): `ok` when it exited 0 with an envelope holding `result.output`.
     pub fn from_baseline(
         run: Result<std::process::Output>,
         client: Duration,

@@ -24,6 +24,7 @@ use kindling_api::StartMethod;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The arguments of `kindling bench run`.
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// Benchmarks to run: directory names under --benchmarks-dir.

@@ -1,18 +1,18 @@
-//! `kindling bench`: start-up latency measured side by side with baselines in one run.
+//! `kindling bench startup`: start-up latency measured side by side with baselines in one run.
 //!
-//! `startup` compares start methods end to end from this client. Without benchmark names it
+//! It compares start methods end to end from this client. Without benchmark names it
 //! deploys a hello function (OpenLambda format) and measures Kindling cold (forced with
 //! `X-Kindling-Start: cold`), fork (forced with `fork`, after one untimed fork that creates the
 //! zygotes) and warm, `runc run` of the same handler in the same root filesystem, and a bare
 //! `chroot ROOTFS python3` of the same handler. With benchmark names (SeBS layout, under
 //! `--benchmarks-dir`) it does the same for each benchmark in one run: deploy, generate the
 //! event for `--size`, measure Kindling cold, fork and warm, then the chroot and runc baselines
-//! (`crate::baseline`) running the same handler with the same event in the instance layout the
+//! ([`crate::baseline`]) running the same handler with the same event in the instance layout the
 //! worker reports, and checks every output with the benchmark's `validate()`: an output that
 //! fails its check counts as incorrect, never as a start.
 
 use crate::baseline::{self, ChrootTree, RuncBundle};
-use crate::driver::{deploy, measure, worker_status, Plan};
+use crate::driver::{deploy, measure, timed_start, worker_status, Plan};
 use crate::progress::Progress;
 use crate::results::{parse_timing, Invocation, Size, Status};
 use crate::stats::Samples;
@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+/// The arguments of `kindling bench startup`.
 #[derive(clap::Args)]
 pub struct StartupArgs {
     /// Benchmarks to measure: directory names under --benchmarks-dir (none: the built-in hello
@@ -101,18 +102,7 @@ async fn hello_start(
     forced: Option<&str>,
     expect: &str,
 ) -> Result<(f64, String)> {
-    let headers: Vec<(&str, &str)> = forced
-        .map(|m| vec![("x-kindling-start", m)])
-        .unwrap_or_default();
-    if forced.is_some() {
-        c.settle().await?;
-    }
-    let t = Instant::now();
-    let r = c
-        .request(Method::POST, &format!("/run/{function}"), &headers, "{}")
-        .await?
-        .ok()?;
-    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let (ms, r) = timed_start(c, function, forced).await?;
     let how = r.header("x-kindling-start").unwrap_or("");
     if how != expect {
         bail!(

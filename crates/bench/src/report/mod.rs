@@ -16,6 +16,7 @@ use crate::results::load_runs;
 use anyhow::Result;
 use std::path::PathBuf;
 
+/// The arguments of `kindling bench report`.
 #[derive(clap::Args)]
 pub struct ReportArgs {
     /// Directory written by `kindling bench run --output-dir`.
@@ -56,5 +57,26 @@ mod tests {
         })
         .expect_err("empty");
         assert!(err.to_string().contains("no results in"));
+    }
+
+    #[test]
+    fn a_results_directory_gets_a_report() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = crate::results::tests::fixture_run("gzip", kindling_api::StartMethod::Fork, &[2.0]);
+        std::fs::create_dir_all(dir.path().join("gzip")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("gzip/fork.json"),
+            serde_json::to_vec(&r).expect("json"),
+        )
+        .expect("write");
+        run(ReportArgs {
+            dir: dir.path().to_path_buf(),
+        })
+        .expect("report");
+        let md = std::fs::read_to_string(dir.path().join("report.md")).expect("report.md");
+        assert!(
+            md.contains("| gzip | fork | 1 | 2.00 | 2.00 | 2.00 | 2.00 | - |"),
+            "{md}"
+        );
     }
 }

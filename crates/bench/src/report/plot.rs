@@ -1,12 +1,11 @@
 //! The plots of `bench report`: a latency CDF per benchmark and bars per benchmark and start
 //! method, each drawn as SVG and as PNG.
 
-use super::png::{write_png, PngCanvas};
+use super::png::{png_font, write_png, PngCanvas};
 use crate::results::RunFile;
 use crate::stats::fmt_ms;
 use anyhow::{Context, Result};
 use kindling_api::StartMethod;
-use plotters::backend::BitMapBackend;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters_backend::text_anchor::{HPos, Pos, VPos};
@@ -253,10 +252,7 @@ pub fn save(plot: &Plot, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
     let png = dir.join(format!("{stem}.png"));
     let mut pixels = vec![0u8; w as usize * h as usize * 3];
     {
-        let canvas = PngCanvas {
-            inner: BitMapBackend::with_buffer(&mut pixels, (w, h)),
-            font: super::png::png_font(),
-        };
+        let canvas = PngCanvas::new(&mut pixels, (w, h), png_font());
         let root = canvas.into_drawing_area();
         plot.draw(&root)
             .with_context(|| format!("cannot draw {}", png.display()))?;
@@ -285,10 +281,7 @@ mod tests {
         let (w, h) = plot.size();
         let mut pixels = vec![0u8; w as usize * h as usize * 3];
         {
-            let canvas = PngCanvas {
-                inner: BitMapBackend::with_buffer(&mut pixels, (w, h)),
-                font: None,
-            };
+            let canvas = PngCanvas::new(&mut pixels, (w, h), None);
             plot.draw(&canvas.into_drawing_area()).expect("draw");
         }
         let warm = start_color(StartMethod::Warm);

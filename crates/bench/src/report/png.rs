@@ -55,8 +55,18 @@ pub fn png_font() -> Option<&'static FontVec> {
 /// (plotters' own bitmap text needs font-kit or its `ab_glyph` feature with a registered
 /// font, and fails without one); with no font, text is skipped and the rest is drawn.
 pub struct PngCanvas<'a> {
-    pub inner: BitMapBackend<'a>,
-    pub font: Option<&'static FontVec>,
+    inner: BitMapBackend<'a>,
+    font: Option<&'static FontVec>,
+}
+
+impl<'a> PngCanvas<'a> {
+    /// A canvas of `size` pixels over `rgb` (3 bytes a pixel), with text in `font`.
+    pub fn new(rgb: &'a mut [u8], size: (u32, u32), font: Option<&'static FontVec>) -> Self {
+        PngCanvas {
+            inner: BitMapBackend::with_buffer(rgb, size),
+            font,
+        }
+    }
 }
 
 /// Width and height in pixels of `text` set in `font` at `scale`.
