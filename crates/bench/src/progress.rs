@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The bar on a terminal: label, bar, counts, failures, elapsed time.
+const TEMPLATE: &str = "{prefix} [{bar:24}] {pos}/{len} ({msg}) {elapsed}";
+
 /// Finished invocations of one measurement out of its total, and how many failed.
 pub struct Progress {
     bar: ProgressBar,
@@ -18,14 +21,13 @@ impl Progress {
     /// Starts showing the progress of `total` invocations labelled `label` (call within the
     /// tokio runtime).
     pub fn new(label: String, total: u64) -> Arc<Self> {
-        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        let style =
-            ProgressStyle::with_template("{prefix} [{bar:24}] {pos}/{len} ({msg}) {elapsed}")
-                .map(|s| s.progress_chars("#-"))
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar.set_prefix(label);
-        bar.set_message("0 failed");
+        let style = ProgressStyle::with_template(TEMPLATE)
+            .map(|s| s.progress_chars("#-"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+            .with_style(style)
+            .with_prefix(label)
+            .with_message("0 failed");
         let ticker = if bar.is_hidden() {
             let bar = bar.clone();
             Some(tokio::spawn(async move {
@@ -62,6 +64,9 @@ impl Progress {
         self.bar.finish();
         if self.bar.is_hidden() {
             eprintln!("{}", line(&self.bar));
+        } else {
+            // The bar stays as the last line; what follows starts below it.
+            eprintln!();
         }
     }
 }
@@ -84,4 +89,29 @@ fn line(bar: &ProgressBar) -> String {
         bar.message(),
         bar.elapsed().as_secs_f64()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_finished_and_failed_invocations() {
+        assert!(ProgressStyle::with_template(TEMPLATE).is_ok());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let p = Progress::new("gzip cold".into(), 3);
+            p.record(true);
+            p.record(false);
+            assert!(
+                line(&p.bar).starts_with("gzip cold 2/3 (1 failed) "),
+                "{}",
+                line(&p.bar)
+            );
+            p.finish();
+        });
+    }
 }
