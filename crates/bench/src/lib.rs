@@ -50,3 +50,45 @@ pub async fn run(addr: SocketAddr, command: BenchCommand) -> Result<()> {
         BenchCommand::Report(args) => report::run(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+    use kindling_api::StartMethod;
+
+    #[derive(Parser)]
+    struct Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    }
+
+    #[test]
+    fn the_command_line_parses_as_before() {
+        Bench::command().debug_assert();
+        let Bench {
+            command: BenchCommand::Run(args),
+        } = Bench::try_parse_from(["bench", "run", "gzip", "--start", "cold,warm"]).expect("run")
+        else {
+            panic!("not `bench run`");
+        };
+        assert_eq!(args.start, [StartMethod::Cold, StartMethod::Warm]);
+        assert_eq!(args.repetitions, 10);
+        let Bench {
+            command: BenchCommand::Run(args),
+        } = Bench::try_parse_from(["bench", "run", "gzip"]).expect("run")
+        else {
+            panic!("not `bench run`");
+        };
+        assert_eq!(args.start, [StartMethod::Warm], "warm by default");
+        let err = Bench::try_parse_from(["bench", "run", "gzip", "--start", "Cold"])
+            .err()
+            .expect("names are exact")
+            .to_string();
+        assert!(err.contains("[possible values: cold, fork, warm]"), "{err}");
+        assert!(Bench::try_parse_from(["bench", "fork", "--memory-instances", "3"]).is_ok());
+        assert!(Bench::try_parse_from(["bench", "packages", "--requirements", "numpy"]).is_ok());
+        assert!(Bench::try_parse_from(["bench", "startup", "gzip", "--size", "test"]).is_ok());
+        assert!(Bench::try_parse_from(["bench", "report", "dir"]).is_ok());
+    }
+}
