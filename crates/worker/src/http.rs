@@ -111,7 +111,8 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves: the worker is `ready` from the
+/// start, `draining` once `shutdown` resolves.
 pub async fn serve(
     worker: Arc<Worker>,
     listener: tokio::net::TcpListener,
@@ -129,9 +130,14 @@ pub async fn serve(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs_f64(cfg.idle_timeout_secs));
     tokio::pin!(shutdown);
+    worker.state.advance(kindling_api::WorkerState::Ready);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => {
+                // Requests still coming on open connections get 503 from here on.
+                worker.state.advance(kindling_api::WorkerState::Draining);
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
