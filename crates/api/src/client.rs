@@ -112,6 +112,8 @@ pub struct Client {
     addr: SocketAddr,
     auth: Auth,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// The connection's task: it ends when the connection is closed.
+    connection: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Client {
@@ -121,6 +123,7 @@ impl Client {
             addr,
             auth: Auth::Process,
             sender: None,
+            connection: None,
         }
     }
 
@@ -130,6 +133,7 @@ impl Client {
             addr,
             auth: Auth::Own(token),
             sender: None,
+            connection: None,
         }
     }
 
@@ -162,9 +166,9 @@ impl Client {
             stream.set_nodelay(true)?;
             let (sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(async move {
+            self.connection = Some(tokio::spawn(async move {
                 let _ = conn.await;
-            });
+            }));
             self.sender = Some(sender);
         }
         self.sender.as_mut().ok_or_else(|| anyhow!("no connection"))
@@ -241,6 +245,15 @@ impl Client {
             on_line(String::from_utf8_lossy(&pending).trim_end());
         }
         Ok(status)
+    }
+
+    /// Closes the connection and waits until it is closed on both sides (a request that sent
+    /// `Connection: close` has the worker close it after the reply).
+    pub async fn close(mut self) {
+        self.sender = None;
+        if let Some(connection) = self.connection.take() {
+            let _ = connection.await;
+        }
     }
 
     pub async fn get(&mut self, path: &str) -> Result<Response> {
@@ -448,6 +461,11 @@ pub mod blocking {
                 self.timeout,
                 self.inner.request(method, path, headers, body),
             )
+        }
+
+        /// Closes the connection and waits until it is closed ([`super::Client::close`]).
+        pub fn close(self) {
+            self.runtime.block_on(self.inner.close());
         }
 
         pub fn get(&mut self, path: &str) -> Result<Response> {

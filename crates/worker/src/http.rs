@@ -155,9 +155,10 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (w, builder) = (worker.clone(), builder.clone());
         tokio::spawn(async move {
-            let _admission = admission;
             let state = Arc::new(ConnState::default());
-            let io = hyper_util::rt::TokioIo::new(Guarded::new(stream, state.clone(), limits));
+            let mut guarded = Guarded::new(stream, state.clone(), limits);
+            guarded.admission = Some(admission);
+            let io = hyper_util::rt::TokioIo::new(guarded);
             let metrics = w.metrics.clone();
             let service = hyper::service::service_fn(move |req| {
                 state.request_started();
@@ -251,6 +252,9 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 /// A connection's socket with two deadlines hyper lacks: a request head must be complete
 /// [`Limits::header`] after its first byte, and a write may wait at most [`Limits::write`].
 struct Guarded {
+    /// The connection's place within the caps, given back before the socket closes (so a
+    /// client that saw the close may connect again at once). First field: dropped first.
+    admission: Option<Admission>,
     stream: TcpStream,
     state: Arc<ConnState>,
     limits: Limits,
@@ -263,6 +267,7 @@ struct Guarded {
 impl Guarded {
     fn new(stream: TcpStream, state: Arc<ConnState>, limits: Limits) -> Self {
         Self {
+            admission: None,
             stream,
             state,
             limits,
@@ -371,6 +376,7 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.admission = None;
         let r = Pin::new(&mut self.stream).poll_shutdown(cx);
         self.on_write(cx, r)
     }
