@@ -392,6 +392,18 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The reply written without hyper says what the API's error kind says, and its length.
+    #[test]
+    fn refusal_is_the_too_many_connections_error() {
+        let text = std::str::from_utf8(REFUSED).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let head = format!("{head}\r\n");
+        let kind = kindling_api::ErrorKind::TooManyConnections;
+        assert!(head.starts_with(&format!("HTTP/1.1 {} ", kind.status().as_u16())));
+        assert!(head.contains(&format!("\r\nX-Kindling-Error: {kind}\r\n")));
+        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
+    }
+
     #[test]
     fn caps_connections_per_client_and_in_all() {
         let c = Connections::new(3, 2);
