@@ -389,19 +389,12 @@ fn run_reply(worker: &Worker, invocation: Invocation) -> Reply {
             reply::error(&e)
         }
     };
-    let timing = api::Timing {
-        queue_ms: outcome.timing.queue_ms,
-        sandbox_ms: outcome.timing.sandbox_ms,
-        instance_ms: outcome.timing.instance_ms,
-        handler_ms: outcome.timing.handler_ms,
-        total_ms: outcome.timing.total_ms,
-    };
     let h = reply.headers_mut();
     h.insert(
         headers::START,
         HeaderValue::from_static(outcome.start.as_str()),
     );
-    if let Ok(v) = HeaderValue::from_str(&timing.header()) {
+    if let Ok(v) = HeaderValue::from_str(&outcome.timing.header()) {
         h.insert(headers::TIMING, v);
     }
     if let Some(m) = outcome.memory_bytes {
