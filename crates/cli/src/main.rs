@@ -244,7 +244,7 @@ fn up(args: UpArgs, root: Option<PathBuf>) -> Result<()> {
     if args.examples {
         for (name, files) in examples::EXAMPLES {
             let packed = examples::pack(files)?;
-            let (d, _) = worker.deploy(name, &packed, &|_| ())?;
+            let d = worker.deploy_function(name, &packed, &|_| ())?;
             tracing::info!(function = name, changed = d.changed, "example deployed");
         }
     }

@@ -1,6 +1,10 @@
 //! The route table, its parse functions, and its agreement with `docs/api/openapi.yaml`.
 
+use super::logs::parse_logs_query;
+use super::run::{parse_event, parse_start};
 use super::*;
+use crate::pool::StartPolicy;
+use hyper::body::Bytes;
 use std::collections::BTreeSet;
 
 fn route(method: &str, path: &'static str) -> Result<Route<'static>, NoRoute> {
