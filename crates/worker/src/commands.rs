@@ -216,13 +216,7 @@ impl Worker {
     pub fn status_report(&self, admin: bool) -> api::Status {
         let detail = admin.then(|| api::StatusDetail {
             root: self.config.root.clone(),
-            base: api::BaseInfo {
-                name: self.base.info.name.clone(),
-                python: self.base.info.python.clone(),
-                python_version: self.base.info.python_version.clone(),
-                cache_tag: self.base.info.cache_tag.clone(),
-                platform: self.base.info.platform.clone(),
-            },
+            base: self.base.info.clone(),
             rootfs: self.base.rootfs.clone(),
             storage_dir: self
                 .storage

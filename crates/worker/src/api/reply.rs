@@ -23,19 +23,9 @@ pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 pub(crate) const JSON: &str = "application/json";
 pub(crate) const NDJSON: &str = "application/x-ndjson";
 
-/// Longest piece of a request (a path, a name) echoed in an error message.
-pub(crate) const MAX_ECHO: usize = 256;
-
-/// `text` cut to [`MAX_ECHO`] bytes (on a character boundary), marked when cut.
+/// A piece of a request (a path, a name) as an error message repeats it, bounded.
 pub(crate) fn echo(text: &str) -> String {
-    if text.len() <= MAX_ECHO {
-        return text.to_string();
-    }
-    let mut end = MAX_ECHO;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
+    crate::echo::echo(text).into_owned()
 }
 
 /// A reply with a whole body of the given content type.
@@ -184,8 +174,12 @@ mod tests {
         assert_eq!(echo("/short"), "/short");
         let long = format!("/{}", "é".repeat(300));
         let cut = echo(&long);
-        assert!(cut.len() <= MAX_ECHO + 3, "{}", cut.len());
-        assert!(cut.ends_with("..."));
+        assert!(
+            cut.len() <= crate::echo::MAX_ECHO_BYTES + 32,
+            "{}",
+            cut.len()
+        );
+        assert!(cut.ends_with("(601 bytes in all)"), "{cut}");
     }
 
     /// The statuses the worker's errors had before they were mapped in one place.
