@@ -356,18 +356,7 @@ impl Client {
                 },
             )
             .await?;
-        match last {
-            Some(Ok(DeployLine::Done {
-                outcome: DeployOutcome::Deployed(d),
-                ..
-            })) if status.is_success() => Ok(d),
-            Some(Ok(DeployLine::Done {
-                outcome: DeployOutcome::Failed(f),
-                ..
-            })) => bail!("deploy of {name} failed: {}", f.error),
-            Some(Err(text)) if !status.is_success() => bail!("{status}: {text}"),
-            _ => bail!("{status}: the deploy of {name} ended without an outcome"),
-        }
+        deploy_outcome(name, status, last)
     }
 
     /// `POST /run/<name>` with a JSON event, forcing `start` if given. The reply is the
@@ -385,6 +374,27 @@ impl Client {
             .collect();
         self.request(Method::POST, &format!("/run/{name}"), &headers, event)
             .await
+    }
+}
+
+/// How a streamed deploy ended, from its status and its last line (an outcome, or the text of
+/// a reply that was not streamed, such as a 400 for an invalid name).
+fn deploy_outcome(
+    name: &str,
+    status: StatusCode,
+    last: Option<std::result::Result<DeployLine, String>>,
+) -> Result<types::Deployed> {
+    match last {
+        Some(Ok(DeployLine::Done {
+            outcome: DeployOutcome::Deployed(d),
+            ..
+        })) if status.is_success() => Ok(d),
+        Some(Ok(DeployLine::Done {
+            outcome: DeployOutcome::Failed(f),
+            ..
+        })) => bail!("deploy of {name} failed: {}", f.error),
+        Some(Err(text)) if !status.is_success() => bail!("{status}: {text}"),
+        _ => bail!("{status}: the deploy of {name} ended without an outcome"),
     }
 }
 
@@ -505,5 +515,47 @@ pub mod blocking {
                 self.inner.invoke(name, event, start),
             )
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> Option<std::result::Result<DeployLine, String>> {
+        Some(serde_json::from_str(text).map_err(|_| text.to_string()))
+    }
+
+    #[test]
+    fn deploy_outcomes() {
+        let ok = r#"{"name":"f","hash":"ab","format":"openlambda","changed":true,"packages":[],"installed":[],"store_hits":0,"bytes_added":0,"package_ms":0.0,"status":200}"#;
+        let d = deploy_outcome("f", StatusCode::OK, line(ok)).unwrap();
+        assert!(d.changed);
+        let failed = r#"{"error":"requirements.txt line 1: bad","status":400}"#;
+        let e = deploy_outcome("f", StatusCode::OK, line(failed)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "deploy of f failed: requirements.txt line 1: bad"
+        );
+        let e = deploy_outcome("..", StatusCode::BAD_REQUEST, line("invalid function name"))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "400 Bad Request: invalid function name");
+        assert!(deploy_outcome("f", StatusCode::OK, None).is_err());
+    }
+
+    #[test]
+    fn error_replies_read_back_as_their_kind() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(crate::error::ERROR_HEADER, "busy".parse().unwrap());
+        let r = Response {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers,
+            body: Bytes::from_static(b"queue full\n"),
+        };
+        let e = r.error().unwrap();
+        assert_eq!(e.kind, ErrorKind::Busy);
+        assert_eq!(e.message, "queue full\n");
+        assert_eq!(r.run_info(), types::RunInfo::default());
     }
 }
