@@ -517,6 +517,39 @@ mod tests {
     }
 
     #[test]
+    fn status_with_detail_reads_back() {
+        let s = Status {
+            status: WorkerState::Draining,
+            version: "0.1.0".into(),
+            uptime_secs: 9,
+            detail: Some(StatusDetail {
+                root: "/var/lib/kindling".into(),
+                base: BaseInfo {
+                    name: "debian-python".into(),
+                    python: "/usr/bin/python3".into(),
+                    python_version: "3.11".into(),
+                    cache_tag: "cpython-311".into(),
+                    platform: "linux-x86_64".into(),
+                },
+                rootfs: "/var/lib/kindling/base/debian-python/rootfs".into(),
+                storage_dir: None,
+                cgroups: "v1".into(),
+                freezer: "v2".into(),
+                functions: 1,
+                sandboxes: 2,
+                idle_instances: 1,
+                connections: 3,
+                zygotes: vec![serde_json::json!({"id": "z-1", "pid": 42})],
+            }),
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["status"], "draining");
+        assert_eq!(v["base"]["python"], "/usr/bin/python3");
+        assert_eq!(v["storage_dir"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<Status>(v).unwrap(), s);
+    }
+
+    #[test]
     fn deploy_lines() {
         let p: DeployLine = serde_json::from_str(r#"{"progress":"resolved 3 packages"}"#).unwrap();
         assert_eq!(
