@@ -112,8 +112,8 @@ pub struct Client {
     addr: SocketAddr,
     auth: Auth,
     sender: Option<SendRequest<Full<Bytes>>>,
-    /// The connection's task: it ends when the connection is closed.
-    connection: Option<tokio::task::JoinHandle<()>>,
+    /// The connection's task: it ends when the connection is done, handing back its socket.
+    connection: Option<tokio::task::JoinHandle<Option<tokio::net::TcpStream>>>,
 }
 
 impl Client {
@@ -167,7 +167,10 @@ impl Client {
             let (sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
             self.connection = Some(tokio::spawn(async move {
-                let _ = conn.await;
+                conn.without_shutdown()
+                    .await
+                    .ok()
+                    .map(|parts| parts.io.into_inner())
             }));
             self.sender = Some(sender);
         }
@@ -247,12 +250,23 @@ impl Client {
         Ok(status)
     }
 
-    /// Closes the connection and waits until it is closed on both sides (a request that sent
-    /// `Connection: close` has the worker close it after the reply).
+    /// Closes the connection. After a request that sent `Connection: close`, this waits (up to
+    /// a second) until the worker has closed its side, so that the connection no longer counts
+    /// against the worker's connection caps when the caller's next one comes.
     pub async fn close(mut self) {
         self.sender = None;
-        if let Some(connection) = self.connection.take() {
-            let _ = connection.await;
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        if let Ok(Some(mut stream)) = connection.await {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 256];
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+            }
         }
     }
 
