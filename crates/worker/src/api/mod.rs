@@ -157,7 +157,9 @@ pub async fn handle(
     let authorization = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
     let caller = Caller::identify(&worker.token, authorization);
     if !worker.auth.allows(route.access(), caller) {
-        worker.metrics.add("errors.unauthorized", 1);
+        worker
+            .metrics
+            .add(&api::stats::errors(ErrorKind::Unauthorized), 1);
         return Ok(reply::unauthorized(caller));
     }
     let state = worker.state.get();
