@@ -79,6 +79,8 @@ pub struct Worker {
     pub auth: crate::auth::Policy,
     /// The API's open connections, within their caps.
     pub connections: crate::http::Connections,
+    /// Starting, ready or draining (`/status`).
+    pub state: crate::commands::Lifecycle,
     factory: Arc<Factory>,
 }
 
@@ -259,6 +261,7 @@ impl Worker {
             ),
             token,
             config,
+            state: Default::default(),
             factory,
         }))
     }

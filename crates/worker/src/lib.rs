@@ -6,6 +6,7 @@ pub mod archive;
 pub mod auth;
 pub mod base;
 pub mod bounds;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod echo;

@@ -29,25 +29,8 @@ pub enum StartPolicy {
     Cold,
 }
 
-/// Milliseconds spent in each phase of an invocation.
-#[derive(Debug, Clone, Default)]
-pub struct Timing {
-    pub queue_ms: f64,
-    pub sandbox_ms: f64,
-    pub instance_ms: f64,
-    pub handler_ms: f64,
-    pub total_ms: f64,
-}
-
-impl Timing {
-    /// The `X-Kindling-Timing` header value.
-    pub fn header(&self) -> String {
-        format!(
-            "queue={:.3};sandbox={:.3};instance={:.3};handler={:.3};total={:.3}",
-            self.queue_ms, self.sandbox_ms, self.instance_ms, self.handler_ms, self.total_ms
-        )
-    }
-}
+/// Milliseconds spent in each phase of an invocation (`X-Kindling-Timing`).
+pub use kindling_api::Timing;
 
 /// An invocation that reached an instance.
 #[derive(Debug)]
