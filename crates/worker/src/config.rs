@@ -142,9 +142,18 @@
 //! after a crash). It turns IPv4 forwarding on then (`net.ipv4.ip_forward = 1`, machine-wide: the
 //! host then routes between all its interfaces) and leaves it on.
 
+use crate::archive::ArchiveLimits;
+use crate::bounds::{Bounds, Limits};
+use crate::logs::LogConfig;
+use crate::network::NetworkConfig;
+use crate::packages::{InstallerLimits, InstallerSettings};
+use crate::pool::PoolConfig;
+use crate::storage::StorageConfig;
+use crate::zygote::ZygoteConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Largest `max_memory_mb` (4 TiB): its byte count stays far inside a u64.
 pub const MAX_MEMORY_MB: u64 = 4 << 20;
@@ -198,10 +207,10 @@ pub struct Config {
     pub max_pids: u64,
     pub allow_network: bool,
     pub defaults: Limits,
-    pub archive: ArchiveConfig,
+    pub archive: ArchiveLimits,
     pub uv: Option<PathBuf>,
     pub allow_unsafe_requirements: bool,
-    pub installer_limits: crate::packages::InstallerLimits,
+    pub installer_limits: InstallerLimits,
     pub zygotes: ZygoteConfig,
     pub storage: StorageConfig,
     pub installer_uid: u32,
@@ -242,128 +251,9 @@ impl Default for HttpConfig {
     }
 }
 
-/// Networked sandboxes (`[network]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NetworkConfig {
-    pub pool: String,
-    pub nameservers: Vec<std::net::Ipv4Addr>,
-}
-
-impl Default for NetworkConfig {
-    fn default() -> Self {
-        Self {
-            pool: "10.231.0.0/16".into(),
-            nameservers: Vec::new(),
-        }
-    }
-}
-
-/// Object storage for functions (`[storage]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StorageConfig {
-    pub enabled: bool,
-    pub dir: Option<PathBuf>,
-    pub max_object_bytes: u64,
-    pub max_function_bytes: u64,
-    pub max_total_bytes: u64,
-    pub max_connections: usize,
-    pub max_connections_per_function: usize,
-    pub grants: Vec<crate::storage::Grant>,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            dir: None,
-            max_object_bytes: 256 * 1024 * 1024,
-            max_function_bytes: 1024 * 1024 * 1024,
-            max_total_bytes: 16 * 1024 * 1024 * 1024,
-            max_connections: 256,
-            max_connections_per_function: 16,
-            grants: Vec::new(),
-        }
-    }
-}
-
-/// Function logs (`[logs]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    pub dir: Option<PathBuf>,
-    pub max_file_bytes: u64,
-    pub max_files: usize,
-    pub max_line_bytes: usize,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            dir: None,
-            max_file_bytes: 8 * 1024 * 1024,
-            max_files: 2,
-            max_line_bytes: 8192,
-        }
-    }
-}
-
-/// Zygote settings (`[zygotes]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ZygoteConfig {
-    pub enabled: bool,
-    pub auto: bool,
-    pub tree: Vec<Vec<String>>,
-    pub memory_mb: u64,
-    pub idle_pause_secs: u64,
-    pub min_available_mb: u64,
-    pub sandbox_pool: usize,
-    pub seeds: usize,
-}
-
-impl Default for ZygoteConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            auto: true,
-            tree: vec![
-                vec!["numpy".into()],
-                vec!["numpy".into(), "pandas".into()],
-                vec!["requests".into()],
-            ],
-            memory_mb: 2048,
-            idle_pause_secs: 60,
-            min_available_mb: 1024,
-            sandbox_pool: 4,
-            seeds: 1,
-        }
-    }
-}
-
-/// Per-function limits (worker-wide defaults; functions may override memory, timeout, network).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    pub memory_mb: u64,
-    pub timeout_secs: f64,
-    pub cpu_cores: f64,
-    pub pids: u64,
-    pub tmp_mb: u64,
-    pub network: bool,
-}
-
-/// Limits on uploaded archives.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ArchiveConfig {
-    pub max_unpacked_bytes: u64,
-    pub max_entries: u64,
-}
-
 impl Default for Config {
     fn default() -> Self {
+        let bounds = Bounds::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             root: PathBuf::from("/var/lib/kindling"),
@@ -384,12 +274,12 @@ impl Default for Config {
             zygote_uid: 2_100_000_000,
             zygote_gid: 2_100_000_000,
             max_open_files: 1024,
-            max_memory_mb: 2048,
-            max_timeout_secs: 900.0,
-            max_pids: 1024,
-            allow_network: false,
+            max_memory_mb: bounds.max_memory_mb,
+            max_timeout_secs: bounds.max_timeout_secs,
+            max_pids: bounds.max_pids,
+            allow_network: bounds.allow_network,
             defaults: Limits::default(),
-            archive: ArchiveConfig::default(),
+            archive: ArchiveLimits::default(),
             uv: None,
             allow_unsafe_requirements: false,
             installer_limits: Default::default(),
@@ -406,28 +296,6 @@ impl Default for Config {
             admin_group: None,
             run_requires_token: false,
             http: HttpConfig::default(),
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            memory_mb: 256,
-            timeout_secs: 30.0,
-            cpu_cores: 1.0,
-            pids: 64,
-            tmp_mb: 64,
-            network: false,
-        }
-    }
-}
-
-impl Default for ArchiveConfig {
-    fn default() -> Self {
-        Self {
-            max_unpacked_bytes: 256 * 1024 * 1024,
-            max_entries: 100_000,
         }
     }
 }
@@ -599,6 +467,41 @@ impl Config {
                 .map(|d| d.join("uv"))
                 .find(|p| is_elf(p))
         })
+    }
+
+    /// The operator's bounds on tenant settings.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            max_memory_mb: self.max_memory_mb,
+            max_timeout_secs: self.max_timeout_secs,
+            max_pids: self.max_pids,
+            allow_network: self.allow_network,
+        }
+    }
+
+    /// Who installer jobs run as and where they fetch from.
+    pub fn installer_settings(&self) -> InstallerSettings {
+        InstallerSettings {
+            installer_uid: self.installer_uid,
+            installer_gid: self.installer_gid,
+            build_uid: self.build_uid,
+            build_gid: self.build_gid,
+            index_url: self.package_index.clone(),
+            proxy: self.package_proxy.clone(),
+        }
+    }
+
+    /// The pool's limits.
+    pub fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            keep_alive: Duration::from_secs(self.keep_alive_secs),
+            freeze_idle_after: self
+                .freeze_idle
+                .then(|| Duration::from_millis(self.freeze_idle_after_ms)),
+            max_instances_per_function: self.max_instances_per_function,
+            max_queue_per_function: self.max_queue_per_function,
+            max_sandboxes: self.max_sandboxes,
+        }
     }
 
     /// Directory of the object storage's directory backend.

@@ -24,6 +24,7 @@
 //! instance's output as background again.
 
 use kindling_sandbox::stdio::OutputPipes;
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -54,6 +55,27 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Most bytes one step of a follower returns.
 const FOLLOW_CHUNK: usize = 64 * 1024;
 
+/// Function logs (`[logs]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub dir: Option<PathBuf>,
+    pub max_file_bytes: u64,
+    pub max_files: usize,
+    pub max_line_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_file_bytes: 8 * 1024 * 1024,
+            max_files: 2,
+            max_line_bytes: 8192,
+        }
+    }
+}
+
 /// Bounds of the logs (`[logs]` in the config).
 #[derive(Debug, Clone, Copy)]
 pub struct LogLimits {
@@ -63,7 +85,7 @@ pub struct LogLimits {
 }
 
 impl LogLimits {
-    pub fn of(config: &crate::config::LogConfig) -> Self {
+    pub fn of(config: &LogConfig) -> Self {
         Self {
             max_file_bytes: config.max_file_bytes,
             max_files: config.max_files,

@@ -6,8 +6,8 @@
 //! systemd-resolved's 127.0.0.53 is replaced by the upstream servers it lists), unless the
 //! operator names them.
 
-use crate::config::Config;
 use kindling_sandbox::net::{NetError, Network, Pool};
+use serde::Deserialize;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,16 +23,38 @@ pub struct Networking {
     pub resolv_conf: Option<PathBuf>,
 }
 
+/// Networked sandboxes (`[network]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub pool: String,
+    pub nameservers: Vec<std::net::Ipv4Addr>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            pool: "10.231.0.0/16".into(),
+            nameservers: Vec::new(),
+        }
+    }
+}
+
 /// Prepares networked sandboxes: cleans up after a crashed predecessor and writes
 /// `<root>/network/resolv.conf`.
-pub fn start(config: &Config, root: &Path, rootfs: &Path) -> Result<Networking, NetError> {
-    let pool: Pool = config.network.pool.parse()?;
-    let network = Arc::new(Network::open(&config.cgroup_parent, pool)?);
+pub fn start(
+    config: &NetworkConfig,
+    cgroup_parent: &str,
+    root: &Path,
+    rootfs: &Path,
+) -> Result<Networking, NetError> {
+    let pool: Pool = config.pool.parse()?;
+    let network = Arc::new(Network::open(cgroup_parent, pool)?);
     let target = rootfs.join("etc/resolv.conf");
     let resolv_conf = if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
         let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let upstream = std::fs::read_to_string(RESOLVED_UPSTREAM).ok();
-        let text = resolv_conf(&host, upstream.as_deref(), &config.network.nameservers);
+        let text = resolv_conf(&host, upstream.as_deref(), &config.nameservers);
         if !text.contains("nameserver") {
             tracing::warn!(
                 "the host has no IPv4 nameserver that networked sandboxes can reach; set \

@@ -5,9 +5,10 @@
 //! used first). Idle instances are frozen (their cgroup's freezer) shortly after their reply and
 //! thawed when taken, so that processes they left running get no CPU while nobody pays for it.
 
-use crate::instance::{Factory, FunctionLimits, Instance, InvokeError, Reply, StartError};
+use crate::instance::{Instance, Instances, InvokeError, Reply};
 use crate::metrics::Metrics;
 use crate::registry::FunctionVersion;
+use crate::sandboxes::{FunctionLimits, StartError};
 use crate::zygote::{ForkError, Forked, Zygotes};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -94,7 +95,7 @@ struct FunctionPool {
 
 /// Instances of every function.
 pub struct Pool {
-    factory: Arc<Factory>,
+    instances: Arc<Instances>,
     zygotes: Arc<Zygotes>,
     config: PoolConfig,
     metrics: Arc<Metrics>,
@@ -109,13 +110,13 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(
-        factory: Arc<Factory>,
+        instances: Arc<Instances>,
         zygotes: Arc<Zygotes>,
         config: PoolConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            factory,
+            instances,
             zygotes,
             config,
             metrics,
@@ -203,9 +204,9 @@ impl Pool {
                 let made = match forked {
                     Some((i, f)) => Ok((i, StartMethod::Fork, Some(f))),
                     None => {
-                        let factory = self.factory.clone();
+                        let instances = self.instances.clone();
                         let (f, l) = (function.clone(), limits.clone());
-                        tokio::task::spawn_blocking(move || factory.cold_start(&f, &l))
+                        tokio::task::spawn_blocking(move || instances.cold_start(&f, &l))
                             .await
                             .map_err(|e| StartError::Io(std::io::Error::other(e)))
                             .and_then(|r| r)

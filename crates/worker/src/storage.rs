@@ -49,12 +49,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Directory of the worker root holding the socket.
-pub const SOCKET_DIR: &str = "storage-socket";
-/// The socket's file name.
-pub const SOCKET_NAME: &str = "storage.sock";
 /// Where the socket appears in function sandboxes.
-pub const SANDBOX_SOCKET: &str = "/kindling/storage-socket/storage.sock";
+pub use crate::layout::STORAGE_SOCKET as SANDBOX_SOCKET;
+/// Directory of the worker root holding the socket.
+pub use crate::layout::STORAGE_SOCKET_DIR as SOCKET_DIR;
+/// The socket's file name.
+pub use crate::layout::STORAGE_SOCKET_NAME as SOCKET_NAME;
 
 /// Longest key (S3's limit).
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -819,6 +819,35 @@ fn error_reply(e: &StorageError) -> serde_json::Value {
     serde_json::json!({"ok": false, "kind": e.kind(), "error": e.client_message()})
 }
 
+/// Object storage for functions (`[storage]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub enabled: bool,
+    pub dir: Option<PathBuf>,
+    pub max_object_bytes: u64,
+    pub max_function_bytes: u64,
+    pub max_total_bytes: u64,
+    pub max_connections: usize,
+    pub max_connections_per_function: usize,
+    pub grants: Vec<Grant>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            max_object_bytes: 256 * 1024 * 1024,
+            max_function_bytes: 1024 * 1024 * 1024,
+            max_total_bytes: 16 * 1024 * 1024 * 1024,
+            max_connections: 256,
+            max_connections_per_function: 16,
+            grants: Vec::new(),
+        }
+    }
+}
+
 /// Settings of the storage service.
 #[derive(Debug, Clone)]
 pub struct ServicePolicy {
@@ -832,7 +861,7 @@ pub struct ServicePolicy {
 
 impl ServicePolicy {
     /// The policy `[storage]` sets.
-    pub fn of(config: &crate::config::StorageConfig) -> Self {
+    pub fn of(config: &StorageConfig) -> Self {
         Self {
             max_object_bytes: config.max_object_bytes,
             max_function_bytes: config.max_function_bytes,
@@ -1161,7 +1190,7 @@ impl Drop for StorageService {
 /// socket in `<root>/storage-socket`, serving the functions `callers` names. None when storage
 /// is disabled.
 pub fn start_configured(
-    config: &crate::config::StorageConfig,
+    config: &StorageConfig,
     storage_dir: &Path,
     root: &Path,
     callers: Arc<dyn Callers>,

@@ -20,15 +20,17 @@
 //! function takes it: then only the function's limits, code and environment are applied on the
 //! request path.
 
-use crate::config::ZygoteConfig;
-use crate::instance::{
-    Factory, FunctionLimits, Instance, Nesting, SandboxHandle, SharedSandbox, StartError,
-};
-use crate::packages::Lock;
+use crate::instance::{Instance, Instances};
+use crate::layout;
+use crate::lock::Lock;
 use crate::registry::FunctionVersion;
+use crate::sandboxes::{
+    FunctionLimits, Nesting, SandboxHandle, Sandboxes, SharedSandbox, StartError,
+};
 use kindling_sandbox::cgroup::Limits as CgroupLimits;
 use kindling_sandbox::spec::{InstanceSpec, MountSpec, Privilege};
 use kindling_sandbox::sys::{self, SocketKind};
+use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -49,6 +51,39 @@ const LEARN_FROM: usize = 4;
 const MAX_WRITE_AHEAD_PAGES: usize = 8192;
 /// A refill waits this long first, so that it does not compete with the response it follows.
 const REFILL_DELAY: Duration = Duration::from_millis(2);
+
+/// Zygote settings (`[zygotes]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZygoteConfig {
+    pub enabled: bool,
+    pub auto: bool,
+    pub tree: Vec<Vec<String>>,
+    pub memory_mb: u64,
+    pub idle_pause_secs: u64,
+    pub min_available_mb: u64,
+    pub sandbox_pool: usize,
+    pub seeds: usize,
+}
+
+impl Default for ZygoteConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            auto: true,
+            tree: vec![
+                vec!["numpy".into()],
+                vec!["numpy".into(), "pandas".into()],
+                vec!["requests".into()],
+            ],
+            memory_mb: 2048,
+            idle_pause_secs: 60,
+            min_available_mb: 1024,
+            sandbox_pool: 4,
+            seeds: 1,
+        }
+    }
+}
 
 /// Why a fork start did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -259,7 +294,7 @@ fn read_frame_after(
 
 /// Every zygote of the worker.
 pub struct Zygotes {
-    factory: Arc<Factory>,
+    instances: Arc<Instances>,
     pub config: ZygoteConfig,
     nodes: Mutex<HashMap<PackageSet, Arc<Zygote>>>,
     /// Serializes creation so concurrent first uses create a zygote once.
@@ -287,7 +322,7 @@ pub struct Zygotes {
 
 impl Zygotes {
     pub fn new(
-        factory: Arc<Factory>,
+        instances: Arc<Instances>,
         config: ZygoteConfig,
         uid: u32,
         gid: u32,
@@ -299,7 +334,7 @@ impl Zygotes {
             .map(|b| format!("{b:02x}"))
             .collect();
         Self {
-            factory,
+            instances,
             config,
             nodes: Mutex::new(HashMap::new()),
             creating: Mutex::new(()),
@@ -324,10 +359,7 @@ impl Zygotes {
         let names: BTreeSet<&str> = lock.packages.iter().map(|p| p.name.as_str()).collect();
         let mut sets = vec![PackageSet::new()];
         for entry in &self.config.tree {
-            let normalized: Vec<String> = entry
-                .iter()
-                .map(|n| crate::packages::normalize(n))
-                .collect();
+            let normalized: Vec<String> = entry.iter().map(|n| crate::lock::normalize(n)).collect();
             if !normalized.is_empty() && normalized.iter().all(|n| names.contains(n.as_str())) {
                 sets.push(lock.closure_of(&normalized));
             }
@@ -425,24 +457,12 @@ impl Zygotes {
 
     /// The mounts of a zygote's sandbox: runtime, its packages, /tmp, /proc, /dev.
     fn mounts(&self, set: &PackageSet) -> Vec<MountSpec> {
-        vec![
-            MountSpec::Bind {
-                source: self.factory.runtime_dir.clone(),
-                target: "/kindling".into(),
-                writable: false,
-            },
-            self.factory.packages_mount(set.iter().cloned()),
-            MountSpec::Tmpfs {
-                target: "/tmp".into(),
-                size_bytes: 16 << 20,
-            },
-            MountSpec::Proc {
-                target: "/proc".into(),
-            },
-            MountSpec::Dev {
-                target: "/dev".into(),
-            },
-        ]
+        let mut mounts = vec![
+            self.instances.runtime_mount(),
+            self.instances.packages_mount(set.iter().cloned()),
+        ];
+        mounts.extend(Sandboxes::base_mounts(16 << 20));
+        mounts
     }
 
     fn cgroup_limits(&self) -> CgroupLimits {
@@ -462,15 +482,15 @@ impl Zygotes {
         parent: Option<Arc<Zygote>>,
         imports: &[String],
     ) -> Result<Zygote, ForkError> {
-        let id = format!("zy-{}", self.factory.next_id());
-        let paths: Vec<String> = set.iter().map(|k| format!("/packages/{k}/files")).collect();
+        let id = format!("zy-{}", self.instances.sandboxes.next_id());
+        let paths: Vec<String> = set.iter().map(|k| layout::package_files(k)).collect();
         let inherited = parent
             .as_ref()
             .map(|p| p.packages.clone())
             .unwrap_or_default();
         let modules: Vec<String> = set
             .difference(&inherited)
-            .flat_map(|k| top_level_modules(&self.factory.packages_dir.join(k).join("files")))
+            .flat_map(|k| top_level_modules(&self.instances.packages_dir.join(k).join("files")))
             .collect();
         let mut imports = imports.to_vec();
         if let Some(ws) = self
@@ -484,19 +504,20 @@ impl Zygotes {
         let submodules = submodules_of(&imports, &self.top_level_of(set));
         let sites: Vec<String> = set
             .iter()
-            .filter(|k| has_pth(&self.factory.packages_dir.join(k).join("files")))
-            .map(|k| format!("/packages/{k}/files"))
+            .filter(|k| has_pth(&self.instances.packages_dir.join(k).join("files")))
+            .map(|k| layout::package_files(k))
             .collect();
         let (sandbox, channel, pid) = match &parent {
             None => {
                 let spec = InstanceSpec {
-                    argv: vec![
-                        self.factory.python.clone(),
-                        "-S".into(),
-                        "-E".into(),
-                        "-c".into(),
-                        "import sys; sys.path.insert(0, '/kindling'); import kindling_runtime; kindling_runtime.zygote_main()".into(),
-                    ],
+                    argv: [
+                        self.instances.sandboxes.interpreter(),
+                        vec![
+                            "-c".into(),
+                            format!("{}; kindling_runtime.zygote_main()", layout::RUNTIME_IMPORT),
+                        ],
+                    ]
+                    .concat(),
                     env: zygote_env(&paths, &sites, &modules),
                     cwd: "/".into(),
                     // The root of the zygote's own user namespace.
@@ -504,10 +525,10 @@ impl Zygotes {
                     gid: 0,
                     max_open_files: self.max_open_files,
                     stdio_to_socket: false,
-                    output_pipes: self.factory.logs_instances(),
+                    output_pipes: self.instances.logs_instances(),
                     privilege: Privilege::Zygote,
                 };
-                let (mut sandbox, sock) = self.factory.create_sandbox(
+                let (mut sandbox, sock) = self.instances.sandboxes.create_sandbox(
                     &id,
                     self.mounts(set),
                     false,
@@ -533,7 +554,7 @@ impl Zygotes {
                                 sandbox.setup_error().unwrap_or_default()
                             ))
                         })?;
-                        let output = self.factory.collect_zygote_output(&id, output)?;
+                        let output = self.instances.collect_zygote_output(&id, output)?;
                         Ok((chan, ready, pid, output))
                     });
                 match started {
@@ -545,7 +566,7 @@ impl Zygotes {
                 }
             }
             Some(p) => {
-                let (mut sandbox, _) = self.factory.create_sandbox(
+                let (mut sandbox, _) = self.instances.sandboxes.create_sandbox(
                     &id,
                     self.mounts(set),
                     false,
@@ -670,10 +691,10 @@ impl Zygotes {
         let (id, sandbox, clean) = match pooled {
             Some((id, sandbox)) => (id, sandbox, true),
             None => {
-                let id = self.factory.next_id();
-                let (mut sandbox, _) = self.factory.create_sandbox(
+                let id = self.instances.sandboxes.next_id();
+                let (mut sandbox, _) = self.instances.sandboxes.create_sandbox(
                     &id,
-                    self.factory.function_mounts(function, limits),
+                    self.instances.function_mounts(function, limits),
                     limits.network,
                     Nesting::Within(&zygote.sandbox),
                     &limits.cgroup(),
@@ -778,7 +799,7 @@ impl Zygotes {
     /// The top-level modules of the packages of `set`.
     fn top_level_of(&self, set: &PackageSet) -> BTreeSet<String> {
         set.iter()
-            .flat_map(|k| top_level_modules(&self.factory.packages_dir.join(k).join("files")))
+            .flat_map(|k| top_level_modules(&self.instances.packages_dir.join(k).join("files")))
             .collect()
     }
 
@@ -845,16 +866,16 @@ impl Zygotes {
         limits: &FunctionLimits,
         clean: bool,
     ) -> Result<(Instance, i32), ForkError> {
-        let assignment = self.factory.assign(&seed.id, function);
+        let assignment = self.instances.assign(&seed.id, function);
         let result = (|| {
             if clean {
                 seed.sandbox.set_limits(&limits.cgroup())?;
-                seed.sandbox.attach(&function.dir, "/handler", false)?;
+                seed.sandbox.attach(&function.dir, layout::HANDLER, false)?;
                 for key in function.lock.packages.iter().map(|p| p.key()) {
                     if !set.contains(&key) {
                         seed.sandbox.attach(
-                            &self.factory.packages_dir.join(&key),
-                            &format!("{}/{key}", crate::runtime::SANDBOX_PACKAGES),
+                            &self.instances.packages_dir.join(&key),
+                            &layout::package_dir(&key),
                             true,
                         )?;
                     }
@@ -864,7 +885,7 @@ impl Zygotes {
                 seed.wait_ready()?;
             }
             let env: serde_json::Map<String, serde_json::Value> = self
-                .factory
+                .instances
                 .instance_env(function, &seed.id)
                 .into_iter()
                 .map(|(k, v)| (k, serde_json::Value::String(v)))
@@ -872,7 +893,7 @@ impl Zygotes {
             let body = serde_json::to_vec(&env).map_err(std::io::Error::other)?;
             let mut frame = (body.len() as u32).to_be_bytes().to_vec();
             frame.extend_from_slice(&body);
-            let pipes = if self.factory.logs_instances() {
+            let pipes = if self.instances.logs_instances() {
                 let (read, write) = kindling_sandbox::stdio::OutputPipes::new()?;
                 let fds = [write.stdout.as_raw_fd(), write.stderr.as_raw_fd()];
                 sys::send_with_fds(seed.channel.as_raw_fd(), &frame[..4], &fds)?;
@@ -884,7 +905,7 @@ impl Zygotes {
                 None
             };
             seed.channel.write_all(&frame[4..])?;
-            Ok::<_, ForkError>(self.factory.collect_output(function, &seed.id, pipes)?)
+            Ok::<_, ForkError>(self.instances.collect_output(function, &seed.id, pipes)?)
         })();
         match result {
             Ok(output) => {
@@ -1069,8 +1090,8 @@ impl Zygotes {
     /// A clean sandbox within `zygote`'s namespaces: a function's mounts with the zygote's
     /// packages and without its code, its root complete.
     fn create_clean(&self, zygote: &Zygote) -> Result<(String, SandboxHandle), ForkError> {
-        let id = self.factory.next_id();
-        let (mut sandbox, _) = self.factory.create_sandbox(
+        let id = self.instances.sandboxes.next_id();
+        let (mut sandbox, _) = self.instances.sandboxes.create_sandbox(
             &id,
             self.pool_mounts(&zygote.packages),
             false,
@@ -1097,7 +1118,7 @@ impl Zygotes {
             }
         }
         // Function sandboxes reach object storage (see Factory::function_mounts).
-        mounts.extend(self.factory.storage_mount());
+        mounts.extend(self.instances.storage_mount());
         mounts
     }
 
@@ -1264,8 +1285,8 @@ fn submodules_of(imports: &[String], tops: &BTreeSet<String>) -> Vec<String> {
 
 fn zygote_env(paths: &[String], sites: &[String], modules: &[String]) -> Vec<(String, String)> {
     [
-        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_string()),
-        ("HOME", "/tmp".to_string()),
+        ("PATH", layout::PATH.to_string()),
+        ("HOME", layout::TMP.to_string()),
         ("LANG", "C.UTF-8".to_string()),
         ("KINDLING_PATH", paths.join(":")),
         ("KINDLING_SITE", sites.join(":")),
