@@ -139,7 +139,7 @@ fn through_socket<T>(
 /// The zygote protocol's frame reader (length-prefixed JSON).
 pub fn zygote_frame(data: &[u8]) {
     through_socket(data, |s| {
-        if let Err(e) = crate::zygote::read_frame(s, Duration::from_secs(1)) {
+        if let Err(e) = crate::zygote::read_reply(s, Duration::from_secs(1), None) {
             bounded("zygote frame", &e.to_string());
         }
     });

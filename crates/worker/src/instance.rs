@@ -7,6 +7,7 @@
 //! running the runtime. The first request is written at once; the kernel buffers it until the
 //! interpreter has loaded the function and reads it.
 
+use crate::frame::{self, FrameError};
 use crate::layout;
 use crate::logs::{InstanceOutput, Logs};
 use crate::registry::FunctionVersion;
@@ -19,7 +20,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 /// Largest response an instance may send.
@@ -396,26 +397,18 @@ impl Instance {
         request_id: &str,
         event: &[u8],
     ) -> std::io::Result<Result<Reply, InvokeError>> {
-        let len = (request_id.len() + 1 + event.len()) as u32;
-        let mut frame = Vec::with_capacity(len as usize + 4);
-        frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(request_id.as_bytes());
-        frame.push(b'\n');
-        frame.extend_from_slice(event);
-        self.stream.write_all(&frame).await?;
+        let request = frame::encode_parts(&[request_id.as_bytes(), b"\n", event])?;
+        self.stream.write_all(&request).await?;
         loop {
-            let mut head = [0u8; 4];
-            self.stream.read_exact(&mut head).await?;
-            let n = u32::from_be_bytes(head) as usize;
-            if n > MAX_RESPONSE {
-                return Ok(Err(InvokeError::Protocol));
-            }
-            let mut payload = vec![0u8; n];
-            self.stream.read_exact(&mut payload).await?;
+            let payload = match frame::read_async(&mut self.stream, MAX_RESPONSE).await {
+                Ok(p) => p,
+                Err(FrameError::TooLarge { .. }) => return Ok(Err(InvokeError::Protocol)),
+                Err(FrameError::Io(e)) => return Err(e),
+            };
             // A forked instance reports, once, before its first reply, the modules it imported
             // beyond its zygote's (see `Zygotes::learn`).
             if let Some(list) = payload.strip_prefix(MODULES_FRAME) {
-                if self.loaded_modules.is_some() || n > MAX_MODULES_FRAME {
+                if self.loaded_modules.is_some() || payload.len() > MAX_MODULES_FRAME {
                     return Ok(Err(InvokeError::Protocol));
                 }
                 let modules: Vec<String> = serde_json::from_slice(list).unwrap_or_default();

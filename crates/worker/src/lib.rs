@@ -9,6 +9,7 @@ pub mod bounds;
 pub mod config;
 pub mod daemon;
 pub mod echo;
+pub mod frame;
 pub mod function_config;
 #[doc(hidden)]
 pub mod fuzz;
@@ -25,6 +26,7 @@ pub mod pool;
 pub mod registry;
 pub mod runtime;
 pub mod sandboxes;
+pub mod spares;
 pub mod storage;
 pub mod tenants;
 pub mod zygote;

@@ -36,6 +36,7 @@
 
 pub mod quota;
 
+use crate::frame::FrameError;
 use crate::tenants::{Callers, Refused};
 use quota::{charge, Exceeded, Quotas, BLOCK};
 use serde::Deserialize;
@@ -792,27 +793,20 @@ pub(crate) fn parse_request(raw: &[u8]) -> Result<Request, StorageError> {
 /// Reads one request frame, without a blocking thread: a connection that sends nothing costs
 /// the worker a descriptor and a little memory, until [`HEADER_TIMEOUT`].
 async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, StorageError> {
-    use tokio::io::AsyncReadExt;
-    let unreadable = |e: io::Error| StorageError::Protocol(format!("cannot read the request: {e}"));
-    let mut head = [0u8; 4];
-    stream.read_exact(&mut head).await.map_err(unreadable)?;
-    let n = u32::from_be_bytes(head) as usize;
-    if n > MAX_HEADER_BYTES {
-        return Err(StorageError::Protocol(format!(
-            "request header of {n} bytes is larger than {MAX_HEADER_BYTES}"
-        )));
-    }
-    let mut raw = vec![0u8; n];
-    stream.read_exact(&mut raw).await.map_err(unreadable)?;
+    let raw = crate::frame::read_async(stream, MAX_HEADER_BYTES)
+        .await
+        .map_err(|e| match e {
+            FrameError::TooLarge { len, max } => StorageError::Protocol(format!(
+                "request header of {len} bytes is larger than {max}"
+            )),
+            FrameError::Io(e) => StorageError::Protocol(format!("cannot read the request: {e}")),
+        })?;
     parse_request(&raw)
 }
 
-fn frame(value: &serde_json::Value) -> Vec<u8> {
-    let body = value.to_string().into_bytes();
-    let mut frame = Vec::with_capacity(body.len() + 4);
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
-    frame
+/// A reply header as a frame.
+fn frame(value: &serde_json::Value) -> io::Result<Vec<u8>> {
+    crate::frame::encode(value.to_string().as_bytes())
 }
 
 fn error_reply(e: &StorageError) -> serde_json::Value {
@@ -994,15 +988,17 @@ impl Server {
         let sent = match self.dispatch(&mut stream, function, request) {
             Ok(Reply::Header(v)) => {
                 drop(slot);
-                stream.write_all(&frame(&v))
+                frame(&v).and_then(|f| stream.write_all(&f))
             }
-            Ok(Reply::Object(size, mut data)) => stream
-                .write_all(&frame(&serde_json::json!({"ok": true, "size": size})))
-                .and_then(|()| {
-                    // An object that shrank meanwhile ends the connection early; the client
-                    // reports the short read.
-                    io::copy(&mut data, &mut stream).map(|_| ())
-                }),
+            Ok(Reply::Object(size, mut data)) => {
+                frame(&serde_json::json!({"ok": true, "size": size}))
+                    .and_then(|f| stream.write_all(&f))
+                    .and_then(|()| {
+                        // An object that shrank meanwhile ends the connection early; the client
+                        // reports the short read.
+                        io::copy(&mut data, &mut stream).map(|_| ())
+                    })
+            }
             Err(e) => {
                 drop(slot);
                 match &e {
@@ -1011,7 +1007,7 @@ impl Server {
                     }
                     _ => tracing::debug!(function, "storage call refused: {e}"),
                 }
-                stream.write_all(&frame(&error_reply(&e)))
+                frame(&error_reply(&e)).and_then(|f| stream.write_all(&f))
             }
         };
         if let Err(e) = sent {
@@ -1057,7 +1053,9 @@ async fn connection(server: Arc<Server>, mut stream: tokio::net::UnixStream) {
 /// Answers a connection that will not be served with its error, at once.
 async fn refuse(mut stream: tokio::net::UnixStream, e: &StorageError) {
     use tokio::io::AsyncWriteExt;
-    let reply = frame(&error_reply(e));
+    let Ok(reply) = frame(&error_reply(e)) else {
+        return;
+    };
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply)).await;
 }
 

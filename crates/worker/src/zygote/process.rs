@@ -1,0 +1,284 @@
+//! One zygote process, and the typed messages of its socket: requests (fork a zygote or an
+//! instance, import modules) and replies, JSON in length-prefixed frames ([`crate::frame`]).
+//! The Python side is `zygote_main`/`_zygote_loop` in `runtime/kindling_runtime.py`.
+
+use super::{ForkError, PackageSet, FORK_TIMEOUT};
+use crate::frame;
+use crate::sandboxes::SharedSandbox;
+use kindling_sandbox::sys;
+use serde::{Deserialize, Serialize};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Largest reply a zygote may send.
+const MAX_REPLY_BYTES: usize = 1 << 20;
+
+/// A request to a zygote; descriptors travel with its first bytes.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub(crate) enum Request<'a> {
+    /// Fork a child into the sandbox whose namespaces and cgroup come as descriptors.
+    Fork(Fork<'a>),
+    /// Import these submodules of the zygote's packages (learned from its instances).
+    Import { modules: &'a [String] },
+}
+
+/// What a forked child becomes.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub(crate) enum Fork<'a> {
+    /// A child zygote, which adds `paths` to `sys.path` and imports `modules`.
+    Zygote {
+        sandbox: &'a str,
+        paths: &'a [String],
+        sites: &'a [String],
+        modules: &'a [String],
+        submodules: &'a [String],
+    },
+    /// An instance-to-be, which drops every privilege and waits for its function.
+    Instance {
+        sandbox: &'a str,
+        uid: u32,
+        gid: u32,
+        nofile: u64,
+        /// The seccomp filter's code, hex.
+        seccomp: &'a str,
+        /// Page runs (`[address, pages]`) to write ahead of need.
+        write_ahead: &'a [(u64, u64)],
+    },
+}
+
+/// A zygote's reply.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(try_from = "WireReply")]
+pub(crate) enum Reply {
+    /// Its first frame: it imported its packages (but `failed`).
+    Ready { pid: i32, failed: Vec<String> },
+    /// A child was forked (its pid in the sandbox's pid namespace).
+    Forked { pid: i32 },
+    /// A request without a result was carried out.
+    Done,
+    /// A request failed.
+    Failed { error: String },
+}
+
+/// A reply as the zygote writes it: `ok`, then whichever fields its kind has.
+#[derive(Deserialize)]
+struct WireReply {
+    ok: bool,
+    #[serde(default)]
+    ready: bool,
+    pid: Option<i32>,
+    #[serde(default)]
+    failed: Vec<String>,
+    error: Option<String>,
+}
+
+impl TryFrom<WireReply> for Reply {
+    type Error = String;
+
+    fn try_from(w: WireReply) -> Result<Self, String> {
+        match (w.ok, w.ready, w.pid) {
+            (false, _, _) => Ok(Reply::Failed {
+                error: w.error.unwrap_or_else(|| "unknown error".into()),
+            }),
+            (true, true, Some(pid)) => Ok(Reply::Ready {
+                pid,
+                failed: w.failed,
+            }),
+            (true, true, None) => Err("a ready reply without a pid".into()),
+            (true, false, Some(pid)) => Ok(Reply::Forked { pid }),
+            (true, false, None) => Ok(Reply::Done),
+        }
+    }
+}
+
+/// Reads one reply, whose frame prefix may have been read already.
+pub(crate) fn read_reply(
+    chan: &mut UnixStream,
+    timeout: Duration,
+    head: Option<[u8; frame::HEAD_BYTES]>,
+) -> Result<Reply, ForkError> {
+    chan.set_read_timeout(Some(timeout))?;
+    let payload = match head {
+        Some(h) => frame::read_after(chan, h, MAX_REPLY_BYTES),
+        None => frame::read(chan, MAX_REPLY_BYTES),
+    }
+    .map_err(|e| match e {
+        frame::FrameError::Io(e) => ForkError::Io(e),
+        e => ForkError::Zygote(format!("malformed reply: {e}")),
+    })?;
+    serde_json::from_slice(&payload).map_err(|e| ForkError::Zygote(format!("malformed reply: {e}")))
+}
+
+/// Fills `buf` from a socket with `SO_PASSCRED` set; returns the sender's pid on the host (the
+/// credentials of the first bytes).
+pub(crate) fn read_exact_with_pid(chan: &UnixStream, buf: &mut [u8]) -> std::io::Result<i32> {
+    let mut pid = None;
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::recv_with_credentials(chan.as_raw_fd(), &mut buf[got..])? {
+            None => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Some((n, sender)) => {
+                got += n;
+                pid = pid.or(sender);
+            }
+        }
+    }
+    pid.ok_or_else(|| std::io::Error::other("the forked child's credentials are missing"))
+}
+
+/// One zygote process.
+pub struct Zygote {
+    pub id: String,
+    pub packages: PackageSet,
+    pub parent: Option<Arc<Zygote>>,
+    /// Its pid on the host.
+    pub pid: i32,
+    pub(super) pidfd: OwnedFd,
+    pub(super) channel: Mutex<UnixStream>,
+    /// Its sandbox, which outlives it while sandboxes made within it live.
+    pub(super) sandbox: Arc<SharedSandbox>,
+    pub(super) last_used: Mutex<Instant>,
+    pub(super) paused: AtomicBool,
+    pub(super) dead: AtomicBool,
+    pub forks: AtomicU64,
+    /// Whether it has started an instance (then it keeps seeds).
+    pub(super) serves_instances: AtomicBool,
+    /// Modules that failed to preload (they are imported by the instance instead).
+    pub failed_imports: Vec<String>,
+    /// What a root zygote prints goes to the zygotes' log while this lives.
+    pub(super) _output: Option<crate::logs::InstanceOutput>,
+}
+
+impl Zygote {
+    /// Sends a request with descriptors and reads the reply; a failure it reports is an error.
+    pub(crate) fn call(&self, req: &Request<'_>, fds: &[RawFd]) -> Result<Reply, ForkError> {
+        // Holding the channel while resuming: housekeeping pauses only a zygote whose channel
+        // it holds, so a request can never be stopped halfway.
+        let mut chan = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        if self.paused.swap(false, Ordering::SeqCst) {
+            let _ = sys::pidfd_resume(self.pidfd.as_raw_fd());
+        }
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let body = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+        sys::send_with_fds(chan.as_raw_fd(), &frame::encode(&body)?, fds)?;
+        match read_reply(&mut chan, FORK_TIMEOUT, None)? {
+            Reply::Failed { error } => Err(ForkError::Zygote(error)),
+            Reply::Ready { .. } => Err(ForkError::Zygote("an unexpected ready reply".into())),
+            reply => Ok(reply),
+        }
+    }
+
+    /// Whether the zygote is gone: marked dead, or its process no longer exists.
+    pub fn is_dead(&self) -> bool {
+        if self.dead.load(Ordering::SeqCst) {
+            return true;
+        }
+        // Signal 0 checks for existence; the zygote's init reaps it when it dies.
+        if sys::pidfd_send_signal(self.pidfd.as_raw_fd(), 0).is_err() {
+            self.dead.store(true, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    /// Kills the zygote process. Its sandbox goes when the last sandbox made within it does
+    /// (their pid namespaces lie inside its own).
+    pub(super) fn kill(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+        let _ = sys::pidfd_kill(self.pidfd.as_raw_fd());
+    }
+
+    /// Pauses the zygote (SIGSTOP) if no request is in flight; the next request resumes it.
+    pub(super) fn pause_if_idle(&self) {
+        // Only while no request is in flight (the guard is held until the zygote stops).
+        if let Ok(_idle) = self.channel.try_lock() {
+            self.paused.store(true, Ordering::SeqCst);
+            let _ = sys::pidfd_stop(self.pidfd.as_raw_fd());
+        }
+    }
+
+    /// When it last served a request.
+    pub(super) fn last_used(&self) -> Instant {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Memory charged to the zygote's cgroup.
+    pub fn memory_usage(&self) -> Option<u64> {
+        self.sandbox.memory_usage()
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_as_the_runtime_reads_them() {
+        let modules = vec!["numpy".to_string()];
+        let req = Request::Fork(Fork::Zygote {
+            sandbox: "sb-1",
+            paths: &[],
+            sites: &[],
+            modules: &modules,
+            submodules: &[],
+        });
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(v["op"], "fork");
+        assert_eq!(v["kind"], "zygote");
+        assert_eq!(v["modules"][0], "numpy");
+        let req = Request::Fork(Fork::Instance {
+            sandbox: "sb-2",
+            uid: 1,
+            gid: 2,
+            nofile: 3,
+            seccomp: "00",
+            write_ahead: &[(4096, 2)],
+        });
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            (v["op"].as_str(), v["kind"].as_str()),
+            (Some("fork"), Some("instance"))
+        );
+        assert_eq!(v["write_ahead"], serde_json::json!([[4096, 2]]));
+        let v = serde_json::to_value(Request::Import { modules: &modules }).unwrap();
+        assert_eq!(v, serde_json::json!({"op": "import", "modules": ["numpy"]}));
+    }
+
+    #[test]
+    fn replies_are_typed_and_a_missing_pid_is_an_error() {
+        let parse = |s: &str| serde_json::from_str::<Reply>(s);
+        assert_eq!(
+            parse(r#"{"ok": true, "ready": true, "pid": 7, "failed": ["x: E"]}"#).unwrap(),
+            Reply::Ready {
+                pid: 7,
+                failed: vec!["x: E".into()]
+            }
+        );
+        assert_eq!(
+            parse(r#"{"ok": true, "pid": 9}"#).unwrap(),
+            Reply::Forked { pid: 9 }
+        );
+        assert_eq!(parse(r#"{"ok": true}"#).unwrap(), Reply::Done);
+        assert_eq!(
+            parse(r#"{"ok": false, "error": "OSError: x"}"#).unwrap(),
+            Reply::Failed {
+                error: "OSError: x".into()
+            }
+        );
+        assert!(parse(r#"{"ok": true, "ready": true}"#).is_err());
+        assert!(parse(r#"{"ok": true, "pid": "7"}"#).is_err());
+        assert!(parse(r#"{"pid": 7}"#).is_err());
+    }
+}
