@@ -12,6 +12,7 @@ use crate::packages::{EnsureStats, PackageError, PackageStore};
 use crate::pool::Pool;
 use crate::registry::{Deployed, FunctionVersion, Registry, RegistryError};
 use crate::sandboxes::{FunctionLimits, SandboxSetup, Sandboxes, USERNS_INSTANCE_ID};
+use crate::starts::Starts;
 use crate::zygote::Zygotes;
 use kindling_sandbox::cgroup::CgroupManager;
 use kindling_sandbox::spawner::Spawner;
@@ -64,7 +65,7 @@ pub struct Worker {
     pub config: Config,
     pub registry: Registry,
     pub packages: PackageStore,
-    pub pool: Arc<Pool>,
+    pub pool: Arc<Pool<Starts>>,
     pub zygotes: Arc<Zygotes>,
     pub metrics: Arc<Metrics>,
     pub base: Base,
@@ -217,12 +218,11 @@ impl Worker {
             config.max_open_files,
             config.defaults.tmp_mb,
         ));
-        let pool = Pool::new(
-            instances.clone(),
-            zygotes.clone(),
-            config.pool(),
-            metrics.clone(),
-        );
+        let starts = Arc::new(Starts {
+            instances: instances.clone(),
+            zygotes: zygotes.clone(),
+        });
+        let pool = Pool::new(starts, config.pool(), metrics.clone());
         tracing::info!(
             root = %root.display(),
             base = %base.info.name,

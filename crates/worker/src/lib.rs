@@ -27,6 +27,7 @@ pub mod registry;
 pub mod runtime;
 pub mod sandboxes;
 pub mod spares;
+pub mod starts;
 pub mod storage;
 pub mod tenants;
 pub mod zygote;

@@ -22,6 +22,7 @@
 
 mod eviction;
 mod learning;
+mod policy;
 mod process;
 mod seeds;
 
@@ -184,20 +185,7 @@ impl Zygotes {
     /// The package sets of the zygotes a function could use, smallest first: the root (no
     /// packages), the operator's tree entries its lock contains, and (with `auto`) its whole lock.
     pub fn candidates(&self, lock: &Lock) -> Vec<PackageSet> {
-        let names: BTreeSet<&str> = lock.packages.iter().map(|p| p.name.as_str()).collect();
-        let mut sets = vec![PackageSet::new()];
-        for entry in &self.config.tree {
-            let normalized: Vec<String> = entry.iter().map(|n| crate::lock::normalize(n)).collect();
-            if !normalized.is_empty() && normalized.iter().all(|n| names.contains(n.as_str())) {
-                sets.push(lock.closure_of(&normalized));
-            }
-        }
-        if self.config.auto && !lock.packages.is_empty() {
-            sets.push(lock.packages.iter().map(|p| p.key()).collect());
-        }
-        sets.sort_by_key(|s| s.len());
-        sets.dedup();
-        sets
+        policy::candidates(&self.config, lock)
     }
 
     /// The deepest zygote for `function`, created (with its ancestors) if missing. Blocking.
@@ -534,7 +522,7 @@ impl Zygotes {
 
     /// Whether `function` can run in a clean sandbox (spare or seeded): the spares' mounts.
     fn fits_clean_sandbox(&self, limits: &FunctionLimits) -> bool {
-        !limits.network && limits.tmp_mb == self.spare_tmp_mb
+        policy::fits_clean_sandbox(limits, self.spare_tmp_mb)
     }
 
     /// Forks a child of `zygote` into `sandbox` (made within the zygote's namespaces), where it

@@ -3,12 +3,13 @@
 //! `seeds` of them per zygote that starts instances, and `spare_sandboxes` spare sandboxes.
 
 use super::process::read_exact_with_pid;
-use super::Forked;
+use super::{policy, Forked};
 use super::{ForkError, PackageSet, Zygote, Zygotes, FORK_TIMEOUT, REFILL_DELAY};
 use crate::frame;
 use crate::sandboxes::{Nesting, SandboxHandle};
 use crate::spares::Spare;
 use kindling_sandbox::spec::MountSpec;
+use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -79,17 +80,41 @@ impl Zygotes {
 
     /// A live zygote that started instances and has fewer than `seeds` seeds.
     fn short_of_seeds(&self) -> Option<Arc<Zygote>> {
-        if self.config.seeds == 0 {
-            return None;
-        }
-        let seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
-        self.nodes
+        let seeds: HashMap<PackageSet, usize> = self
+            .seeds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(set, list)| (set.clone(), list.len()))
+            .collect();
+        self.choose(|standing| policy::next_seed(standing, &seeds, self.config.seeds))
+    }
+
+    /// The live zygote `pick` chooses among those alive now, in a stable order.
+    fn choose(
+        &self,
+        pick: impl FnOnce(&[policy::Standing<'_>]) -> Option<usize>,
+    ) -> Option<Arc<Zygote>> {
+        let mut live: Vec<Arc<Zygote>> = self
+            .nodes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|z| z.serves_instances.load(Ordering::SeqCst) && !z.is_dead())
-            .find(|z| seeds.get(&z.packages).map_or(0, Vec::len) < self.config.seeds)
+            .filter(|z| !z.is_dead())
             .cloned()
+            .collect();
+        live.sort_by(|a, b| a.packages.cmp(&b.packages));
+        let standing: Vec<policy::Standing<'_>> = live
+            .iter()
+            .map(|z| policy::Standing {
+                id: &z.id,
+                packages: &z.packages,
+                serves_instances: z.serves_instances.load(Ordering::SeqCst),
+                last_used: z.last_used(),
+            })
+            .collect();
+        let chosen = pick(&standing)?;
+        live.get(chosen).cloned()
     }
 
     /// On a thread of its own, learns from `forked` (a forked instance that has served its
@@ -175,22 +200,7 @@ impl Zygotes {
     /// fewest, then the most recently used), while there are fewer than `spare_sandboxes`.
     fn short_of_spares(&self) -> Option<Arc<Zygote>> {
         let spares = self.spares.counts();
-        if spares.values().sum::<usize>() >= self.config.spare_sandboxes {
-            return None;
-        }
-        self.nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|z| z.serves_instances.load(Ordering::SeqCst) && !z.is_dead())
-            .min_by_key(|z| {
-                let last = z.last_used();
-                (
-                    spares.get(&z.id).copied().unwrap_or(0),
-                    std::cmp::Reverse(last),
-                )
-            })
-            .cloned()
+        self.choose(|standing| policy::next_spare(standing, &spares, self.config.spare_sandboxes))
     }
 
     /// A spare sandbox within `zygote`'s namespaces: a function's mounts with the zygote's
