@@ -92,7 +92,7 @@ pub(crate) fn ol_config(path: &Path) -> Result<FunctionConfig, String> {
         #[serde(default)]
         triggers: Option<Triggers>,
         #[serde(default)]
-        environment: BTreeMap<String, serde_yaml::Value>,
+        environment: BTreeMap<String, serde_norway::Value>,
         memory_mb: Option<u64>,
         timeout_secs: Option<f64>,
         network: Option<bool>,
@@ -105,15 +105,15 @@ pub(crate) fn ol_config(path: &Path) -> Result<FunctionConfig, String> {
     let c: OlYaml = if text.trim().is_empty() {
         OlYaml::default()
     } else {
-        serde_yaml::from_str(&text).map_err(|e| format!("ol.yaml is not valid: {e}"))?
+        serde_norway::from_str(&text).map_err(|e| format!("ol.yaml is not valid: {e}"))?
     };
     let mut environment = BTreeMap::new();
     for (k, v) in c.environment {
         let v = match v {
-            serde_yaml::Value::String(s) => s,
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::Bool(b) => b.to_string(),
-            serde_yaml::Value::Null => String::new(),
+            serde_norway::Value::String(s) => s,
+            serde_norway::Value::Number(n) => n.to_string(),
+            serde_norway::Value::Bool(b) => b.to_string(),
+            serde_norway::Value::Null => String::new(),
             _ => {
                 return Err(format!(
                     "ol.yaml: environment variable `{k}` must be a scalar"

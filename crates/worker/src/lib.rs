@@ -1,4 +1,5 @@
-//! The Kindling worker: function registry, sandbox pool, scheduler and HTTP API. It knows
+//! The Kindling worker: function registry, package store, zygotes, the pool of instances and
+//! its scheduling, and the HTTP API (module layering: docs/adr/0006-worker-layering.md). It knows
 //! nothing of system calls; sandboxes come from `kindling-sandbox`.
 
 pub mod api;

@@ -24,6 +24,7 @@
 //! instance's output as background again.
 
 use kindling_sandbox::stdio::OutputPipes;
+use parking_lot::Mutex;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,7 +32,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::net::unix::pipe;
 
@@ -144,7 +145,7 @@ impl Logs {
     }
 
     fn writer(&self, function: &str) -> Arc<Mutex<FunctionLog>> {
-        let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writers = self.writers.lock();
         if let Some(w) = writers.get(function).and_then(Weak::upgrade) {
             return w;
         }
@@ -478,10 +479,7 @@ impl Tagger {
         if self.out.is_empty() {
             return;
         }
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append(&self.out);
+        self.log.lock().append(&self.out);
         self.out.clear();
         if self.out.capacity() > 4 * self.flush_at {
             self.out.shrink_to(self.flush_at);
@@ -568,8 +566,8 @@ enum Drained {
 }
 
 impl Shared {
-    fn tagger(&self) -> std::sync::MutexGuard<'_, Tagger> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn tagger(&self) -> parking_lot::MutexGuard<'_, Tagger> {
+        self.state.lock()
     }
 
     /// Reads what stream `i` holds, up to `budget` bytes, into `tagger`: through the reactor

@@ -18,6 +18,7 @@ pub use crate::lock::{normalize, Lock, PackageRef};
 use crate::sandboxes::{Job, Sandboxes};
 use kindling_sandbox::cgroup::Limits as CgroupLimits;
 use kindling_sandbox::spec::MountSpec;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,7 +26,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Errors of the package puller. Whatever they repeat of a tenant's input is cut short
@@ -91,7 +92,7 @@ fn direct_version(source: &str, function: Option<&Path>) -> String {
     if let Some(path) = local {
         hash_tree(&mut h, &path);
     }
-    format!("0+direct.{}", &hex(&h.finalize())[..16])
+    format!("0+direct.{}", &hex::encode(h.finalize())[..16])
 }
 
 /// Feeds the names and contents of the files under `path` (not following symlinks) to `h`.
@@ -464,7 +465,7 @@ impl Scratch {
         let path = self.dir.join(name);
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc_o_nofollow())
+            .custom_flags(kindling_sandbox::mount::O_NOFOLLOW)
             .open(&path)
             .ok()?;
         if !file.metadata().ok()?.is_file() {
@@ -481,17 +482,6 @@ impl Drop for Scratch {
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), "removing an installer job's scratch: {e}");
         }
-    }
-}
-
-/// `O_NOFOLLOW` (see archive.rs for why this crate spells it out).
-fn libc_o_nofollow() -> i32 {
-    if cfg!(all(target_os = "linux", target_arch = "aarch64")) {
-        0o100_000
-    } else if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        0o400_000
-    } else {
-        0
     }
 }
 
@@ -821,7 +811,7 @@ impl PackageStore {
             h.update(b"\0function\0");
             h.update(function.as_os_str().as_encoded_bytes());
         }
-        let key = hex(&h.finalize());
+        let key = hex::encode(h.finalize());
         // Outside pkgwork: installer sandboxes (which run package build code) cannot touch it.
         let cached = self.locks.join(format!("{key}.json"));
         if let Ok(text) = std::fs::read_to_string(&cached) {
@@ -925,7 +915,7 @@ impl PackageStore {
     /// and `commit`: its packages are in the store but no committed function uses them yet).
     pub fn pin<'a>(&'a self, lock: &Lock) -> Pin<'a> {
         let keys: Vec<String> = lock.packages.iter().map(PackageRef::key).collect();
-        let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pinned = self.pinned.lock();
         for k in &keys {
             *pinned.entry(k.clone()).or_default() += 1;
         }
@@ -968,18 +958,18 @@ impl PackageStore {
         std::thread::scope(|s| {
             for _ in 0..self.limits.parallel.max(1) {
                 s.spawn(|| loop {
-                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                    let next = queue.lock().next();
                     let Some(pkg) = next else { break };
                     let r = self.install_one(sandboxes, base, pkg, function, progress);
                     let failed = r.is_err();
-                    results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                    results.lock().push(r);
                     if failed {
                         break;
                     }
                 });
             }
         });
-        for r in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        for r in results.into_inner() {
             match r? {
                 Some((key, bytes)) => {
                     stats.installed.push(key);
@@ -1004,11 +994,10 @@ impl PackageStore {
         let lock = self
             .installing
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(key.clone())
             .or_default()
             .clone();
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = lock.lock();
         if self.contains(pkg) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
@@ -1175,18 +1164,11 @@ impl PackageStore {
         let lock = self
             .installing
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(key.clone())
             .or_default()
             .clone();
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self
-            .pinned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .is_some_and(|n| *n > 0)
-        {
+        let _guard = lock.lock();
+        if self.pinned.lock().get(&key).is_some_and(|n| *n > 0) {
             users.push("(a deploy in progress)".into());
         }
         if !users.is_empty() {
@@ -1228,7 +1210,7 @@ pub struct Pin<'a> {
 
 impl Drop for Pin<'_> {
     fn drop(&mut self) {
-        let mut pinned = self.store.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pinned = self.store.pinned.lock();
         for k in &self.keys {
             if let Some(n) = pinned.get_mut(k) {
                 *n -= 1;
@@ -1247,10 +1229,6 @@ fn same_version(a: &str, b: &str) -> bool {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

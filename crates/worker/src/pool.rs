@@ -16,10 +16,11 @@ use crate::registry::FunctionVersion;
 use crate::sandboxes::{FunctionLimits, StartError};
 use crate::zygote::{ForkError, Forked};
 use kindling_sandbox::cgroup::CgroupError;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -188,7 +189,7 @@ impl<S: Starter> Pool<S> {
     }
 
     fn function_pool(&self, name: &str) -> Arc<FunctionPool<S::Instance>> {
-        let mut map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.functions.lock();
         map.entry(name.to_string())
             .or_insert_with(|| {
                 Arc::new(FunctionPool {
@@ -201,7 +202,7 @@ impl<S: Starter> Pool<S> {
             .clone()
     }
 
-    /// Background work in flight: sandboxes being destroyed, refills of seeds and the pool.
+    /// Background work in flight: sandboxes being destroyed, refills of seeds and spare sandboxes.
     pub fn background_pending(&self) -> usize {
         self.destroying.load(Ordering::SeqCst) + self.starter.background_pending()
     }
@@ -213,10 +214,8 @@ impl<S: Starter> Pool<S> {
 
     /// Idle instances now.
     pub fn idle_instances(&self) -> usize {
-        let map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
-        map.values()
-            .map(|f| f.idle.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        let map = self.functions.lock();
+        map.values().map(|f| f.idle.lock().len()).sum()
     }
 
     /// Runs one invocation of `function`.
@@ -256,7 +255,7 @@ impl<S: Starter> Pool<S> {
             Some(i) => (i, StartMethod::Warm, None),
             None => {
                 let t = Instant::now();
-                self.reserve_sandbox()?;
+                self.reserve_sandbox().await?;
                 let forked = match policy {
                     StartPolicy::Cold => None,
                     StartPolicy::Any | StartPolicy::Fork => self.fork_start(function, limits).await,
@@ -289,7 +288,7 @@ impl<S: Starter> Pool<S> {
         let result = instance.invoke(request_id, event, limits.timeout).await;
         let in_instance = ms(t.elapsed());
         if start != StartMethod::Warm && self.starter.forks() {
-            // Replace the seed or pooled sandbox this start may have used, off the request path
+            // Replace the seed or spare sandbox this start may have used, off the request path
             // and after the invocation, so that it does not compete with the new instance; a
             // forked instance that served its first invocation shows what seeds will write.
             let learn = forked
@@ -307,7 +306,7 @@ impl<S: Starter> Pool<S> {
             Err(e) => !e.is_fatal(),
         };
         if keep {
-            let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = fp.idle.lock();
             idle.push(instance);
             // Forced cold starts add instances without taking one; keep at most as many idle
             // instances as the function may run at once, dropping the least recently used.
@@ -381,7 +380,7 @@ impl<S: Starter> Pool<S> {
         fp: &FunctionPool<S::Instance>,
         function: &FunctionVersion,
     ) -> Option<S::Instance> {
-        let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = fp.idle.lock();
         while let Some(mut i) = idle.pop() {
             if i.version() == function.hash {
                 match i.set_frozen(false) {
@@ -415,7 +414,7 @@ impl<S: Starter> Pool<S> {
         // The next wait, or None once every idle instance is frozen. Disarms under the idle
         // lock: an instance idled after that arms a new task.
         let freeze_quiet = move || -> Option<Duration> {
-            let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = fp.idle.lock();
             let mut next: Option<Duration> = None;
             for instance in idle.iter_mut().filter(|i| !i.is_frozen()) {
                 let quiet = instance.last_used().elapsed();
@@ -458,7 +457,7 @@ impl<S: Starter> Pool<S> {
     }
 
     /// Counts one more sandbox, evicting an idle one anywhere if the worker is full.
-    fn reserve_sandbox(&self) -> Result<(), PoolError> {
+    async fn reserve_sandbox(&self) -> Result<(), PoolError> {
         loop {
             let live = self.live.load(Ordering::SeqCst);
             if live < self.config.max_sandboxes {
@@ -471,43 +470,48 @@ impl<S: Starter> Pool<S> {
                 }
                 continue;
             }
-            if !self.evict_lru() {
-                return Err(PoolError::NoCapacity(self.config.max_sandboxes));
+            // The victim's sandbox counts until it is gone: wait for that, so that one sandbox
+            // needed evicts one idle instance (counting again at once found the worker still
+            // full and evicted the next, and the next).
+            match self.evict_lru() {
+                Some(Some(destroyed)) => {
+                    let _ = destroyed.await;
+                }
+                Some(None) => {}
+                None => return Err(PoolError::NoCapacity(self.config.max_sandboxes)),
             }
         }
     }
 
-    /// Destroys the least recently used idle instance; false if there is none.
-    fn evict_lru(&self) -> bool {
-        let map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+    /// Destroys the least recently used idle instance; `None` if there is none, else the task
+    /// destroying it (if it runs in the background).
+    fn evict_lru(&self) -> Option<Option<tokio::task::JoinHandle<()>>> {
+        let map = self.functions.lock();
         let mut best: Option<(Instant, &Arc<FunctionPool<S::Instance>>)> = None;
         for fp in map.values() {
-            let idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let idle = fp.idle.lock();
             if let Some(oldest) = idle.iter().map(|i| i.last_used()).min() {
                 if best.is_none_or(|(t, _)| oldest < t) {
                     best = Some((oldest, fp));
                 }
             }
         }
-        let Some((_, fp)) = best else { return false };
-        let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(pos) = idle
+        let (_, fp) = best?;
+        let mut idle = fp.idle.lock();
+        let pos = idle
             .iter()
             .enumerate()
             .min_by_key(|(_, i)| i.last_used())
-            .map(|(n, _)| n)
-        else {
-            return false;
-        };
+            .map(|(n, _)| n)?;
         let victim = idle.remove(pos);
         drop(idle);
         self.metrics.add("evictions", 1);
-        self.destroy(victim);
-        true
+        Some(self.destroy(victim))
     }
 
-    /// Destroys an instance's sandbox in the background.
-    fn destroy(&self, instance: S::Instance) {
+    /// Destroys an instance's sandbox in the background (the returned task), or at once
+    /// outside a runtime.
+    fn destroy(&self, instance: S::Instance) -> Option<tokio::task::JoinHandle<()>> {
         let live = self.live.clone();
         let metrics = self.metrics.clone();
         let destroying = self.destroying.clone();
@@ -519,28 +523,19 @@ impl<S: Starter> Pool<S> {
             metrics.add("sandboxes.destroyed", 1);
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn_blocking(work);
+            Ok(h) => Some(h.spawn_blocking(work)),
+            Err(_) => {
+                work();
+                None
             }
-            Err(_) => work(),
         }
     }
 
     /// Destroys idle instances of `name` (after a redeploy or removal).
     pub fn invalidate(&self, name: &str) {
-        let fp = self
-            .functions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned();
+        let fp = self.functions.lock().get(name).cloned();
         if let Some(fp) = fp {
-            let drained: Vec<_> = fp
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain(..)
-                .collect();
+            let drained: Vec<_> = fp.idle.lock().drain(..).collect();
             for i in drained {
                 self.destroy(i);
             }
@@ -550,16 +545,10 @@ impl<S: Starter> Pool<S> {
     /// Destroys idle instances unused for longer than the keep-alive.
     pub fn expire_idle(&self) {
         let now = Instant::now();
-        let pools: Vec<_> = self
-            .functions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let pools: Vec<_> = self.functions.lock().values().cloned().collect();
         for fp in pools {
             let expired: Vec<_> = {
-                let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let mut idle = fp.idle.lock();
                 let (old, keep): (Vec<_>, Vec<_>) = idle
                     .drain(..)
                     .partition(|i| now.duration_since(i.last_used()) >= self.config.keep_alive);
@@ -575,21 +564,10 @@ impl<S: Starter> Pool<S> {
 
     /// Destroys every idle instance and refuses new work (shutdown). Blocking.
     pub fn shutdown(&self) {
-        let pools: Vec<_> = self
-            .functions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let pools: Vec<_> = self.functions.lock().values().cloned().collect();
         for fp in pools {
             fp.busy.close();
-            let drained: Vec<_> = fp
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain(..)
-                .collect();
+            let drained: Vec<_> = fp.idle.lock().drain(..).collect();
             for i in drained {
                 i.destroy();
                 self.live.fetch_sub(1, Ordering::SeqCst);
@@ -644,7 +622,7 @@ mod tests {
 
     impl Log {
         fn destroyed(&self) -> Vec<String> {
-            self.destroyed.lock().unwrap().clone()
+            self.destroyed.lock().clone()
         }
     }
 
@@ -701,7 +679,7 @@ mod tests {
             Ok(())
         }
         fn destroy(self) {
-            self.log.destroyed.lock().unwrap().push(self.id);
+            self.log.destroyed.lock().push(self.id);
         }
     }
 
@@ -850,9 +828,13 @@ mod tests {
             run(&p, &v2, "{}", StartPolicy::Any).await.unwrap().start,
             StartMethod::Cold
         );
+        // f-0 went as the idle instance beyond the function's limit, f-1 and f-2 as old ones.
         let log = p.starter.log.clone();
-        eventually(|| log.destroyed().len() >= 2).await;
-        assert!(log.destroyed().contains(&first.instance_id));
+        eventually(|| log.destroyed().len() == 3).await;
+        let mut destroyed = log.destroyed();
+        destroyed.sort();
+        assert_eq!(destroyed, ["f-0", "f-1", "f-2"]);
+        assert_eq!(first.instance_id, "f-0");
     }
 
     #[tokio::test]

@@ -8,12 +8,13 @@ use crate::archive::{self, ArchiveError, ArchiveLimits};
 use crate::bounds::Bounds;
 use crate::function_config::{ol_config, sebs_config, Format, FunctionConfig};
 use crate::lock::Lock;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 /// Errors of registry operations; the API maps them to HTTP statuses.
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +201,7 @@ impl Registry {
                 changed: false,
             });
         }
-        let _guard = self.deploy_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.deploy_lock.lock();
         let mut version = staged.version;
         let name = version.name.clone();
         let hash = version.hash.clone();
@@ -227,11 +228,7 @@ impl Registry {
         version.dir = vdir;
         version.lock = lock;
         let version = Arc::new(version);
-        let old = self
-            .current
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, version.clone());
+        let old = self.current.write().insert(name, version.clone());
         // Running sandboxes keep their bind mount of the old code alive; the files can go.
         if let Some(old) = old.filter(|o| o.hash != hash) {
             let _ = std::fs::remove_dir_all(&old.dir);
@@ -252,22 +249,12 @@ impl Registry {
 
     /// The version of `name` in service.
     pub fn get(&self, name: &str) -> Option<Arc<FunctionVersion>> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.current.read().get(name).cloned()
     }
 
     /// Every function in service, sorted by name.
     pub fn list(&self) -> Vec<Arc<FunctionVersion>> {
-        let mut all: Vec<_> = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut all: Vec<_> = self.current.read().values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -275,11 +262,10 @@ impl Registry {
     /// Removes a function and all its versions.
     pub fn remove(&self, name: &str) -> Result<Arc<FunctionVersion>, RegistryError> {
         validate_name(name)?;
-        let _guard = self.deploy_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.deploy_lock.lock();
         let old = self
             .current
             .write()
-            .unwrap_or_else(|p| p.into_inner())
             .remove(name)
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
         let fdir = self.dir.join(name);

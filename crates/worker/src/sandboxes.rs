@@ -10,12 +10,12 @@ use crate::layout;
 use kindling_sandbox::cgroup::{Cgroup, CgroupError, CgroupManager, Limits as CgroupLimits};
 use kindling_sandbox::control::{ControlChannel, ControlEvent, ControlRequest};
 use kindling_sandbox::net::{NetLease, Network};
+use kindling_sandbox::process::Process;
 use kindling_sandbox::spawner::Spawner;
 use kindling_sandbox::spec::{
     IdMaps, InstanceSpec, MountSpec, Privilege, SandboxSpec, UserNamespace,
 };
 use kindling_sandbox::stdio::OutputPipes;
-use kindling_sandbox::sys;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -245,7 +245,7 @@ impl Sandboxes {
             }
         };
         let mut handle = SandboxHandle {
-            pidfd: s.pidfd,
+            init: Process::from_pidfd(s.pidfd),
             control: s.control,
             cgroup,
             namespaces: HashMap::new(),
@@ -255,7 +255,7 @@ impl Sandboxes {
         };
         if network {
             // The init builds the root meanwhile; its first instance waits for this.
-            match self.connect_network(handle.pidfd.as_fd(), s.pid) {
+            match self.connect_network(handle.init.as_fd(), s.pid) {
                 Ok(lease) => handle.network = Some(lease),
                 Err(e) => {
                     handle.destroy();
@@ -299,7 +299,8 @@ impl Sandboxes {
 
 /// The sandbox under an instance; destroying it kills every process and removes the cgroup.
 pub(crate) struct SandboxHandle {
-    pidfd: OwnedFd,
+    /// Its init process.
+    init: Process,
     control: ControlChannel,
     cgroup: Cgroup,
     /// Descriptors of its namespaces, by name, once its init reported them (sandboxes in a
@@ -316,7 +317,7 @@ pub(crate) struct SandboxHandle {
 /// A zygote's sandbox, kept alive by the zygote and by every sandbox made within its
 /// namespaces; destroyed (blocking) when the last of them lets go.
 pub(crate) struct SharedSandbox {
-    sandbox: std::sync::Mutex<Option<SandboxHandle>>,
+    sandbox: parking_lot::Mutex<Option<SandboxHandle>>,
     /// How many exist (a gauge of the worker's).
     count: Arc<AtomicUsize>,
 }
@@ -325,17 +326,13 @@ impl SharedSandbox {
     pub(crate) fn new(sandbox: SandboxHandle, count: &Arc<AtomicUsize>) -> Arc<Self> {
         count.fetch_add(1, Ordering::SeqCst);
         Arc::new(Self {
-            sandbox: std::sync::Mutex::new(Some(sandbox)),
+            sandbox: parking_lot::Mutex::new(Some(sandbox)),
             count: count.clone(),
         })
     }
 
     fn with<T>(&self, f: impl FnOnce(&SandboxHandle) -> T) -> Option<T> {
-        self.sandbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(f)
+        self.sandbox.lock().as_ref().map(f)
     }
 
     /// Duplicates of the named namespace descriptors, in order.
@@ -357,11 +354,7 @@ impl SharedSandbox {
 
 impl Drop for SharedSandbox {
     fn drop(&mut self) {
-        let taken = self
-            .sandbox
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let taken = self.sandbox.get_mut().take();
         if let Some(s) = taken {
             s.destroy();
         }
@@ -372,7 +365,7 @@ impl Drop for SharedSandbox {
 impl SandboxHandle {
     /// Kills the sandbox and removes its cgroup. Blocking (waits for the processes to exit).
     pub(crate) fn destroy(self) {
-        let _ = sys::pidfd_kill(self.pidfd.as_raw_fd());
+        let _ = self.init.kill();
         drop(self.control);
         if let Err(e) = self.cgroup.kill_all() {
             tracing::warn!(
@@ -392,10 +385,10 @@ impl SandboxHandle {
     }
 
     /// Descriptors of the named namespaces, in order (after [`SandboxHandle::wait_ready`]).
-    pub(crate) fn namespace_fds(&self, names: &[&str]) -> Option<Vec<RawFd>> {
+    pub(crate) fn namespace_fds(&self, names: &[&str]) -> Option<Vec<BorrowedFd<'_>>> {
         names
             .iter()
-            .map(|n| self.namespaces.get(*n).map(|fd| fd.as_raw_fd()))
+            .map(|n| self.namespaces.get(*n).map(|fd| fd.as_fd()))
             .collect()
     }
 
@@ -418,8 +411,7 @@ impl SandboxHandle {
         target: &str,
         create: bool,
     ) -> Result<(), StartError> {
-        let tree = sys::open_tree_clone(source, false)?;
-        sys::mount_tree_readonly(tree.as_raw_fd())?;
+        let tree = kindling_sandbox::mount::readonly_tree(source)?;
         let req = kindling_sandbox::control::ControlRequest::Mount {
             target: target.into(),
             create,
@@ -437,7 +429,7 @@ impl SandboxHandle {
         }
     }
 
-    /// Sets the cgroup's limits (a pooled sandbox taking on a function).
+    /// Sets the cgroup's limits (a spare sandbox or a seed's taking on a function).
     pub(crate) fn set_limits(&self, limits: &CgroupLimits) -> Result<(), StartError> {
         Ok(self.cgroup.set_limits(limits)?)
     }

@@ -5,8 +5,8 @@
 //! refill policy; this module only keeps them.
 
 use crate::sandboxes::SandboxHandle;
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 /// A spare sandbox: its id and the sandbox.
 pub(crate) type Spare = (String, SandboxHandle);
@@ -20,7 +20,7 @@ pub(crate) struct SpareSandboxes {
 impl SpareSandboxes {
     /// A spare made within zygote `zygote`, if one waits.
     pub(crate) fn take(&self, zygote: &str) -> Option<Spare> {
-        let mut map = self.by_zygote.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.by_zygote.lock();
         let list = map.get_mut(zygote)?;
         let spare = list.pop();
         if list.is_empty() {
@@ -33,7 +33,6 @@ impl SpareSandboxes {
     pub(crate) fn put(&self, zygote: &str, spare: Spare) {
         self.by_zygote
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(zygote.to_string())
             .or_default()
             .push(spare);
@@ -41,19 +40,13 @@ impl SpareSandboxes {
 
     /// Spares waiting, all zygotes together.
     pub(crate) fn count(&self) -> usize {
-        self.by_zygote
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(Vec::len)
-            .sum()
+        self.by_zygote.lock().values().map(Vec::len).sum()
     }
 
     /// Spares waiting for each zygote (by id).
     pub(crate) fn counts(&self) -> HashMap<String, usize> {
         self.by_zygote
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(z, list)| (z.clone(), list.len()))
             .collect()
@@ -61,11 +54,7 @@ impl SpareSandboxes {
 
     /// Destroys the spares made within zygote `zygote` (blocking).
     pub(crate) fn destroy_for(&self, zygote: &str) {
-        let dropped = self
-            .by_zygote
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(zygote);
+        let dropped = self.by_zygote.lock().remove(zygote);
         for (_, sandbox) in dropped.into_iter().flatten() {
             sandbox.destroy();
         }
@@ -76,7 +65,6 @@ impl SpareSandboxes {
         let all: Vec<Spare> = self
             .by_zygote
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .drain()
             .flat_map(|(_, list)| list)
             .collect();

@@ -38,6 +38,7 @@ pub mod quota;
 
 use crate::frame::FrameError;
 use crate::tenants::{Callers, Refused};
+use parking_lot::Mutex;
 use quota::{charge, Exceeded, Quotas, BLOCK};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -47,7 +48,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the socket appears in function sandboxes.
@@ -557,7 +558,7 @@ impl DirectoryBackend {
 
     /// Renames the finished upload onto `target`; returns the charge of the object replaced.
     fn replace(&self, tmp: &Path, target: &Path) -> Result<u64, StorageError> {
-        let _one_at_a_time = self.replacing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.replacing.lock();
         let replaced = std::fs::symlink_metadata(target)
             .ok()
             .filter(|m| m.is_file())
@@ -887,7 +888,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.server.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.server.open.lock();
         if let Some(n) = open.get_mut(&self.function) {
             *n -= 1;
             if *n == 0 {
@@ -900,7 +901,7 @@ impl Drop for Slot {
 impl Server {
     /// Counts a connection of `function`, unless it has its limit open already.
     fn open_slot(self: &Arc<Self>, function: &str) -> Result<Slot, StorageError> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.lock();
         let n = open.entry(function.to_string()).or_default();
         if *n >= self.per_function {
             return Err(StorageError::Busy {
@@ -1166,11 +1167,11 @@ impl StorageService {
 
     /// Stops accepting calls, waits a little for calls in progress, removes the socket.
     pub fn stop(&self) {
-        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let stop = self.stop.lock().take();
         if let Some(tx) = stop {
             let _ = tx.send(());
         }
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.thread.lock().take();
         if let Some(t) = thread {
             let _ = t.join();
         }
@@ -1471,7 +1472,7 @@ mod tests {
 
     impl Callers for Acting {
         fn function_of(&self, _peer: std::os::fd::BorrowedFd<'_>) -> Result<String, Refused> {
-            self.0.lock().unwrap().clone().ok_or(Refused::NotASandbox)
+            self.0.lock().clone().ok_or(Refused::NotASandbox)
         }
     }
 
@@ -1534,7 +1535,7 @@ mod tests {
             header: serde_json::Value,
             body: &[u8],
         ) -> (serde_json::Value, Vec<u8>) {
-            *self.acting.0.lock().unwrap() = function.map(str::to_string);
+            *self.acting.0.lock() = function.map(str::to_string);
             call(self.service.socket(), header, body)
         }
     }
@@ -1760,7 +1761,7 @@ mod tests {
             max_connections_per_function: 2,
             ..policy()
         });
-        *f.acting.0.lock().unwrap() = Some("alpha".into());
+        *f.acting.0.lock() = Some("alpha".into());
         // Alpha holds its two connections open without sending anything.
         let idle: Vec<UnixStream> = (0..2)
             .map(|_| UnixStream::connect(f.service.socket()).unwrap())

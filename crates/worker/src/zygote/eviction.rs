@@ -13,13 +13,7 @@ impl Zygotes {
     /// is short of memory.
     pub fn housekeeping(&self) {
         let idle_pause = Duration::from_secs(self.config.idle_pause_secs);
-        let nodes: Vec<Arc<Zygote>> = self
-            .nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let nodes: Vec<Arc<Zygote>> = self.nodes.lock().values().cloned().collect();
         for z in &nodes {
             if z.last_used().elapsed() >= idle_pause && !z.paused.load(Ordering::SeqCst) {
                 z.pause_if_idle();

@@ -38,7 +38,6 @@ impl Zygotes {
         if self
             .working_sets
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get(&forked.zygote)
             .is_some_and(|w| w.learned_from >= LEARN_FROM)
         {
@@ -56,7 +55,7 @@ impl Zygotes {
                     return;
                 }
             };
-        let mut sets = self.working_sets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sets = self.working_sets.lock();
         let ws = sets.entry(forked.zygote.clone()).or_default();
         ws.learned_from += 1;
         for page in pages {
@@ -73,7 +72,7 @@ impl Zygotes {
     fn import_into_zygote(&self, set: &PackageSet, modules: &[String]) {
         let wanted = submodules_of(modules, &self.top_level_of(set));
         let fresh: Vec<String> = {
-            let mut sets = self.working_sets.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sets = self.working_sets.lock();
             let known = &mut sets.entry(set.clone()).or_default().modules;
             wanted
                 .into_iter()
@@ -93,12 +92,7 @@ impl Zygotes {
                 // Its channel may be out of step (a reply still to come): replace the zygote,
                 // without those modules.
                 tracing::warn!(zygote = %z.id, "zygote could not import learned modules: {e}");
-                if let Some(ws) = self
-                    .working_sets
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_mut(set)
-                {
+                if let Some(ws) = self.working_sets.lock().get_mut(set) {
                     for m in &fresh {
                         ws.modules.remove(m);
                     }
@@ -120,7 +114,6 @@ impl Zygotes {
     pub(super) fn write_ahead(&self, set: &PackageSet) -> Vec<(u64, u64)> {
         self.working_sets
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get(set)
             .map(|w| kindling_sandbox::working_set::runs(w.pages.iter().copied()))
             .unwrap_or_default()

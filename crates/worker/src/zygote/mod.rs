@@ -39,20 +39,22 @@ use crate::sandboxes::{
 };
 use crate::spares::SpareSandboxes;
 use kindling_sandbox::cgroup::Limits as CgroupLimits;
+use kindling_sandbox::channel;
+use kindling_sandbox::process::Process;
 use kindling_sandbox::spec::{InstanceSpec, MountSpec, Privilege};
-use kindling_sandbox::sys::{self, SocketKind};
 use learning::{has_pth, submodules_of, WorkingSet};
+use parking_lot::Mutex;
 pub(crate) use process::read_reply;
 use process::{read_exact_with_pid, Fork, Reply, Request};
 use seeds::Seed;
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a zygote may take to import its packages.
@@ -158,10 +160,7 @@ impl Zygotes {
         max_open_files: u64,
         spare_tmp_mb: u64,
     ) -> Self {
-        let seccomp_hex = kindling_sandbox::seccomp::instance_filter_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let seccomp_hex = hex::encode(kindling_sandbox::seccomp::instance_filter_bytes());
         Self {
             instances,
             config,
@@ -198,7 +197,7 @@ impl Zygotes {
         if let Some(z) = self.live(&target) {
             return Ok(z);
         }
-        let _guard = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.creating.lock();
         let mut parent: Option<Arc<Zygote>> = None;
         for set in &sets {
             if let Some(z) = self.live(set) {
@@ -223,10 +222,7 @@ impl Zygotes {
                 }
             };
             tracing::info!(zygote = %z.id, packages = set.len(), pid = z.pid, "zygote ready");
-            self.nodes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(set.clone(), z.clone());
+            self.nodes.lock().insert(set.clone(), z.clone());
             parent = Some(z);
         }
         parent.ok_or_else(|| ForkError::NotReady("no zygote".into()))
@@ -234,7 +230,7 @@ impl Zygotes {
 
     fn live(&self, set: &PackageSet) -> Option<Arc<Zygote>> {
         let dead = {
-            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut nodes = self.nodes.lock();
             match nodes.get(set) {
                 Some(z) if z.is_dead() => nodes.remove(set),
                 Some(z) => return Some(z.clone()),
@@ -251,7 +247,7 @@ impl Zygotes {
     pub fn discard(&self, z: &Arc<Zygote>) {
         z.dead.store(true, Ordering::SeqCst);
         {
-            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut nodes = self.nodes.lock();
             if nodes.get(&z.packages).is_some_and(|n| Arc::ptr_eq(n, z)) {
                 nodes.remove(&z.packages);
             }
@@ -297,12 +293,7 @@ impl Zygotes {
             .flat_map(|k| top_level_modules(&self.instances.packages_dir.join(k).join("files")))
             .collect();
         let mut imports = imports.to_vec();
-        if let Some(ws) = self
-            .working_sets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(set)
-        {
+        if let Some(ws) = self.working_sets.lock().get(set) {
             imports.extend(ws.modules.iter().cloned());
         }
         let submodules = submodules_of(&imports, &self.top_level_of(set));
@@ -347,7 +338,8 @@ impl Zygotes {
                     .and_then(|pidfd| {
                         let pidfd =
                             pidfd.ok_or_else(|| ForkError::NotReady("no zygote pidfd".into()))?;
-                        let pid = sys::pidfd_pid(pidfd.as_raw_fd())?
+                        let pid = Process::from_pidfd(pidfd)
+                            .pid()?
                             .ok_or_else(|| ForkError::NotReady("the zygote exited".into()))?;
                         let sock =
                             sock.ok_or_else(|| ForkError::NotReady("no zygote socket".into()))?;
@@ -418,7 +410,7 @@ impl Zygotes {
         if !failed_imports.is_empty() {
             tracing::debug!(zygote = %id, ?failed_imports, "modules a zygote could not preload");
         }
-        let pidfd = match sys::pidfd_open(pid) {
+        let process = match Process::open(pid) {
             Ok(fd) => fd,
             Err(e) => {
                 sandbox.destroy();
@@ -430,7 +422,7 @@ impl Zygotes {
             packages: set.clone(),
             parent,
             pid,
-            pidfd,
+            process,
             channel: Mutex::new(channel),
             sandbox: SharedSandbox::new(sandbox, &self.sandboxes),
             last_used: Mutex::new(Instant::now()),
@@ -455,14 +447,13 @@ impl Zygotes {
         let namespaces = sandbox
             .namespace_fds(&["pid", "mnt", "ipc", "uts", "net"])
             .ok_or_else(|| ForkError::NotReady("the sandbox exported no namespaces".into()))?;
-        let (ours, theirs) = sys::socketpair(SocketKind::Stream)?;
-        sys::set_passcred(ours.as_raw_fd())?;
+        let (ours, theirs) = channel::pair_with_credentials()?;
         let procs = open_procs(&sandbox.cgroup_procs())?;
-        let mut fds = vec![theirs.as_raw_fd()];
+        let mut fds = vec![theirs.as_fd()];
         fds.extend(namespaces);
-        fds.extend(procs.iter().map(|f| f.as_raw_fd()));
+        fds.extend(procs.iter().map(|f| f.as_fd()));
         zygote.call(req, &fds)?;
-        Ok(UnixStream::from(ours))
+        Ok(ours)
     }
 
     /// Fork start: an instance of `function` forked from `zygote`. A seed of the zygote (a
@@ -604,8 +595,8 @@ impl Zygotes {
             let head = frame::head(body.len())?;
             let pipes = if self.instances.logs_instances() {
                 let (read, write) = kindling_sandbox::stdio::OutputPipes::new()?;
-                let fds = [write.stdout.as_raw_fd(), write.stderr.as_raw_fd()];
-                sys::send_with_fds(seed.channel.as_raw_fd(), &head, &fds)?;
+                let fds = [write.stdout.as_fd(), write.stderr.as_fd()];
+                channel::send_with_fds(&seed.channel, &head, &fds)?;
                 // Ours close here: the instance holds the only write ends.
                 drop(write);
                 Some(read)
@@ -653,19 +644,14 @@ impl Zygotes {
 
     /// Zygotes alive now (each has a sandbox of its own).
     pub fn count(&self) -> usize {
-        self.nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|z| !z.is_dead())
-            .count()
+        self.nodes.lock().values().filter(|z| !z.is_dead()).count()
     }
 
     /// Zygotes for `/status`: id, packages, pid, forks, memory.
     pub fn describe(&self) -> Vec<serde_json::Value> {
-        let seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
-        let working_sets = self.working_sets.lock().unwrap_or_else(|p| p.into_inner());
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let seeds = self.seeds.lock();
+        let working_sets = self.working_sets.lock();
+        let nodes = self.nodes.lock();
         let mut out: Vec<_> = nodes
             .values()
             .filter(|z| !z.is_dead())
@@ -690,25 +676,18 @@ impl Zygotes {
     pub fn shutdown(&self) {
         // No refill may start now, and one in flight is waited for (it holds `refilling`).
         self.stopping.store(true, Ordering::SeqCst);
-        let _refilling = self.refilling.lock().unwrap_or_else(|p| p.into_inner());
+        let _refilling = self.refilling.lock();
         self.spares.destroy_all();
         let seeds: Vec<_> = self
             .seeds
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .drain()
             .flat_map(|(_, list)| list)
             .collect();
         for seed in seeds {
             seed.sandbox.destroy();
         }
-        let nodes: Vec<_> = self
-            .nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, z)| z)
-            .collect();
+        let nodes: Vec<_> = self.nodes.lock().drain().map(|(_, z)| z).collect();
         for z in nodes {
             z.kill();
         }

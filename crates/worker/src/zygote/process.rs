@@ -5,12 +5,14 @@
 use super::{ForkError, PackageSet, FORK_TIMEOUT};
 use crate::frame;
 use crate::sandboxes::SharedSandbox;
-use kindling_sandbox::sys;
+use kindling_sandbox::channel;
+use kindling_sandbox::process::Process;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Largest reply a zygote may send.
@@ -120,7 +122,7 @@ pub(crate) fn read_exact_with_pid(chan: &UnixStream, buf: &mut [u8]) -> std::io:
     let mut pid = None;
     let mut got = 0;
     while got < buf.len() {
-        match sys::recv_with_credentials(chan.as_raw_fd(), &mut buf[got..])? {
+        match channel::recv_with_credentials(chan, &mut buf[got..])? {
             None => return Err(std::io::ErrorKind::UnexpectedEof.into()),
             Some((n, sender)) => {
                 got += n;
@@ -138,7 +140,7 @@ pub struct Zygote {
     pub parent: Option<Arc<Zygote>>,
     /// Its pid on the host.
     pub pid: i32,
-    pub(super) pidfd: OwnedFd,
+    pub(super) process: Process,
     pub(super) channel: Mutex<UnixStream>,
     /// Its sandbox, which outlives it while sandboxes made within it live.
     pub(super) sandbox: Arc<SharedSandbox>,
@@ -156,16 +158,20 @@ pub struct Zygote {
 
 impl Zygote {
     /// Sends a request with descriptors and reads the reply; a failure it reports is an error.
-    pub(crate) fn call(&self, req: &Request<'_>, fds: &[RawFd]) -> Result<Reply, ForkError> {
+    pub(crate) fn call(
+        &self,
+        req: &Request<'_>,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Reply, ForkError> {
         // Holding the channel while resuming: housekeeping pauses only a zygote whose channel
         // it holds, so a request can never be stopped halfway.
-        let mut chan = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        let mut chan = self.channel.lock();
         if self.paused.swap(false, Ordering::SeqCst) {
-            let _ = sys::pidfd_resume(self.pidfd.as_raw_fd());
+            let _ = self.process.resume();
         }
-        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *self.last_used.lock() = Instant::now();
         let body = serde_json::to_vec(req).map_err(std::io::Error::other)?;
-        sys::send_with_fds(chan.as_raw_fd(), &frame::encode(&body)?, fds)?;
+        channel::send_with_fds(&*chan, &frame::encode(&body)?, fds)?;
         match read_reply(&mut chan, FORK_TIMEOUT, None)? {
             Reply::Failed { error } => Err(ForkError::Zygote(error)),
             Reply::Ready { .. } => Err(ForkError::Zygote("an unexpected ready reply".into())),
@@ -179,7 +185,7 @@ impl Zygote {
             return true;
         }
         // Signal 0 checks for existence; the zygote's init reaps it when it dies.
-        if sys::pidfd_send_signal(self.pidfd.as_raw_fd(), 0).is_err() {
+        if !self.process.is_alive() {
             self.dead.store(true, Ordering::SeqCst);
             return true;
         }
@@ -190,21 +196,21 @@ impl Zygote {
     /// (their pid namespaces lie inside its own).
     pub(super) fn kill(&self) {
         self.dead.store(true, Ordering::SeqCst);
-        let _ = sys::pidfd_kill(self.pidfd.as_raw_fd());
+        let _ = self.process.kill();
     }
 
     /// Pauses the zygote (SIGSTOP) if no request is in flight; the next request resumes it.
     pub(super) fn pause_if_idle(&self) {
         // Only while no request is in flight (the guard is held until the zygote stops).
-        if let Ok(_idle) = self.channel.try_lock() {
+        if let Some(_idle) = self.channel.try_lock() {
             self.paused.store(true, Ordering::SeqCst);
-            let _ = sys::pidfd_stop(self.pidfd.as_raw_fd());
+            let _ = self.process.stop();
         }
     }
 
     /// When it last served a request.
     pub(super) fn last_used(&self) -> Instant {
-        *self.last_used.lock().unwrap_or_else(|p| p.into_inner())
+        *self.last_used.lock()
     }
 
     /// Memory charged to the zygote's cgroup.

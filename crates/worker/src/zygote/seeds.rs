@@ -57,7 +57,7 @@ const READY: &[u8] = b"ready";
 impl Zygotes {
     /// A seed of the zygote holding `set`.
     pub(super) fn take_seed(&self, set: &PackageSet) -> Option<Seed> {
-        let mut seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seeds = self.seeds.lock();
         let list = seeds.get_mut(set)?;
         let seed = list.pop();
         if list.is_empty() {
@@ -68,11 +68,7 @@ impl Zygotes {
 
     /// Destroys the seeds of the zygote holding `set`.
     pub(super) fn drop_seeds(&self, set: &PackageSet) {
-        let dropped = self
-            .seeds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(set);
+        let dropped = self.seeds.lock().remove(set);
         for seed in dropped.into_iter().flatten() {
             seed.sandbox.destroy();
         }
@@ -83,7 +79,6 @@ impl Zygotes {
         let seeds: HashMap<PackageSet, usize> = self
             .seeds
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(set, list)| (set.clone(), list.len()))
             .collect();
@@ -98,7 +93,6 @@ impl Zygotes {
         let mut live: Vec<Arc<Zygote>> = self
             .nodes
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .values()
             .filter(|z| !z.is_dead())
             .cloned()
@@ -143,7 +137,7 @@ impl Zygotes {
     /// request path).
     pub fn refill(&self) {
         // One refiller at a time; others find the work being done and leave.
-        let Ok(_refilling) = self.refilling.try_lock() else {
+        let Some(_refilling) = self.refilling.try_lock() else {
             return;
         };
         loop {
@@ -169,7 +163,6 @@ impl Zygotes {
                     Ok(seed) => self
                         .seeds
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner())
                         .entry(z.packages.clone())
                         .or_default()
                         .push(seed),
@@ -250,11 +243,6 @@ impl Zygotes {
 
     /// Seeds waiting to become instances.
     pub fn seeded(&self) -> usize {
-        self.seeds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(Vec::len)
-            .sum()
+        self.seeds.lock().values().map(Vec::len).sum()
     }
 }
