@@ -62,7 +62,7 @@ const FILE_MODE: u32 = 0o644;
 const EXEC_FILE_MODE: u32 = 0o755;
 
 /// Bounds on what one upload may unpack to (`[archive]`; more -> 400 at deploy).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArchiveLimits {
     /// Sum of the sizes of all entries (as declared and as actually written).

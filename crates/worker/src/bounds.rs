@@ -33,14 +33,20 @@ impl Default for Bounds {
 }
 
 /// Per-function limits (worker-wide defaults; functions may override memory, timeout, network).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
+    /// Memory limit of the sandbox's cgroup, in MB (at least 16, at most `max_memory_mb`).
     pub memory_mb: u64,
+    /// Handler time limit, in seconds (at most `max_timeout_secs`); past it the call gets 504.
     pub timeout_secs: f64,
+    /// CPU quota, in cores.
     pub cpu_cores: f64,
+    /// Pids limit (fork bombs), at most `max_pids`.
     pub pids: u64,
+    /// Size of the sandbox's /tmp, in MB.
     pub tmp_mb: u64,
+    /// Network for functions that do not say (needs `allow_network`).
     pub network: bool,
 }
 

@@ -57,12 +57,17 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 const FOLLOW_CHUNK: usize = 64 * 1024;
 
 /// Function logs (`[logs]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
+    /// Where `<function>.log` files go, mode 0600 (unset: `<root>/logs`). An absolute path.
     pub dir: Option<PathBuf>,
+    /// A log past this size rotates to `<function>.log.1`.
     pub max_file_bytes: u64,
+    /// Rotated files kept (`.log.1` to `.log.<n>`): a function's logs take at most
+    /// `max_file_bytes * (max_files + 1)` bytes of disk.
     pub max_files: usize,
+    /// Longer lines are cut there and marked `[truncated]` (80 to 1048576).
     pub max_line_bytes: usize,
 }
 

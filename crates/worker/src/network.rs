@@ -5,6 +5,11 @@
 //! servers are the host's IPv4 servers that are not on the host (a loopback resolver such as
 //! systemd-resolved's 127.0.0.53 is replaced by the upstream servers it lists), unless the
 //! operator names them.
+//!
+//! Networked sandboxes need `nft` (package nftables): the worker installs an nftables table named
+//! after `cgroup_parent` at the first networked sandbox and removes it at shutdown (and at start,
+//! after a crash). It turns IPv4 forwarding on then (`net.ipv4.ip_forward = 1`, machine-wide: the
+//! host then routes between all its interfaces) and leaves it on.
 
 use kindling_sandbox::net::{NetError, Network, Pool};
 use serde::Deserialize;
@@ -24,10 +29,15 @@ pub struct Networking {
 }
 
 /// Networked sandboxes (`[network]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
+    /// IPv4 range for sandboxes, a /30 each (host end .1, sandbox .2). It must not overlap a
+    /// route of the host (networked sandboxes fail with a message if it does); workers sharing
+    /// a range never hand out the same subnet.
     pub pool: String,
+    /// IPv4 DNS servers for networked sandboxes' /etc/resolv.conf (empty: the host's IPv4
+    /// non-loopback ones, from /etc/resolv.conf or systemd-resolved's upstream list).
     pub nameservers: Vec<std::net::Ipv4Addr>,
 }
 

@@ -117,12 +117,16 @@ fn hash_tree(h: &mut Sha256, path: &Path) {
 }
 
 /// Limits of installer sandboxes (config `[installer_limits]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InstallerLimits {
+    /// Memory limit of each installer sandbox, in MB.
     pub memory_mb: u64,
+    /// Time limit of each resolution or install job, in seconds.
     pub timeout_secs: u64,
+    /// CPU quota of each installer sandbox, in cores.
     pub cpu_cores: f64,
+    /// Pids limit of each installer sandbox.
     pub pids: u64,
     /// Packages installed at once by one deploy.
     pub parallel: usize,

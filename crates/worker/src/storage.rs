@@ -205,7 +205,7 @@ impl Space {
 }
 
 /// How much of a granted bucket a function may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Access {
     /// `list`, `download`.
@@ -216,12 +216,16 @@ pub enum Access {
 
 /// An operator's grant (`[[storage.grants]]`): `function` may use bucket `bucket` of function
 /// `owner`, under that name. Uploads through it count against the owner's quota.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
+    /// The function granted access.
     pub function: String,
+    /// The function whose bucket it is (its quota pays for writes).
     pub owner: String,
+    /// The bucket's name.
     pub bucket: String,
+    /// `"read"` (list, download) or `"read-write"` (also upload).
     pub access: Access,
 }
 
@@ -815,16 +819,30 @@ fn error_reply(e: &StorageError) -> serde_json::Value {
 }
 
 /// Object storage for functions (`[storage]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
+    /// Serve it; when false, `import storage` calls fail.
     pub enabled: bool,
+    /// The directory backend: `<dir>/<function>/<bucket>/<key>`, each function seeing only its
+    /// own buckets (unset: `<root>/storage`). An absolute path.
     pub dir: Option<PathBuf>,
+    /// Largest object one upload may store.
     pub max_object_bytes: u64,
+    /// What one function's buckets may hold: an object counts its size rounded up to 4 KiB (at
+    /// least 4 KiB), each directory a key creates 4 KiB; an upload past it fails, storing
+    /// nothing (it must fit beside an object it replaces).
     pub max_function_bytes: u64,
+    /// What the whole store may hold, every function together.
     pub max_total_bytes: u64,
+    /// Storage connections open at once, all functions together (more wait in the socket's
+    /// backlog).
     pub max_connections: usize,
+    /// Connections one function may have open; more are refused at once as busy (the client
+    /// retries for up to 10 s), so one function cannot keep another waiting.
     pub max_connections_per_function: usize,
+    /// Buckets of other functions that a function may use (`[[storage.grants]]`, one table per
+    /// grant; none by default).
     pub grants: Vec<Grant>,
 }
 

@@ -65,17 +65,29 @@ const FORK_TIMEOUT: Duration = Duration::from_secs(10);
 const REFILL_DELAY: Duration = Duration::from_millis(2);
 
 /// Zygote settings (`[zygotes]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ZygoteConfig {
+    /// Fork starts at all.
     pub enabled: bool,
+    /// A zygote per deployed package set (the function's whole lock), on first need.
     pub auto: bool,
+    /// The operator's zygotes, by package names: each is instantiated per version set, a child
+    /// of the largest zygote whose packages it contains.
     pub tree: Vec<Vec<String>>,
+    /// Cgroup memory limit of each zygote, in MB.
     pub memory_mb: u64,
+    /// SIGSTOP a zygote unused this long, in seconds (SIGCONT on its next use).
     pub idle_pause_secs: u64,
+    /// Below this MemAvailable (MB), idle zygotes are evicted (least recently used leaves first).
     pub min_available_mb: u64,
+    /// Spare sandboxes (clean, made ahead of need) kept for fork starts (0: none). Formerly
+    /// `sandbox_pool`, which is still read.
     #[serde(alias = "sandbox_pool")]
     pub spare_sandboxes: usize,
+    /// Children forked ahead of need per zygote that started an instance, each waiting entered
+    /// and unprivileged in a spare sandbox to become the next forked instance (0: fork on
+    /// request only).
     pub seeds: usize,
 }
 
