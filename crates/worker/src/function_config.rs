@@ -7,6 +7,17 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
+/// Whether `name` may name a function: it becomes a directory name and a URL path segment, so
+/// 1 to 63 ASCII letters, digits, `_`, `-` and `.`, starting with a letter or digit.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
 /// Which function format a version uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

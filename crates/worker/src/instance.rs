@@ -185,7 +185,7 @@ impl Instances {
         )?;
         let output = sandbox.take_output();
         let started = sock
-            .ok_or_else(|| StartError::Io(std::io::Error::other("no instance socket")))
+            .ok_or(StartError::NoInstance)
             .and_then(|sock| Ok((sock, self.collect_output(function, &id, output)?)));
         match started {
             Ok((sock, output)) => {

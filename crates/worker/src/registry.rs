@@ -92,13 +92,7 @@ pub struct Staged {
 
 /// Checks a function name: it becomes a directory name and a URL path segment.
 pub fn validate_name(name: &str) -> Result<(), RegistryError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
+    if crate::function_config::is_valid_name(name) {
         Ok(())
     } else {
         Err(RegistryError::InvalidName(name.chars().take(80).collect()))

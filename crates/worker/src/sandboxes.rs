@@ -39,6 +39,18 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("cannot connect the sandbox's network")]
     Network(#[from] kindling_sandbox::net::NetError),
+    #[error("networked sandboxes are not available on this worker")]
+    NoNetwork,
+    #[error("the zygote sandbox is gone")]
+    ZygoteSandboxGone,
+    #[error("the sandbox's init exited")]
+    InitExited,
+    #[error("sandbox setup failed: {0}")]
+    SetupFailed(String),
+    #[error("mounting into the sandbox failed: {0}")]
+    MountFailed(String),
+    #[error("the sandbox started no instance")]
+    NoInstance,
 }
 
 /// The uid and gid function code runs as inside a zygote's user namespace (mapped to the
@@ -220,7 +232,7 @@ impl Sandboxes {
             Nesting::Within(parent) => {
                 let fds = parent
                     .namespace_fds(&["user", "pid"])
-                    .ok_or_else(|| std::io::Error::other("the zygote sandbox is gone"))?;
+                    .ok_or(StartError::ZygoteSandboxGone)?;
                 (UserNamespace::Within, fds, Some(parent.clone()))
             }
         };
@@ -278,11 +290,7 @@ impl Sandboxes {
         pidfd: BorrowedFd<'_>,
         pid: i32,
     ) -> Result<NetLease, StartError> {
-        let network = self.network.as_ref().ok_or_else(|| {
-            StartError::Io(std::io::Error::other(
-                "networked sandboxes are not available on this worker",
-            ))
-        })?;
+        let network = self.network.as_ref().ok_or(StartError::NoNetwork)?;
         let netns = kindling_sandbox::net::netns_of(pidfd, pid)?;
         Ok(network.connect(netns.as_fd())?)
     }
@@ -421,10 +429,10 @@ impl SandboxHandle {
             match self.control.recv::<ControlEvent>(false)? {
                 Some((ControlEvent::Mounted { .. }, _)) => return Ok(()),
                 Some((ControlEvent::Failed { message }, _)) => {
-                    return Err(StartError::Io(std::io::Error::other(message)))
+                    return Err(StartError::MountFailed(message))
                 }
                 Some(_) => continue,
-                None => return Err(StartError::Io(std::io::Error::other("sandbox init exited"))),
+                None => return Err(StartError::InitExited),
             }
         }
     }
@@ -457,12 +465,10 @@ impl SandboxHandle {
                     return Ok(pidfd);
                 }
                 Some((ControlEvent::SetupFailed { message }, _)) => {
-                    return Err(StartError::Io(std::io::Error::other(format!(
-                        "sandbox setup failed: {message}"
-                    ))))
+                    return Err(StartError::SetupFailed(message))
                 }
                 Some(_) => continue,
-                None => return Err(StartError::Io(std::io::Error::other("sandbox init exited"))),
+                None => return Err(StartError::InitExited),
             }
         }
     }

@@ -194,8 +194,9 @@ pub struct Space(String);
 
 impl Space {
     pub fn parse(function: &str) -> Result<Self, StorageError> {
-        crate::registry::validate_name(function)
-            .map_err(|_| StorageError::InvalidFunction(clip(function)))?;
+        if !crate::function_config::is_valid_name(function) {
+            return Err(StorageError::InvalidFunction(clip(function)));
+        }
         Ok(Self(function.to_string()))
     }
 

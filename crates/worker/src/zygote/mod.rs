@@ -37,7 +37,7 @@ use crate::registry::FunctionVersion;
 use crate::sandboxes::{
     FunctionLimits, Nesting, SandboxHandle, Sandboxes, SharedSandbox, StartError,
 };
-use crate::spares::SpareSandboxes;
+use crate::spares::{Reserve, SpareSandboxes};
 use kindling_sandbox::cgroup::Limits as CgroupLimits;
 use kindling_sandbox::channel;
 use kindling_sandbox::process::Process;
@@ -150,7 +150,7 @@ pub struct Zygotes {
     /// Spare sandboxes made within zygotes' namespaces for their fork starts.
     spares: SpareSandboxes,
     /// Seeds by the package set of the zygote they were forked from.
-    seeds: Mutex<HashMap<PackageSet, Vec<Seed>>>,
+    seeds: Reserve<PackageSet, Seed>,
     /// What seeds write ahead of need, by zygote package set.
     working_sets: Mutex<HashMap<PackageSet, WorkingSet>>,
     /// `/tmp` size of spare sandboxes: the worker's default.
@@ -183,7 +183,7 @@ impl Zygotes {
             uid,
             gid,
             spares: SpareSandboxes::default(),
-            seeds: Mutex::new(HashMap::new()),
+            seeds: Reserve::default(),
             working_sets: Mutex::new(HashMap::new()),
             spare_tmp_mb,
             refilling: Mutex::new(()),
@@ -250,9 +250,16 @@ impl Zygotes {
             }
         };
         if let Some(z) = dead {
-            self.spares.destroy_for(&z.id);
+            self.drop_spares(&z.id);
         }
         None
+    }
+
+    /// Destroys the spare sandboxes made within zygote `id`.
+    fn drop_spares(&self, id: &str) {
+        for (_, sandbox) in self.spares.remove(&id.to_string()) {
+            sandbox.destroy();
+        }
     }
 
     /// Forgets a zygote that failed; the next need recreates it.
@@ -264,7 +271,7 @@ impl Zygotes {
                 nodes.remove(&z.packages);
             }
         }
-        self.spares.destroy_for(&z.id);
+        self.drop_spares(&z.id);
     }
 
     /// The mounts of a zygote's sandbox: runtime, its packages, /tmp, /proc, /dev.
@@ -661,7 +668,7 @@ impl Zygotes {
 
     /// Zygotes for `/status`: id, packages, pid, forks, memory.
     pub fn describe(&self) -> Vec<serde_json::Value> {
-        let seeds = self.seeds.lock();
+        let seeds = self.seeds.counts();
         let working_sets = self.working_sets.lock();
         let nodes = self.nodes.lock();
         let mut out: Vec<_> = nodes
@@ -672,7 +679,7 @@ impl Zygotes {
                     "id": z.id, "pid": z.pid, "packages": z.packages,
                     "parent": z.parent.as_ref().map(|p| p.id.clone()),
                     "forks": z.forks.load(Ordering::Relaxed),
-                    "seeds": seeds.get(&z.packages).map_or(0, Vec::len),
+                    "seeds": seeds.get(&z.packages).copied().unwrap_or(0),
                     "seed_write_ahead_pages": working_sets.get(&z.packages).map_or(0, |w| w.pages.len()),
                     "paused": z.paused.load(Ordering::Relaxed),
                     "memory_bytes": z.memory_usage(),
@@ -689,13 +696,10 @@ impl Zygotes {
         // No refill may start now, and one in flight is waited for (it holds `refilling`).
         self.stopping.store(true, Ordering::SeqCst);
         let _refilling = self.refilling.lock();
-        self.spares.destroy_all();
-        let seeds: Vec<_> = self
-            .seeds
-            .lock()
-            .drain()
-            .flat_map(|(_, list)| list)
-            .collect();
+        for (_, sandbox) in self.spares.drain() {
+            sandbox.destroy();
+        }
+        let seeds = self.seeds.drain();
         for seed in seeds {
             seed.sandbox.destroy();
         }

@@ -9,7 +9,6 @@ use crate::frame;
 use crate::sandboxes::{Nesting, SandboxHandle};
 use crate::spares::Spare;
 use kindling_sandbox::spec::MountSpec;
-use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -57,31 +56,19 @@ const READY: &[u8] = b"ready";
 impl Zygotes {
     /// A seed of the zygote holding `set`.
     pub(super) fn take_seed(&self, set: &PackageSet) -> Option<Seed> {
-        let mut seeds = self.seeds.lock();
-        let list = seeds.get_mut(set)?;
-        let seed = list.pop();
-        if list.is_empty() {
-            seeds.remove(set);
-        }
-        seed
+        self.seeds.take(set)
     }
 
     /// Destroys the seeds of the zygote holding `set`.
     pub(super) fn drop_seeds(&self, set: &PackageSet) {
-        let dropped = self.seeds.lock().remove(set);
-        for seed in dropped.into_iter().flatten() {
+        for seed in self.seeds.remove(set) {
             seed.sandbox.destroy();
         }
     }
 
     /// A live zygote that started instances and has fewer than `seeds` seeds.
     fn short_of_seeds(&self) -> Option<Arc<Zygote>> {
-        let seeds: HashMap<PackageSet, usize> = self
-            .seeds
-            .lock()
-            .iter()
-            .map(|(set, list)| (set.clone(), list.len()))
-            .collect();
+        let seeds = self.seeds.counts();
         self.choose(|standing| policy::next_seed(standing, &seeds, self.config.seeds))
     }
 
@@ -160,12 +147,7 @@ impl Zygotes {
                         }
                     });
                 match seeded {
-                    Ok(seed) => self
-                        .seeds
-                        .lock()
-                        .entry(z.packages.clone())
-                        .or_default()
-                        .push(seed),
+                    Ok(seed) => self.seeds.put(z.packages.clone(), seed),
                     Err(e) => {
                         tracing::warn!(zygote = %z.id, "cannot fork a seed: {e}");
                         if matches!(e, ForkError::Io(_) | ForkError::Zygote(_)) {
@@ -180,7 +162,7 @@ impl Zygotes {
                 return;
             };
             match self.create_spare(&z) {
-                Ok(p) => self.spares.put(&z.id, p),
+                Ok(p) => self.spares.put(z.id.clone(), p),
                 Err(e) => {
                     tracing::warn!(zygote = %z.id, "cannot pre-create a sandbox: {e}");
                     return;
@@ -243,6 +225,6 @@ impl Zygotes {
 
     /// Seeds waiting to become instances.
     pub fn seeded(&self) -> usize {
-        self.seeds.lock().values().map(Vec::len).sum()
+        self.seeds.count()
     }
 }
