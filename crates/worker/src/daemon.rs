@@ -13,7 +13,7 @@ use crate::pool::Pool;
 use crate::registry::{Deployed, FunctionVersion, Registry, RegistryError};
 use crate::sandboxes::{FunctionLimits, SandboxSetup, Sandboxes, USERNS_INSTANCE_ID};
 use crate::starts::Starts;
-use crate::zygote::Zygotes;
+use crate::zygote::{SandboxHost, Zygotes};
 use kindling_sandbox::cgroup::CgroupManager;
 use kindling_sandbox::spawner::Spawner;
 use std::path::{Path, PathBuf};
@@ -210,12 +210,16 @@ impl Worker {
             }
         }
         let metrics = Arc::new(Metrics::default());
-        let zygotes = Arc::new(Zygotes::new(
+        let zygote_host = SandboxHost::new(
             instances.clone(),
-            config.zygotes.clone(),
-            USERNS_INSTANCE_ID,
-            USERNS_INSTANCE_ID,
+            (USERNS_INSTANCE_ID, USERNS_INSTANCE_ID),
             config.max_open_files,
+            config.zygotes.memory_mb,
+            config.defaults.tmp_mb,
+        );
+        let zygotes = Arc::new(Zygotes::new(
+            zygote_host,
+            config.zygotes.clone(),
             config.defaults.tmp_mb,
         ));
         let starts = Arc::new(Starts {

@@ -5,16 +5,9 @@
 //! by their zygote's package set. How many to keep and for which zygote is the zygotes' refill
 //! policy (`zygote/policy.rs`); this module only keeps them.
 
-use crate::sandboxes::SandboxHandle;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::Hash;
-
-/// A spare sandbox: its id and the sandbox.
-pub(crate) type Spare = (String, SandboxHandle);
-
-/// Spare sandboxes by the id of the zygote they were made within.
-pub(crate) type SpareSandboxes = Reserve<String, Spare>;
 
 /// Items made ahead of need, by key; the most recently made is taken first.
 pub(crate) struct Reserve<K, T> {

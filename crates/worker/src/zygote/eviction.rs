@@ -2,24 +2,27 @@
 //! idle leaf zygotes are evicted, least recently used first, while the machine is short of
 //! memory; they are recreated on next need.
 
-use super::{Zygote, Zygotes};
+use super::{Zygote, ZygoteHost, ZygoteProcess, Zygotes};
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-impl Zygotes {
+impl<H: ZygoteHost> Zygotes<H> {
     /// Pauses zygotes idle past `idle_pause_secs`; evicts idle leaf zygotes while the machine
     /// is short of memory.
     pub fn housekeeping(&self) {
         let idle_pause = Duration::from_secs(self.config.idle_pause_secs);
-        let nodes: Vec<Arc<Zygote>> = self.nodes.lock().values().cloned().collect();
+        let nodes: Vec<Arc<Zygote<H::Process>>> = self.nodes.lock().values().cloned().collect();
         for z in &nodes {
-            if z.last_used().elapsed() >= idle_pause && !z.paused.load(Ordering::SeqCst) {
-                z.pause_if_idle();
+            if z.last_used().elapsed() >= idle_pause && !z.process.is_paused() {
+                z.process.pause_if_idle();
             }
         }
-        if available_mb().is_some_and(|mb| mb < self.config.min_available_mb) {
+        if self
+            .host
+            .available_mb()
+            .is_some_and(|mb| mb < self.config.min_available_mb)
+        {
             let parents: BTreeSet<String> = nodes
                 .iter()
                 .filter_map(|z| z.parent.as_ref().map(|p| p.id.clone()))
@@ -36,15 +39,4 @@ impl Zygotes {
             }
         }
     }
-}
-
-/// MemAvailable in MB.
-fn available_mb() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    line.split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()
-        .map(|kb| kb / 1024)
 }

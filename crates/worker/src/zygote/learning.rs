@@ -3,8 +3,7 @@
 //! forked instance writes during its first invocation, which seeds then write ahead of need.
 //! Also which modules of a package set a zygote preloads in the first place.
 
-use super::process::Request;
-use super::{Forked, PackageSet, Zygotes};
+use super::{Forked, PackageSet, ZygoteHost, ZygoteProcess, Zygotes};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -26,7 +25,7 @@ pub(super) struct WorkingSet {
     learned_from: usize,
 }
 
-impl Zygotes {
+impl<H: ZygoteHost> Zygotes<H> {
     /// Learns from a forked instance that has served its first invocation: which submodules of
     /// its packages the zygote should import too (those the instance imported on the way, e.g.
     /// plugins loaded on first use; the zygote imports them now, so later forks inherit them),
@@ -44,17 +43,16 @@ impl Zygotes {
             return;
         }
         self.import_into_zygote(&forked.zygote, modules);
-        let pages =
-            match kindling_sandbox::working_set::written_pages(forked.pid, MAX_WRITE_AHEAD_PAGES) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!(
-                        pid = forked.pid,
-                        "cannot read a forked instance's pages: {e}"
-                    );
-                    return;
-                }
-            };
+        let pages = match self.host.written_pages(forked.pid, MAX_WRITE_AHEAD_PAGES) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(
+                    pid = forked.pid,
+                    "cannot read a forked instance's pages: {e}"
+                );
+                return;
+            }
+        };
         let mut sets = self.working_sets.lock();
         let ws = sets.entry(forked.zygote.clone()).or_default();
         ws.learned_from += 1;
@@ -85,7 +83,8 @@ impl Zygotes {
         let Some(z) = self.live(set) else {
             return;
         };
-        match z.call(&Request::Import { modules: &fresh }, &[]) {
+        z.touch();
+        match z.process.import(&fresh) {
             // Seeds forked before lack the modules: the refill that follows forks new ones.
             Ok(_) => self.drop_seeds(set),
             Err(e) => {
@@ -106,7 +105,7 @@ impl Zygotes {
     /// The top-level modules of the packages of `set`.
     pub(super) fn top_level_of(&self, set: &PackageSet) -> BTreeSet<String> {
         set.iter()
-            .flat_map(|k| top_level_modules(&self.instances.packages_dir.join(k).join("files")))
+            .flat_map(|k| self.host.top_level_modules(k))
             .collect()
     }
 
@@ -185,7 +184,7 @@ pub fn top_level_modules(files: &Path) -> Vec<String> {
         .collect()
 }
 
-pub(super) fn has_pth(files: &Path) -> bool {
+pub(crate) fn has_pth(files: &Path) -> bool {
     std::fs::read_dir(files)
         .map(|rd| {
             rd.flatten()

@@ -2,7 +2,8 @@
 //! instance, import modules) and replies, JSON in length-prefixed frames ([`crate::frame`]).
 //! The Python side is `zygote_main`/`_zygote_loop` in `runtime/kindling_runtime.py`.
 
-use super::{ForkError, PackageSet, FORK_TIMEOUT};
+use super::host::ZygoteProcess;
+use super::{ForkError, FORK_TIMEOUT};
 use crate::frame;
 use crate::sandboxes::SharedSandbox;
 use kindling_sandbox::channel;
@@ -11,9 +12,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Largest reply a zygote may send.
 const MAX_REPLY_BYTES: usize = 1 << 20;
@@ -133,30 +134,33 @@ pub(crate) fn read_exact_with_pid(chan: &UnixStream, buf: &mut [u8]) -> std::io:
     pid.ok_or_else(|| std::io::Error::other("the forked child's credentials are missing"))
 }
 
-/// One zygote process.
-pub struct Zygote {
-    pub id: String,
-    pub packages: PackageSet,
-    pub parent: Option<Arc<Zygote>>,
-    /// Its pid on the host.
-    pub pid: i32,
-    pub(super) process: Process,
-    pub(super) channel: Mutex<UnixStream>,
-    /// Its sandbox, which outlives it while sandboxes made within it live.
+/// A zygote's process: its pidfd, its socket and its sandbox (which outlives it while
+/// sandboxes made within it live).
+pub struct ZygoteProc {
+    process: Process,
+    channel: Mutex<UnixStream>,
     pub(super) sandbox: Arc<SharedSandbox>,
-    pub(super) last_used: Mutex<Instant>,
-    pub(super) paused: AtomicBool,
-    pub(super) dead: AtomicBool,
-    pub forks: AtomicU64,
-    /// Whether it has started an instance (then it keeps seeds).
-    pub(super) serves_instances: AtomicBool,
-    /// Modules that failed to preload (they are imported by the instance instead).
-    pub failed_imports: Vec<String>,
+    paused: AtomicBool,
     /// What a root zygote prints goes to the zygotes' log while this lives.
-    pub(super) _output: Option<crate::logs::InstanceOutput>,
+    _output: Option<crate::logs::InstanceOutput>,
 }
 
-impl Zygote {
+impl ZygoteProc {
+    pub(super) fn new(
+        process: Process,
+        channel: UnixStream,
+        sandbox: Arc<SharedSandbox>,
+        output: Option<crate::logs::InstanceOutput>,
+    ) -> Self {
+        Self {
+            process,
+            channel: Mutex::new(channel),
+            sandbox,
+            paused: AtomicBool::new(false),
+            _output: output,
+        }
+    }
+
     /// Sends a request with descriptors and reads the reply; a failure it reports is an error.
     pub(crate) fn call(
         &self,
@@ -169,7 +173,6 @@ impl Zygote {
         if self.paused.swap(false, Ordering::SeqCst) {
             let _ = self.process.resume();
         }
-        *self.last_used.lock() = Instant::now();
         let body = serde_json::to_vec(req).map_err(std::io::Error::other)?;
         channel::send_with_fds(&*chan, &frame::encode(&body)?, fds)?;
         match read_reply(&mut chan, FORK_TIMEOUT, None)? {
@@ -178,29 +181,23 @@ impl Zygote {
             reply => Ok(reply),
         }
     }
+}
 
-    /// Whether the zygote is gone: marked dead, or its process no longer exists.
-    pub fn is_dead(&self) -> bool {
-        if self.dead.load(Ordering::SeqCst) {
-            return true;
-        }
-        // Signal 0 checks for existence; the zygote's init reaps it when it dies.
-        if !self.process.is_alive() {
-            self.dead.store(true, Ordering::SeqCst);
-            return true;
-        }
-        false
+impl ZygoteProcess for ZygoteProc {
+    fn import(&self, modules: &[String]) -> Result<(), ForkError> {
+        self.call(&Request::Import { modules }, &[]).map(|_| ())
     }
 
-    /// Kills the zygote process. Its sandbox goes when the last sandbox made within it does
-    /// (their pid namespaces lie inside its own).
-    pub(super) fn kill(&self) {
-        self.dead.store(true, Ordering::SeqCst);
+    fn is_alive(&self) -> bool {
+        // Signal 0 checks for existence; the zygote's init reaps it when it dies.
+        self.process.is_alive()
+    }
+
+    fn kill(&self) {
         let _ = self.process.kill();
     }
 
-    /// Pauses the zygote (SIGSTOP) if no request is in flight; the next request resumes it.
-    pub(super) fn pause_if_idle(&self) {
+    fn pause_if_idle(&self) {
         // Only while no request is in flight (the guard is held until the zygote stops).
         if let Some(_idle) = self.channel.try_lock() {
             self.paused.store(true, Ordering::SeqCst);
@@ -208,20 +205,12 @@ impl Zygote {
         }
     }
 
-    /// When it last served a request.
-    pub(super) fn last_used(&self) -> Instant {
-        *self.last_used.lock()
+    fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
     }
 
-    /// Memory charged to the zygote's cgroup.
-    pub fn memory_usage(&self) -> Option<u64> {
+    fn memory_usage(&self) -> Option<u64> {
         self.sandbox.memory_usage()
-    }
-}
-
-impl Drop for Zygote {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
