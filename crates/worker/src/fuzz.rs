@@ -136,7 +136,7 @@ fn through_socket<T>(
     out
 }
 
-/// The zygote protocol's frame reader (length-prefixed JSON).
+/// The zygote protocol's reply reader: a length-prefixed frame, then a typed reply.
 pub fn zygote_frame(data: &[u8]) {
     through_socket(data, |s| {
         if let Err(e) = crate::zygote::read_reply(s, Duration::from_secs(1), None) {
