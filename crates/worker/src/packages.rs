@@ -14,7 +14,9 @@
 use crate::base::Base;
 use crate::echo::{echo, excerpt};
 use crate::layout;
-pub use crate::lock::{normalize, Lock, PackageRef};
+/// Package versions, as the store names them (the lock model is `crate::lock`).
+pub use crate::lock::PackageRef;
+use crate::lock::{normalize, Lock};
 use crate::sandboxes::{Job, Sandboxes};
 use kindling_sandbox::cgroup::Limits as CgroupLimits;
 use kindling_sandbox::spec::MountSpec;
