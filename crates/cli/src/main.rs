@@ -347,7 +347,8 @@ fn down(root: &Path) -> Result<()> {
         .trim()
         .parse()
         .context("malformed pid file")?;
-    kindling_sandbox::sys::kill(pid, 15).with_context(|| format!("cannot signal worker {pid}"))?;
+    kindling_sandbox::process::signal(pid, 15)
+        .with_context(|| format!("cannot signal worker {pid}"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Path::new(&format!("/proc/{pid}")).exists() {
         if Instant::now() > deadline {

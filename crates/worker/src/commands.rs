@@ -294,10 +294,10 @@ fn deployed(d: &Deployed, stats: EnsureStats) -> api::Deployed {
     }
 }
 
-fn format_reply(f: crate::registry::Format) -> api::Format {
+fn format_reply(f: crate::function_config::Format) -> api::Format {
     match f {
-        crate::registry::Format::OpenLambda => api::Format::OpenLambda,
-        crate::registry::Format::Sebs => api::Format::Sebs,
+        crate::function_config::Format::OpenLambda => api::Format::OpenLambda,
+        crate::function_config::Format::Sebs => api::Format::Sebs,
     }
 }
 
@@ -399,7 +399,7 @@ mod tests {
         let mut f = FunctionVersion {
             name: "f".into(),
             hash: "ab12".into(),
-            format: crate::registry::Format::Sebs,
+            format: crate::function_config::Format::Sebs,
             dir: "/x".into(),
             config: Default::default(),
             lock: Default::default(),

@@ -14,13 +14,14 @@
 use crate::daemon::Worker;
 use crate::metrics::Metrics;
 use hyper::body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -65,7 +66,7 @@ impl Connections {
     /// Admits a connection from `peer`, or `None` if the worker or this client is at its cap.
     pub fn admit(&self, peer: IpAddr) -> Option<Admission> {
         let key = client_key(peer);
-        let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_client = self.per_client.lock();
         let mine = per_client.entry(key).or_insert(0);
         if *mine >= self.max_per_client || self.open.load(Ordering::SeqCst) >= self.max {
             if *mine == 0 {
@@ -85,7 +86,7 @@ impl Connections {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_client = self.per_client.lock();
         if let Some(n) = per_client.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -420,7 +421,7 @@ mod tests {
         assert_eq!(c.open(), 3);
         // Refused clients leave no entry behind.
         assert!(c.admit(ip("10.0.0.9")).is_none());
-        assert!(!c.per_client.lock().unwrap().contains_key(&ip("10.0.0.9")));
+        assert!(!c.per_client.lock().contains_key(&ip("10.0.0.9")));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!   end-to-end invocation latency inside the worker;
 //! - `kindling_<gauge>`: each gauge of `/stats` with `.` and `-` as `_` (`kindling_sandboxes_live`).
 
+use parking_lot::Mutex;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,7 +18,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 
 /// Upper bounds (seconds) of the latency histogram's buckets: 0.5 ms to 30 s.
 const BUCKETS_SECONDS: &[f64] = &[
@@ -121,7 +121,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Adds `n` to counter `name` (dotted, OpenLambda style: `start.cold`, `errors.timeout`).
     pub fn add(&self, name: &str, n: u64) {
-        let mut t = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.totals.lock();
         *t.counters.entry(name.to_string()).or_default() += n;
         self.events
             .get_or_create(&EventLabels {
@@ -132,7 +132,7 @@ impl Metrics {
 
     /// Records an invocation's end-to-end latency (ms) under its start method.
     pub fn observe_latency(&self, start: &str, ms: f64) {
-        let mut t = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.totals.lock();
         let (sum, count) = t.latency.entry(start.to_string()).or_default();
         *sum += ms;
         *count += 1;
@@ -145,7 +145,7 @@ impl Metrics {
 
     /// `/stats`: counters, `latency.<start>.ms-avg` means, and the given gauges.
     pub fn stats(&self, gauges: &[(&str, u64)]) -> kindling_api::Stats {
-        let t = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        let t = self.totals.lock();
         let mut map = BTreeMap::new();
         for (k, v) in &t.counters {
             map.insert(k.clone(), (*v).into());

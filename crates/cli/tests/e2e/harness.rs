@@ -381,7 +381,7 @@ impl Worker {
             return;
         };
         let pid = child.id() as i32;
-        let _ = kindling_sandbox::sys::kill(pid, 15);
+        let _ = kindling_sandbox::process::signal(pid, 15);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(_)) = child.try_wait() {

@@ -19,7 +19,7 @@ fn status_is_ready_then_draining_and_new_work_is_refused() {
     let status = c.status().unwrap();
     assert_eq!(status.status, WorkerState::Ready);
     assert!(status.detail.is_some(), "the admin sees the details");
-    kindling_sandbox::sys::kill(w.pid() as i32, 15).unwrap();
+    kindling_sandbox::process::signal(w.pid() as i32, 15).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let r = c

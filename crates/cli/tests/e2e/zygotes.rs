@@ -932,7 +932,7 @@ fn killed_zygote_is_replaced() {
     let (r, ()) = std::thread::scope(|s| {
         let h = s.spawn(|| fork(&w, "sleepy", &json!({"sleep": 2})));
         std::thread::sleep(Duration::from_millis(800));
-        kindling_sandbox::sys::kill(zpid, 9).unwrap();
+        kindling_sandbox::process::signal(zpid, 9).unwrap();
         (h.join().unwrap(), ())
     });
     assert_eq!(
@@ -1141,7 +1141,7 @@ fn killed_zygote_tree_is_replaced() {
         .collect();
     let mut seen = worker_processes(&w);
     for p in &old {
-        kindling_sandbox::sys::kill(p.pid, 9).unwrap();
+        kindling_sandbox::process::signal(p.pid, 9).unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while old.iter().any(Proc::alive) {

@@ -45,7 +45,7 @@ pub(super) async fn deploy(worker: &Arc<Worker>, name: &str, req: Request<Incomi
         return reply::json(status, &outcome);
     }
     let (sender, channel) = Channel::<Bytes>::new(16);
-    let sender = std::sync::Mutex::new(sender);
+    let sender = parking_lot::Mutex::new(sender);
     let handle = tokio::runtime::Handle::current();
     // The deploy runs on a blocking thread, which feeds the response body as it goes.
     tokio::task::spawn_blocking(move || {
@@ -54,7 +54,7 @@ pub(super) async fn deploy(worker: &Arc<Worker>, name: &str, req: Request<Incomi
                 return;
             };
             text.push('\n');
-            let mut s = sender.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = sender.lock();
             let _ = handle.block_on(s.send_data(Bytes::from(text)));
         };
         let r = w.deploy_function(&n, &body, &|progress: String| {
