@@ -7,10 +7,11 @@ use kindling_worker::nosql::store::{Limits, Store};
 use kindling_worker::nosql::table::{parse_declarations, Owner};
 use kindling_worker::nosql::{NosqlConfig, NosqlService};
 use kindling_worker::tenants::{Callers, Refused};
+use parking_lot::Mutex;
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Every connection acts for the function named last (None: a caller that is no function's).
@@ -18,11 +19,7 @@ struct Acting(Mutex<Option<String>>);
 
 impl Callers for Acting {
     fn function_of(&self, _peer: BorrowedFd<'_>) -> Result<String, Refused> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(Refused::NotASandbox)
+        self.0.lock().clone().ok_or(Refused::NotASandbox)
     }
 }
 
@@ -70,7 +67,7 @@ impl Fixture {
     }
 
     fn act_as(&self, function: Option<&str>) {
-        *self.acting.0.lock().unwrap_or_else(|p| p.into_inner()) = function.map(str::to_string);
+        *self.acting.0.lock() = function.map(str::to_string);
     }
 
     fn run(&self, function: Option<&str>, scenario: &str) {

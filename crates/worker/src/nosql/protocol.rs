@@ -18,6 +18,7 @@
 use super::store::Item;
 use super::table::Key;
 use super::{clip, ErrorKind, NosqlError};
+use crate::frame::{self, FrameError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -92,41 +93,27 @@ pub fn parse_request(raw: &[u8]) -> Result<Request, NosqlError> {
     serde_json::from_slice(raw).map_err(|e| NosqlError::Protocol(clip(&e.to_string())))
 }
 
-/// A frame: the payload's length, big-endian, then the payload.
-pub fn encode_frame(payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(payload.len() + 4);
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
-}
-
-/// A reply as a frame.
+/// A reply as a frame ([`crate::frame`]).
 pub fn reply_frame(reply: &Reply) -> Vec<u8> {
-    // A reply is a tree of JSON values and strings: it always serializes.
+    // A reply is a tree of JSON values and strings: it always serializes, and the store bounds
+    // it far below a frame's 4 GiB.
     let payload = serde_json::to_vec(reply).unwrap_or_else(|_| b"{}".to_vec());
-    encode_frame(&payload)
+    frame::encode(&payload).unwrap_or_default()
 }
 
-/// Reads one frame of at most `max` payload bytes: its length is checked before anything is
-/// allocated for it.
-pub async fn read_frame<R>(reader: &mut R, max: usize) -> Result<Vec<u8>, NosqlError>
+/// Reads one request frame of at most `max` payload bytes, without a blocking thread: its
+/// length is checked before anything is allocated for it.
+pub async fn read_request<R>(reader: &mut R, max: usize) -> Result<Request, NosqlError>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
-    use tokio::io::AsyncReadExt;
-    let unreadable =
-        |e: std::io::Error| NosqlError::Protocol(format!("cannot read the request: {e}"));
-    let mut head = [0u8; 4];
-    reader.read_exact(&mut head).await.map_err(unreadable)?;
-    let n = u32::from_be_bytes(head) as usize;
-    if n > max {
-        return Err(NosqlError::Protocol(format!(
-            "request of {n} bytes is larger than the limit of {max} bytes"
-        )));
-    }
-    let mut payload = vec![0u8; n];
-    reader.read_exact(&mut payload).await.map_err(unreadable)?;
-    Ok(payload)
+    let raw = frame::read_async(reader, max).await.map_err(|e| match e {
+        FrameError::TooLarge { len, max } => NosqlError::Protocol(format!(
+            "request of {len} bytes is larger than the limit of {max} bytes"
+        )),
+        FrameError::Io(e) => NosqlError::Protocol(format!("cannot read the request: {e}")),
+    })?;
+    parse_request(&raw)
 }
 
 #[cfg(test)]
@@ -204,20 +191,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_frame_over_the_limit_is_refused_before_it_is_read() {
-        let frame = encode_frame(&[b'x'; 100]);
-        assert_eq!(read_frame(&mut &frame[..], 100).await.unwrap().len(), 100);
-        let e = read_frame(&mut &frame[..], 99).await.unwrap_err();
+    async fn a_request_over_the_limit_is_refused_before_it_is_read() {
+        let payload =
+            br#"{"op": "query", "table": "t", "primary": ["a", 1], "secondary_key": "b"}"#;
+        let request = frame::encode(payload).unwrap();
+        let n = payload.len();
+        assert!(read_request(&mut &request[..], n).await.is_ok());
+        let e = read_request(&mut &request[..], n - 1).await.unwrap_err();
         assert_eq!(
             e.to_string(),
-            "malformed NoSQL request: request of 100 bytes is larger than the limit of 99 bytes"
+            format!(
+                "malformed NoSQL request: request of {n} bytes is larger than the limit of {} \
+                 bytes",
+                n - 1
+            )
         );
         // A huge declared length allocates nothing.
-        let e = read_frame(&mut &[0xff, 0xff, 0xff, 0xff][..], 1024)
+        let e = read_request(&mut &[0xff, 0xff, 0xff, 0xff][..], 1024)
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol);
-        let e = read_frame(&mut &frame[..50], 1024).await.unwrap_err();
+        let e = read_request(&mut &request[..20], 1024).await.unwrap_err();
         assert!(e.to_string().contains("cannot read the request"), "{e}");
     }
 }

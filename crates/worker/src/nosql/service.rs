@@ -16,13 +16,14 @@ use super::store::{Limits, Store};
 use super::table::Owner;
 use super::{NosqlConfig, NosqlError, SOCKET_DIR, SOCKET_NAME};
 use crate::tenants::Callers;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a reply may take to be read by its client.
@@ -113,7 +114,7 @@ struct Slot {
 
 impl Slots {
     fn take(self: &Arc<Self>, function: &str) -> Result<Slot, NosqlError> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.lock();
         let n = open.entry(function.to_string()).or_default();
         if *n >= self.limit {
             return Err(NosqlError::Busy {
@@ -131,7 +132,7 @@ impl Slots {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.slots.open.lock();
         if let Some(n) = open.get_mut(&self.function) {
             *n -= 1;
             if *n == 0 {
@@ -158,12 +159,11 @@ impl Server {
         let function = self.callers.function_of(stream.as_fd())?;
         let owner = Owner::parse(&function)?;
         let slot = self.slots.take(&function)?;
-        let read = protocol::read_frame(stream, self.max_request_bytes);
-        let Ok(raw) = tokio::time::timeout(self.request_timeout, read).await else {
+        let read = protocol::read_request(stream, self.max_request_bytes);
+        let Ok(request) = tokio::time::timeout(self.request_timeout, read).await else {
             return Ok(None);
         };
-        let request = protocol::parse_request(&raw?)?;
-        Ok(Some((owner, slot, request)))
+        Ok(Some((owner, slot, request?)))
     }
 
     /// Serves one connection: admission, the call on a blocking thread, the reply.
@@ -339,11 +339,11 @@ impl NosqlService {
 
     /// Stops accepting calls, waits a little for calls in progress, removes the socket.
     pub fn stop(&self) {
-        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let stop = self.stop.lock().take();
         if let Some(tx) = stop {
             let _ = tx.send(());
         }
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.thread.lock().take();
         if let Some(t) = thread {
             let _ = t.join();
         }
@@ -412,7 +412,7 @@ pub(crate) mod tests {
 
     impl Callers for Acting {
         fn function_of(&self, _peer: std::os::fd::BorrowedFd<'_>) -> Result<String, Refused> {
-            self.0.lock().unwrap().clone().ok_or(Refused::NotASandbox)
+            self.0.lock().clone().ok_or(Refused::NotASandbox)
         }
     }
 
@@ -453,7 +453,7 @@ pub(crate) mod tests {
         }
 
         fn call(&self, function: Option<&str>, request: Value) -> Value {
-            *self.acting.0.lock().unwrap() = function.map(str::to_string);
+            *self.acting.0.lock() = function.map(str::to_string);
             call_raw(
                 self.service.socket(),
                 &serde_json::to_vec(&request).unwrap(),
@@ -465,16 +465,12 @@ pub(crate) mod tests {
     fn call_raw(socket: &Path, payload: &[u8]) -> Value {
         let mut s = UnixStream::connect(socket).unwrap();
         // A refusal may close the connection before the request is read.
-        let _ = s.write_all(&protocol::encode_frame(payload));
+        let _ = s.write_all(&crate::frame::encode(payload).unwrap());
         read_reply(&mut s)
     }
 
     fn read_reply(s: &mut UnixStream) -> Value {
-        let mut head = [0u8; 4];
-        s.read_exact(&mut head).unwrap();
-        let mut raw = vec![0u8; u32::from_be_bytes(head) as usize];
-        s.read_exact(&mut raw).unwrap();
-        serde_json::from_slice(&raw).unwrap()
+        serde_json::from_slice(&crate::frame::read(s, 1 << 24).unwrap()).unwrap()
     }
 
     fn insert(cart: &str, product: &str, data: Value) -> Value {
@@ -561,7 +557,7 @@ pub(crate) mod tests {
     fn callers_that_are_no_function_are_refused_before_their_request() {
         let f = Fixture::new();
         // The refusal comes without the request being sent.
-        *f.acting.0.lock().unwrap() = None;
+        *f.acting.0.lock() = None;
         let mut s = UnixStream::connect(f.service.socket()).unwrap();
         let r = read_reply(&mut s);
         assert_eq!(r["kind"], "denied", "{r}");
@@ -575,7 +571,7 @@ pub(crate) mod tests {
     fn oversized_slow_and_malformed_requests_are_answered_and_dropped() {
         let f = Fixture::new();
         let big = vec![b' '; 64 * 1024 + 1];
-        *f.acting.0.lock().unwrap() = Some("alpha".into());
+        *f.acting.0.lock() = Some("alpha".into());
         let r = call_raw(f.service.socket(), &big);
         assert_eq!(r["kind"], "protocol");
         assert!(r["error"]
@@ -606,7 +602,7 @@ pub(crate) mod tests {
     #[test]
     fn one_function_at_its_connection_limit_does_not_hold_up_another() {
         let f = Fixture::new();
-        *f.acting.0.lock().unwrap() = Some("alpha".into());
+        *f.acting.0.lock() = Some("alpha".into());
         let idle: Vec<UnixStream> = (0..2)
             .map(|_| UnixStream::connect(f.service.socket()).unwrap())
             .collect();

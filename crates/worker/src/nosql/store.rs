@@ -15,13 +15,13 @@
 
 use super::table::{Declaration, Key, KeyValue, Owner, TableName, TableSpec};
 use super::{clip, NosqlConfig, NosqlError};
+use parking_lot::{Mutex, MutexGuard};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, ToSql, Transaction};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// An item: a JSON object.
 pub type Item = Map<String, Value>;
@@ -263,8 +263,8 @@ impl Store {
         &self.limits
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     fn db(&self) -> impl Fn(rusqlite::Error) -> NosqlError + '_ {

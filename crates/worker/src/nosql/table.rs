@@ -17,8 +17,9 @@ pub struct Owner(String);
 
 impl Owner {
     pub fn parse(function: &str) -> Result<Self, NosqlError> {
-        crate::registry::validate_name(function)
-            .map_err(|_| NosqlError::InvalidFunction(clip(function)))?;
+        if !crate::function_config::is_valid_name(function) {
+            return Err(NosqlError::InvalidFunction(clip(function)));
+        }
         Ok(Self(function.to_string()))
     }
 
