@@ -27,11 +27,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Directory of the worker root holding the socket (root's, mode 0700).
-pub const SOCKET_DIR: &str = "nosql-socket";
+pub use crate::layout::NOSQL_SOCKET_DIR as SOCKET_DIR;
 /// The socket's file name.
-pub const SOCKET_NAME: &str = "nosql.sock";
-/// Where the socket appears in function sandboxes.
-pub const SANDBOX_SOCKET: &str = "/kindling/nosql-socket/nosql.sock";
+pub use crate::layout::NOSQL_SOCKET_NAME as SOCKET_NAME;
 /// Directory of the worker root holding the database, unless `[nosql] dir` says otherwise.
 pub const DATA_DIR: &str = "nosql";
 
@@ -51,7 +49,7 @@ pub(crate) fn clip(s: &str) -> String {
 }
 
 /// NoSQL for functions (`[nosql]` in the worker's config).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NosqlConfig {
     /// Serve NoSQL to functions (default true).
@@ -245,6 +243,8 @@ pub enum NosqlError {
     },
     #[error("NoSQL database holds a corrupt item in table {table:?}")]
     Corrupt { table: String },
+    #[error("NoSQL is disabled on this worker ([nosql] enabled = false)")]
+    Disabled,
     #[error("cannot prepare the NoSQL directory {path}")]
     Io {
         path: PathBuf,
@@ -280,7 +280,7 @@ impl NosqlError {
             | Self::StoreFull { .. }
             | Self::TableQuota { .. } => ErrorKind::Quota,
             Self::TableConflict { .. } => ErrorKind::Conflict,
-            Self::Refused(_) => ErrorKind::Denied,
+            Self::Refused(_) | Self::Disabled => ErrorKind::Denied,
             Self::Busy { .. } => ErrorKind::Busy,
             Self::Protocol(_) => ErrorKind::Protocol,
             Self::Database { .. } | Self::Corrupt { .. } | Self::Io { .. } => ErrorKind::Internal,
