@@ -1,4 +1,5 @@
-//! NoSQL from function code: `import nosql` in a sandbox, served by the worker over the socket
+//! NoSQL from function code: `from . import nosql` (SeBS) or `import nosql` (OpenLambda) in a
+//! sandbox, served by the worker over the socket
 //! bound at /kindling/nosql-socket/nosql.sock, tables declared in the function's config or
 //! through the admin API (`/nosql/...`, `kindling nosql`), the database under `<root>/nosql/`.
 
@@ -6,11 +7,9 @@ use crate::harness::Worker;
 use kindling_api::StartMethod;
 use serde_json::{json, Value};
 
-/// A SeBS-format benchmark in the manner of SeBS's 130.crud-api: a shopping cart. (`from . import
-/// nosql` needs SeBS code loaded as a package, issue 11 item 1; `import nosql` is the same
-/// module.)
+/// A SeBS-format benchmark in the manner of SeBS's 130.crud-api: a shopping cart.
 const CART: &str = r#"
-import nosql
+from . import nosql
 
 client = nosql.nosql.get_instance()
 TABLE = "shopping_cart"
