@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 /// A SeBS-format benchmark in the manner of SeBS's 130.crud-api: a shopping cart.
 const CART: &str = r#"
 from . import nosql
+from . import storage
 
 client = nosql.nosql.get_instance()
 TABLE = "shopping_cart"
@@ -37,6 +38,12 @@ def handler(event):
     if op == "delete":
         client.delete(table, cart, ("product_id", event["product"]))
         return {"result": "deleted"}
+    if op == "receipt":
+        # Both of SeBS's clients in one package: the cart's lines to object storage and back.
+        lines = [f'{i["product_id"]} {i["quantity"]}' for i in client.query(table, cart, "product_id")]
+        s = storage.storage.get_instance()
+        s.upload_stream("receipts", cart[1], "\n".join(lines).encode())
+        return {"result": s.download_stream("receipts", cart[1]).decode()}
     if op == "caught":
         try:
             client.get(table, cart, ("product_id", "none"))
