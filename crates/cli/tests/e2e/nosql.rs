@@ -379,3 +379,24 @@ fn forked_instances_reach_nosql() {
     );
     w.stop();
 }
+
+#[test]
+fn disabled_nosql_is_a_clear_error() {
+    let w = Worker::start("[nosql]\nenabled = false\n");
+    // The declarations are not refused: NoSQL is off, not the function wrong.
+    deploy_cart(&w, "cart");
+    let r = w.run("cart", &json!({"op": "get", "product": "p"}).to_string());
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("NoSQL is not available: cannot connect to"),
+        "{}",
+        r.text()
+    );
+    let r = w.request("GET", "/nosql/cart", &[], b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("x-kindling-error"), Some("nosql-disabled"));
+    assert!(!w.root.path().join("nosql").exists());
+    w.assert_serves();
+    w.stop();
+}
