@@ -21,6 +21,7 @@ pub mod packages;
 pub mod pool;
 pub mod registry;
 pub mod runtime;
+pub mod s3;
 pub mod storage;
 pub mod tenants;
 pub mod zygote;
