@@ -2128,4 +2128,75 @@ mod tests {
         assert!(check_grants(&[g("a", "../b", "x")]).is_err());
         assert!(check_grants(&[g("a", "b", ".tmp")]).is_err());
     }
+
+    #[test]
+    fn directory_backend_serves_what_the_s3_api_needs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = DirectoryBackend::open(tmp.path()).unwrap();
+        let other = Space::parse("other").unwrap();
+        assert_eq!(backend.space_created(&sp()).unwrap(), None);
+        assert!(backend.create_space(&sp()).unwrap());
+        assert!(!backend.create_space(&sp()).unwrap());
+        assert!(backend.space_created(&sp()).unwrap().is_some());
+        assert!(backend.buckets(&other).unwrap().is_empty());
+        put(&backend, "zeta", "a/b/c", b"0123456789");
+        put(&backend, "alpha", "x", b"");
+        assert_eq!(backend.buckets(&sp()).unwrap(), [b("alpha"), b("zeta")]);
+        // Stat and reads from an offset.
+        let info = backend.stat(&sp(), &b("zeta"), &k("a/b/c")).unwrap();
+        assert_eq!(info.size, 10);
+        let (at, mut r) = backend.open_at(&sp(), &b("zeta"), &k("a/b/c"), 4).unwrap();
+        assert_eq!(at, info);
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"456789");
+        let (_, mut r) = backend.open_at(&sp(), &b("zeta"), &k("a/b/c"), 99).unwrap();
+        assert_eq!(r.read(&mut [0u8; 4]).unwrap(), 0);
+        assert!(matches!(
+            backend.stat(&sp(), &b("zeta"), &k("a/b")),
+            Err(StorageError::NoSuchObject { .. })
+        ));
+        // Delete frees the object and the directories it leaves empty, as usage counts them.
+        let before = backend.usage(&sp()).unwrap();
+        let freed = backend.delete(&sp(), &b("zeta"), &k("a/b/c")).unwrap();
+        assert_eq!(freed, BLOCK + 2 * BLOCK);
+        assert_eq!(backend.usage(&sp()).unwrap(), before - freed);
+        assert!(tmp.path().join("fn/zeta").is_dir());
+        assert_eq!(backend.delete(&sp(), &b("zeta"), &k("a/b/c")).unwrap(), 0);
+        assert_eq!(backend.delete(&sp(), &b("nob"), &k("x")).unwrap(), 0);
+        // A directory is no object to delete.
+        put(&backend, "zeta", "d/e", b"e");
+        assert_eq!(backend.delete(&sp(), &b("zeta"), &k("d")).unwrap(), 0);
+
+        // Multipart: parts counted in the space, in no bucket, joined in the order given.
+        let up = UploadId::parse("0123456789abcdef").unwrap();
+        assert!(UploadId::parse("0123456789abcde").is_none());
+        assert!(UploadId::parse("../0123456789abcdef").is_none());
+        assert!(UploadId::parse("0123456789ABCDEF").is_none());
+        let before = backend.usage(&sp()).unwrap();
+        let (i1, s1) = backend
+            .put_part(&sp(), &up, 1, 3, &mut &b"one"[..])
+            .unwrap();
+        assert_eq!((i1.size, s1.added, s1.released), (3, 3 * BLOCK, 0));
+        let (_, s2) = backend
+            .put_part(&sp(), &up, 2, 3, &mut &b"two"[..])
+            .unwrap();
+        assert_eq!(s2.added, BLOCK);
+        let (_, again) = backend
+            .put_part(&sp(), &up, 2, 3, &mut &b"TWO"[..])
+            .unwrap();
+        assert_eq!(again.released, BLOCK);
+        assert_eq!(backend.usage(&sp()).unwrap(), before + 4 * BLOCK);
+        assert_eq!(backend.buckets(&sp()).unwrap(), [b("alpha"), b("zeta")]);
+        assert_eq!(backend.uploads(&sp()).unwrap()[0].0, up);
+        let stored = backend
+            .complete_upload(&sp(), &up, &[2, 1], &b("alpha"), &k("joined"))
+            .unwrap();
+        assert_eq!(stored.added, BLOCK);
+        assert_eq!(get(&backend, "alpha", "joined").unwrap(), b"TWOone");
+        assert_eq!(backend.discard_upload(&sp(), &up).unwrap(), 4 * BLOCK);
+        assert!(backend.uploads(&sp()).unwrap().is_empty());
+        assert_eq!(backend.discard_upload(&sp(), &up).unwrap(), 0);
+        assert_eq!(backend.usage(&sp()).unwrap(), before + BLOCK);
+    }
 }

@@ -273,7 +273,7 @@ impl Limits {
 
 /// The reply to a connection over the cap, written without reading its request.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
-Content-Type: application/xml\r\nRetry-After: 1\r\nContent-Length: 97\r\n\r\n\
+Content-Type: application/xml\r\nRetry-After: 1\r\nContent-Length: 96\r\n\r\n\
 <Error><Code>SlowDown</Code><Message>Too many connections; try again shortly.</Message></Error>\n";
 
 /// Accepts connections within the caps until `stop`, each served by hyper.

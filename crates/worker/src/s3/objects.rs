@@ -123,6 +123,36 @@ impl ObjectApi {
         }
     }
 
+    /// Reserves `most` bytes in `space` for an upload of `size` bytes.
+    fn reserve(
+        &self,
+        space: &Space,
+        size: u64,
+        most: u64,
+    ) -> S3Result<storage::quota::Reservation<'_>> {
+        storage::reserve(
+            &self.store.quotas,
+            self.store.backend.as_ref(),
+            space,
+            size,
+            most,
+        )
+        .map_err(errors::storage)
+    }
+
+    /// Refuses an upload with `e` before its body is read (draining a small one first).
+    async fn refuse(
+        &self,
+        e: s3s::S3Error,
+        body: Option<dto::StreamingBlob>,
+        content_length: Option<i64>,
+        headers: &hyper::HeaderMap,
+    ) -> s3s::S3Error {
+        let size = content_length.and_then(|n| u64::try_from(n).ok());
+        body::discard(body, size, headers, self.idle).await;
+        e
+    }
+
     /// The size a request declares for its body, within the object limit.
     fn declared_size(&self, content_length: Option<i64>) -> S3Result<u64> {
         let size = content_length.ok_or_else(|| s3_error!(MissingContentLength))?;
@@ -134,6 +164,39 @@ impl ObjectApi {
         }
         Ok(size)
     }
+}
+
+/// The digests an upload request sends with its body (PutObject's and UploadPart's inputs
+/// name them alike).
+macro_rules! digests_sent {
+    ($input:expr, $headers:expr, $trailers:expr) => {
+        Digests::of(
+            dto::Checksum {
+                checksum_crc32: $input.checksum_crc32.clone(),
+                checksum_crc32c: $input.checksum_crc32c.clone(),
+                checksum_crc64nvme: $input.checksum_crc64nvme.clone(),
+                checksum_sha1: $input.checksum_sha1.clone(),
+                checksum_sha256: $input.checksum_sha256.clone(),
+                ..Default::default()
+            },
+            $input.content_md5.as_deref(),
+            $headers,
+            $trailers,
+        )
+    };
+}
+
+/// An upload's reply with the checksums computed of its body.
+macro_rules! with_checksums {
+    ($output:expr, $sums:expr) => {{
+        let mut output = $output;
+        output.checksum_crc32 = $sums.checksum_crc32;
+        output.checksum_crc32c = $sums.checksum_crc32c;
+        output.checksum_crc64nvme = $sums.checksum_crc64nvme;
+        output.checksum_sha1 = $sums.checksum_sha1;
+        output.checksum_sha256 = $sums.checksum_sha256;
+        output
+    }};
 }
 
 /// An object's entity tag: its modification time and size, in hex.
@@ -287,36 +350,17 @@ impl S3 for ObjectApi {
             }
             let size = self.declared_size(input.content_length)?;
             self.existing(&at.space).await?;
-            let digests = Digests::of(
-                dto::Checksum {
-                    checksum_crc32: input.checksum_crc32.clone(),
-                    checksum_crc32c: input.checksum_crc32c.clone(),
-                    checksum_crc64nvme: input.checksum_crc64nvme.clone(),
-                    checksum_sha1: input.checksum_sha1.clone(),
-                    checksum_sha256: input.checksum_sha256.clone(),
-                    ..Default::default()
-                },
-                input.content_md5.as_deref(),
-                &headers,
-                trailing_headers,
-            )?;
-            let most = storage::upload_charge(&at.key, size);
-            let reservation = storage::reserve(
-                &self.store.quotas,
-                self.store.backend.as_ref(),
-                &at.space,
-                size,
-                most,
-            )
-            .map_err(errors::storage)?;
+            let digests = digests_sent!(input, &headers, trailing_headers)?;
+            let reservation =
+                self.reserve(&at.space, size, storage::upload_charge(&at.key, size))?;
             Ok((at, size, digests, reservation))
         };
         let (at, size, digests, reservation) = match checked.await {
             Ok(c) => c,
             Err(e) => {
-                let size = input.content_length.and_then(|n| u64::try_from(n).ok());
-                body::discard(input.body, size, &headers, self.idle).await;
-                return Err(e);
+                return Err(self
+                    .refuse(e, input.body, input.content_length, &headers)
+                    .await)
             }
         };
         let backend = self.store.backend.clone();
@@ -330,16 +374,12 @@ impl S3 for ObjectApi {
         .await?;
         let (stored, info) = stored;
         reservation.commit(stored.added, stored.released);
-        Ok(S3Response::new(dto::PutObjectOutput {
+        let output = dto::PutObjectOutput {
             e_tag: Some(ETag::Strong(etag(&info))),
             size: i64::try_from(info.size).ok(),
-            checksum_crc32: sums.checksum_crc32,
-            checksum_crc32c: sums.checksum_crc32c,
-            checksum_crc64nvme: sums.checksum_crc64nvme,
-            checksum_sha1: sums.checksum_sha1,
-            checksum_sha256: sums.checksum_sha256,
             ..Default::default()
-        }))
+        };
+        Ok(S3Response::new(with_checksums!(output, sums)))
     }
 
     async fn get_object(
@@ -612,35 +652,16 @@ impl S3 for ObjectApi {
                 size,
                 self.store.max_object_bytes,
             )?;
-            let digests = Digests::of(
-                dto::Checksum {
-                    checksum_crc32: input.checksum_crc32.clone(),
-                    checksum_crc32c: input.checksum_crc32c.clone(),
-                    checksum_crc64nvme: input.checksum_crc64nvme.clone(),
-                    checksum_sha1: input.checksum_sha1.clone(),
-                    checksum_sha256: input.checksum_sha256.clone(),
-                    ..Default::default()
-                },
-                input.content_md5.as_deref(),
-                &headers,
-                trailing_headers,
-            )?;
-            let reservation = storage::reserve(
-                &self.store.quotas,
-                self.store.backend.as_ref(),
-                &at.space,
-                size,
-                part_charge(size),
-            )
-            .map_err(errors::storage)?;
+            let digests = digests_sent!(input, &headers, trailing_headers)?;
+            let reservation = self.reserve(&at.space, size, part_charge(size))?;
             Ok((at, part, size, id, digests, reservation))
         };
         let (at, part, size, id, digests, reservation) = match checked.await {
             Ok(c) => c,
             Err(e) => {
-                let size = input.content_length.and_then(|n| u64::try_from(n).ok());
-                body::discard(input.body, size, &headers, self.idle).await;
-                return Err(e);
+                return Err(self
+                    .refuse(e, input.body, input.content_length, &headers)
+                    .await)
             }
         };
         let backend = self.store.backend.clone();
@@ -668,15 +689,11 @@ impl S3 for ObjectApi {
                 "the multipart upload ended meanwhile"
             ));
         }
-        Ok(S3Response::new(dto::UploadPartOutput {
+        let output = dto::UploadPartOutput {
             e_tag: Some(ETag::Strong(tag)),
-            checksum_crc32: sums.checksum_crc32,
-            checksum_crc32c: sums.checksum_crc32c,
-            checksum_crc64nvme: sums.checksum_crc64nvme,
-            checksum_sha1: sums.checksum_sha1,
-            checksum_sha256: sums.checksum_sha256,
             ..Default::default()
-        }))
+        };
+        Ok(S3Response::new(with_checksums!(output, sums)))
     }
 
     async fn complete_multipart_upload(
@@ -817,14 +834,7 @@ impl ObjectApi {
             }));
         }
         // The parts stay on disk until the object is stored: it must fit beside them.
-        let reservation = storage::reserve(
-            &self.store.quotas,
-            self.store.backend.as_ref(),
-            &at.space,
-            total,
-            storage::upload_charge(&at.key, total),
-        )
-        .map_err(errors::storage)?;
+        let reservation = self.reserve(&at.space, total, storage::upload_charge(&at.key, total))?;
         let (target, upload) = (at.clone(), id.clone());
         let (stored, info) = self
             .blocking(move |b| {
