@@ -194,7 +194,7 @@ pub(crate) async fn store<T: Send + 'static>(
         let sums = match feed(body, 0, digests, None, idle).await {
             Fed::Done(sums) => sums,
             Fed::Failed(e) => return Err(e),
-            Fed::WriterGone => unreachable!("no writer is fed an empty body"),
+            Fed::WriterGone => return Err(s3_error!(InternalError, "no writer was fed")),
         };
         drop(tx);
         let mut empty = Incoming::new(rx);

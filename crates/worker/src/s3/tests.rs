@@ -980,4 +980,3 @@ fn the_server_listens_caps_connections_and_stops() {
     server.stop();
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
-

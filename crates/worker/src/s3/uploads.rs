@@ -67,7 +67,9 @@ impl Uploads {
                 self.max
             ));
         }
-        let id = self.new_id();
+        let id = self
+            .new_id()
+            .ok_or_else(|| s3_error!(InternalError, "cannot name a new upload"))?;
         table.insert(
             id.clone(),
             Upload {
@@ -81,16 +83,12 @@ impl Uploads {
     }
 
     /// A name no other upload has, from the clock, the process and a counter.
-    fn new_id(&self) -> UploadId {
+    fn new_id(&self) -> Option<UploadId> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let hex = format!("{nanos:024x}{:08x}{n:016x}", std::process::id());
-        match UploadId::parse(&hex) {
-            Some(id) => id,
-            None => unreachable!("48 hex digits are an upload id"),
-        }
+        UploadId::parse(&format!("{nanos:024x}{:08x}{n:016x}", std::process::id()))
     }
 
     /// The upload `id` for `target`, if it exists and is for that object.
