@@ -57,11 +57,11 @@ impl ObjectApi {
             .map_err(errors::storage)
     }
 
-    /// Fails with NoSuchBucket unless `space` exists; when it was created.
-    async fn existing(&self, space: &Space) -> S3Result<Option<SystemTime>> {
+    /// Fails with NoSuchBucket unless `space` exists.
+    async fn existing(&self, space: &Space) -> S3Result<()> {
         let s = space.clone();
         match self.blocking(move |b| b.space_created(&s)).await? {
-            Some(created) => Ok(Some(created)),
+            Some(_) => Ok(()),
             None => Err(s3_error!(
                 NoSuchBucket,
                 "function {:?} has no object storage; create its bucket first",
@@ -130,14 +130,25 @@ impl ObjectApi {
         size: u64,
         most: u64,
     ) -> S3Result<storage::quota::Reservation<'_>> {
-        storage::reserve(
-            &self.store.quotas,
-            self.store.backend.as_ref(),
-            space,
-            size,
-            most,
-        )
-        .map_err(errors::storage)
+        let reserve = || {
+            storage::reserve(
+                &self.store.quotas,
+                self.store.backend.as_ref(),
+                space,
+                size,
+                most,
+            )
+        };
+        // Before refusing, quotas may count the space on disk: not on a thread that serves
+        // connections, where the runtime allows it.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let reserved = if multi_thread {
+            tokio::task::block_in_place(reserve)
+        } else {
+            reserve()
+        };
+        reserved.map_err(errors::storage)
     }
 
     /// Refuses an upload with `e` before its body is read (draining a small one first).
