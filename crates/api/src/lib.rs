@@ -1,7 +1,14 @@
 //! The worker's HTTP API shared by the worker and its clients (the CLI, the benchmarks and the
-//! end-to-end tests): what lives on the wire, and the one client that speaks it.
+//! end-to-end tests): what lives on the wire ([`types`], [`error`], [`StartMethod`]), and the one
+//! client that speaks it ([`client`]). `docs/api/openapi.yaml` describes the same API.
 
 pub mod client;
+pub mod error;
+pub mod types;
+
+pub use error::{ApiError, ErrorKind};
+pub use hyper::{Method, StatusCode};
+pub use types::*;
 
 /// The admin token's file name under the worker's root.
 pub const TOKEN_FILE: &str = "token";

@@ -1,15 +1,12 @@
-//! `kindling`: the worker daemon, its command-line client, and the benchmarks.
+//! `kindling`: the worker daemon, its command-line client, and the benchmarks (`kindling-bench`).
 
-mod baseline;
-mod bench;
 mod examples;
-mod report;
-mod sebs;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use hyper::Method;
 use kindling_api::client::{self, Client};
+use kindling_api::StartMethod;
 use kindling_worker::config::Config;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,9 +57,9 @@ enum Command {
         /// JSON event.
         #[arg(long, default_value = "{}")]
         data: String,
-        /// Force a start method (cold).
+        /// Force a start method: cold or fork (warm: the default policy).
         #[arg(long)]
-        start: Option<String>,
+        start: Option<StartMethod>,
         /// Print the start method and timing breakdown to stderr.
         #[arg(long, short)]
         verbose: bool,
@@ -99,7 +96,7 @@ enum Command {
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
-        command: bench::BenchCommand,
+        command: kindling_bench::BenchCommand,
     },
     /// Internal: the sandbox spawner (started by the worker).
     #[command(name = "__spawner", hide = true)]
@@ -243,7 +240,7 @@ fn up(args: UpArgs, root: Option<PathBuf>) -> Result<()> {
     if args.examples {
         for (name, files) in examples::EXAMPLES {
             let packed = examples::pack(files)?;
-            let (d, _) = worker.deploy(name, &packed, &|_| ())?;
+            let d = worker.deploy_function(name, &packed, &|_| ())?;
             tracing::info!(function = name, changed = d.changed, "example deployed");
         }
     }
@@ -333,6 +330,11 @@ fn detach(cfg: &Config, args: &UpArgs) -> Result<()> {
     }
 }
 
+/// The first 12 characters of a version hash, as listings show it.
+fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
 fn down(root: &Path) -> Result<()> {
     let pidfile = root.join("worker.pid");
     let pid: i32 = std::fs::read_to_string(&pidfile)
@@ -345,7 +347,8 @@ fn down(root: &Path) -> Result<()> {
         .trim()
         .parse()
         .context("malformed pid file")?;
-    kindling_sandbox::sys::kill(pid, 15).with_context(|| format!("cannot signal worker {pid}"))?;
+    kindling_sandbox::process::signal(pid, 15)
+        .with_context(|| format!("cannot signal worker {pid}"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Path::new(&format!("/proc/{pid}")).exists() {
         if Instant::now() > deadline {
@@ -376,44 +379,16 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
             }
             let packed = kindling_worker::archive::pack_dir(&dir)
                 .with_context(|| format!("cannot pack {}", dir.display()))?;
-            let mut last = serde_json::Value::Null;
-            let status = c
-                .request_lines(
-                    Method::POST,
-                    &format!("/registry/{name}?progress"),
-                    packed,
-                    |line| match serde_json::from_str::<serde_json::Value>(line) {
-                        Ok(v) if v.get("progress").is_some() => {
-                            eprintln!("{name}: {}", v["progress"].as_str().unwrap_or(""));
-                        }
-                        Ok(v) => last = v,
-                        Err(_) => last = serde_json::Value::String(line.to_string()),
-                    },
-                )
+            let d = c
+                .deploy(&name, packed, |progress| eprintln!("{name}: {progress}"))
                 .await?;
-            if !status.is_success() {
-                bail!(
-                    "{status}: {}",
-                    last.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| last.to_string())
-                );
-            }
-            if let Some(err) = last.get("error").and_then(|e| e.as_str()) {
-                bail!("deploy of {name} failed: {err}");
-            }
-            let hash = last["hash"].as_str().unwrap_or("");
-            let what = if last["changed"].as_bool() == Some(true) {
-                "deployed"
-            } else {
-                "unchanged"
-            };
-            let pkgs = last["packages"].as_array().map(|a| a.len()).unwrap_or(0);
-            let installed = last["installed"].as_array().map(|a| a.len()).unwrap_or(0);
+            let what = if d.changed { "deployed" } else { "unchanged" };
             println!(
-                "{name}: {what} ({} format, version {}, {pkgs} packages, {installed} installed)",
-                last["format"].as_str().unwrap_or("?"),
-                &hash[..hash.len().min(12)]
+                "{name}: {what} ({} format, version {}, {} packages, {} installed)",
+                d.format.as_str(),
+                short_hash(&d.hash),
+                d.packages.len(),
+                d.installed.len()
             );
         }
         Command::Invoke {
@@ -422,51 +397,31 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
             start,
             verbose,
         } => {
-            let mut headers = Vec::new();
-            if let Some(s) = &start {
-                headers.push(("x-kindling-start", s.as_str()));
-            }
-            let r = c
-                .request(
-                    Method::POST,
-                    &format!("/run/{name}"),
-                    &headers,
-                    data.into_bytes(),
-                )
-                .await?;
+            let r = c.invoke(&name, data.into_bytes(), start).await?;
             if verbose {
+                let info = r.run_info();
                 eprintln!(
                     "start={} timing={}",
-                    r.header("x-kindling-start").unwrap_or("-"),
-                    r.header("x-kindling-timing").unwrap_or("-")
+                    info.start.map_or("-", StartMethod::as_str),
+                    info.timing.map_or_else(|| "-".to_string(), |t| t.header())
                 );
             }
             let r = r.ok()?;
             println!("{}", r.text());
         }
         Command::Ls => {
-            let r = c.get("/registry").await?.ok()?;
-            let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body)?;
             println!("{:<24} {:<10} {:<14}", "NAME", "FORMAT", "VERSION");
-            for f in list {
-                let hash = f["hash"].as_str().unwrap_or("");
+            for f in c.functions().await? {
                 println!(
                     "{:<24} {:<10} {:<14}",
-                    f["name"].as_str().unwrap_or("?"),
-                    f["format"].as_str().unwrap_or("?"),
-                    &hash[..hash.len().min(12)]
+                    f.name,
+                    f.format.as_str(),
+                    short_hash(&f.hash)
                 );
             }
         }
         Command::Rm { name } => {
-            c.request(
-                Method::DELETE,
-                &format!("/registry/{name}"),
-                &[],
-                Vec::new(),
-            )
-            .await?
-            .ok()?;
+            c.remove(&name).await?;
             println!("{name}: removed");
         }
         Command::Logs { name, follow, tail } => {
@@ -494,35 +449,29 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
             }
         }
         Command::Status => {
-            let s = c.get("/status").await?.ok()?;
-            let st = c.get("/stats").await?.ok()?;
-            let s: serde_json::Value = serde_json::from_slice(&s.body)?;
-            let st: serde_json::Value = serde_json::from_slice(&st.body)?;
+            let status = c.status().await?;
+            let stats = c.stats().await?;
             println!(
                 "{}",
-                serde_json::to_string_pretty(&serde_json::json!({"status": s, "stats": st}))?
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"status": status, "stats": stats})
+                )?
             );
         }
         Command::Pkg {
             command: PkgCommand::Ls,
         } => {
-            let r = c.get("/packages").await?.ok()?;
-            let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body)?;
             println!("{:<32} {:<16} {:>10}  USERS", "NAME", "VERSION", "SIZE");
-            for p in list {
-                let users: Vec<&str> = p["users"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|u| u.as_str()).collect())
-                    .unwrap_or_default();
+            for p in c.packages().await? {
                 println!(
                     "{:<32} {:<16} {:>8.1}MB  {}",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["version"].as_str().unwrap_or("?"),
-                    p["size_bytes"].as_f64().unwrap_or(0.0) / 1e6,
-                    if users.is_empty() {
+                    p.name,
+                    p.version,
+                    p.size_bytes as f64 / 1e6,
+                    if p.users.is_empty() {
                         "-".to_string()
                     } else {
-                        users.join(",")
+                        p.users.join(",")
                     }
                 );
             }
@@ -530,31 +479,20 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
         Command::Pkg {
             command: PkgCommand::Rm { package },
         } => {
-            c.request(
-                Method::DELETE,
-                &format!("/packages/{package}"),
-                &[],
-                Vec::new(),
-            )
-            .await?
-            .ok()?;
+            c.remove_package(&package).await?;
             println!("{package}: removed");
         }
         Command::Pkg {
             command: PkgCommand::Gc,
         } => {
-            let r = c
-                .request(Method::POST, "/packages/gc", &[], Vec::new())
-                .await?
-                .ok()?;
-            let v: serde_json::Value = serde_json::from_slice(&r.body)?;
-            let n = v["removed"].as_array().map(|a| a.len()).unwrap_or(0);
+            let gc = c.packages_gc().await?;
             println!(
-                "removed {n} unused packages, freed {:.1} MB",
-                v["bytes_freed"].as_f64().unwrap_or(0.0) / 1e6
+                "removed {} unused packages, freed {:.1} MB",
+                gc.removed.len(),
+                gc.bytes_freed as f64 / 1e6
             );
         }
-        Command::Bench { command } => bench::run(addr, command).await?,
+        Command::Bench { command } => kindling_bench::run(addr, command).await?,
         Command::Up(_)
         | Command::Down
         | Command::Token

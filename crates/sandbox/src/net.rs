@@ -19,6 +19,7 @@
 //! namespace descriptor), not of how the sandbox was made: host root may move a veth end into a
 //! namespace owned by any user namespace and configure it from there.
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fmt;
@@ -28,7 +29,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Prefix of every host-side interface Kindling creates (the nftables rules match on it).
 pub const IF_PREFIX: &str = "kl";
@@ -762,10 +763,7 @@ impl NetLease {
 
 impl Drop for NetLease {
     fn drop(&mut self) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .release(self.slot);
+        self.slots.lock().release(self.slot);
     }
 }
 
@@ -830,7 +828,6 @@ impl Network {
                 let slot = self
                     .slots
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
                     .take()
                     .ok_or(NetError::Exhausted(self.pool))?;
                 let subnet = self.pool.subnet(slot);
@@ -853,7 +850,7 @@ impl Network {
             Err(NetError::Exhausted(self.pool))
         })();
         {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slots = self.slots.lock();
             for s in busy {
                 slots.release(s);
             }
@@ -905,7 +902,7 @@ impl Network {
 
     /// Installs the ruleset and turns IPv4 forwarding on, once.
     fn install(&self) -> Result<(), NetError> {
-        let mut installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut installed = self.installed.lock();
         if *installed {
             return Ok(());
         }
@@ -944,7 +941,7 @@ impl Network {
     /// Removes this worker's ruleset (at shutdown, after its sandboxes are gone; their veth
     /// pairs go with their namespaces).
     pub fn close(&self) {
-        let mut installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut installed = self.installed.lock();
         if let Some(nft) = &self.nft {
             if let Err(e) = run_nft(nft, &removal(&self.table)) {
                 tracing::warn!(table = %self.table, "removing sandbox network rules: {e}");

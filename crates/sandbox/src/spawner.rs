@@ -14,12 +14,12 @@ use crate::rootfs;
 use crate::spec::{IdMaps, SandboxSpec, UserNamespace};
 use crate::stdio::OutputPipes;
 use crate::sys::{self, Forked, SocketKind};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 
 /// Errors talking to the spawner.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,7 @@ impl Spawner {
         spec: &SandboxSpec,
         namespaces: &[RawFd],
     ) -> Result<SpawnedSandbox, SpawnerError> {
-        let guard = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.channel.lock();
         let channel = &guard.0;
         channel
             .send(spec, namespaces)
@@ -123,7 +123,7 @@ impl Spawner {
 
 impl Drop for Spawner {
     fn drop(&mut self) {
-        let guard = self.channel.get_mut().unwrap_or_else(|p| p.into_inner());
+        let guard = self.channel.get_mut();
         let _ = guard.1.kill();
         let _ = guard.1.wait();
     }

@@ -138,16 +138,20 @@ def _start(header, send_body=None):
                 if send_body is not None:
                     send_body(s)
             except (BrokenPipeError, ConnectionResetError) as e:
-                # The worker refused before reading it all (busy, too large, bad name): its
-                # reply is waiting in our receive queue.
+                # The worker refused before reading it all (busy, too large, bad name, denied):
+                # its reply is waiting in our receive queue. The error it reports is raised as
+                # is (some are OSErrors too, such as PermissionDeniedError).
                 try:
                     return s, _reply(s)
-                except BusyError:
+                except _Closed:
+                    pass
+                except StorageError:
                     raise
-                except (_Closed, OSError):
-                    raise StorageError(
-                        f"object storage closed the connection during the request ({e.strerror or e})"
-                    ) from None
+                except OSError:
+                    pass
+                raise StorageError(
+                    f"object storage closed the connection during the request ({e.strerror or e})"
+                ) from None
             return s, _reply(s)
         except BusyError:
             s.close()

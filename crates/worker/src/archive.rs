@@ -31,20 +31,7 @@ use tar::{EntryType, Header};
 
 use crate::echo::echo_bytes;
 
-/// `O_NOFOLLOW` for `open(2)`. This crate has no `libc` dependency and the value differs per
-/// architecture (see the kernel's `asm/fcntl.h`): 0o400000 on x86_64, 0o100000 on aarch64
-/// (where 0o400000 is `O_LARGEFILE`). It is only a second line of defence: `create_new`
-/// (`O_CREAT | O_EXCL`) already refuses to follow a symlink in the last component, so on other
-/// targets the flag is left out.
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-const O_NOFOLLOW: i32 = 0o400_000;
-#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
-const O_NOFOLLOW: i32 = 0o100_000;
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
-const O_NOFOLLOW: i32 = 0;
+use kindling_sandbox::mount::O_NOFOLLOW;
 
 /// The two bytes every gzip stream starts with.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -74,8 +61,9 @@ const DIR_MODE: u32 = 0o755;
 const FILE_MODE: u32 = 0o644;
 const EXEC_FILE_MODE: u32 = 0o755;
 
-/// Bounds on what one upload may unpack to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Bounds on what one upload may unpack to (`[archive]`; more -> 400 at deploy).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ArchiveLimits {
     /// Sum of the sizes of all entries (as declared and as actually written).
     pub max_unpacked_bytes: u64,
@@ -757,7 +745,7 @@ pub fn tree_hash(dir: &Path) -> io::Result<String> {
             update_with_len(&mut hasher, fs::read_link(&path)?.as_os_str().as_bytes());
         }
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Packs the contents of `dir` (not `dir` itself) into a `.tar.gz` upload.
@@ -865,16 +853,6 @@ fn unsupported_file(path: &Path) -> io::Error {
 fn update_with_len(hasher: &mut Sha256, bytes: &[u8]) {
     hasher.update((bytes.len() as u64).to_le_bytes());
     hasher.update(bytes);
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-    out
 }
 
 #[cfg(test)]

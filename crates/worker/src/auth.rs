@@ -128,7 +128,7 @@ impl Token {
         let mut bytes = [0u8; TOKEN_BYTES];
         std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
         Ok(Token {
-            hex: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            hex: hex::encode(bytes),
         })
     }
 

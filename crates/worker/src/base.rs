@@ -3,7 +3,6 @@
 //! python3, made by debootstrap. A base is just a directory, so other ways of making one (an
 //! imported OCI image) only need to produce the same layout.
 
-use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,19 +41,8 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BaseError + '_ {
     }
 }
 
-/// What `base.json` records about a base.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BaseInfo {
-    pub name: String,
-    /// Interpreter path inside the base.
-    pub python: String,
-    /// `major.minor` of that interpreter, e.g. "3.11".
-    pub python_version: String,
-    /// The interpreter's bytecode cache tag, e.g. "cpython-311".
-    pub cache_tag: String,
-    /// `sysconfig.get_platform()` of the interpreter, e.g. "linux-x86_64".
-    pub platform: String,
-}
+/// What `base.json` records about a base (as `/status` reports it).
+pub use kindling_api::BaseInfo;
 
 /// A base ready for use.
 #[derive(Debug, Clone)]

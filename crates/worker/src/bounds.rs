@@ -7,9 +7,9 @@
 //! once at start ([`effective`] says what was clamped). Clamping keeps such a function serving
 //! within the operator's limits; refusing it would take it down until its tenant redeploys.
 
-use crate::config::{Config, Limits};
-use crate::instance::FunctionLimits;
-use crate::registry::{Format, FunctionConfig};
+use crate::function_config::{Format, FunctionConfig};
+use crate::sandboxes::FunctionLimits;
+use serde::Deserialize;
 use std::time::Duration;
 
 /// The operator's bounds on tenant settings.
@@ -21,21 +21,45 @@ pub struct Bounds {
     pub allow_network: bool,
 }
 
-impl Bounds {
-    /// The bounds a worker config sets.
-    pub fn of(config: &Config) -> Self {
+impl Default for Bounds {
+    fn default() -> Self {
         Self {
-            max_memory_mb: config.max_memory_mb,
-            max_timeout_secs: config.max_timeout_secs,
-            max_pids: config.max_pids,
-            allow_network: config.allow_network,
+            max_memory_mb: 2048,
+            max_timeout_secs: 900.0,
+            max_pids: 1024,
+            allow_network: false,
         }
     }
 }
 
-impl Default for Bounds {
+/// Per-function limits (worker-wide defaults; functions may override memory, timeout, network).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Memory limit of the sandbox's cgroup, in MB (at least 16, at most `max_memory_mb`).
+    pub memory_mb: u64,
+    /// Handler time limit, in seconds (at most `max_timeout_secs`); past it the call gets 504.
+    pub timeout_secs: f64,
+    /// CPU quota, in cores.
+    pub cpu_cores: f64,
+    /// Pids limit (fork bombs), at most `max_pids`.
+    pub pids: u64,
+    /// Size of the sandbox's /tmp, in MB.
+    pub tmp_mb: u64,
+    /// Network for functions that do not say (needs `allow_network`).
+    pub network: bool,
+}
+
+impl Default for Limits {
     fn default() -> Self {
-        Self::of(&Config::default())
+        Self {
+            memory_mb: 256,
+            timeout_secs: 30.0,
+            cpu_cores: 1.0,
+            pids: 64,
+            tmp_mb: 64,
+            network: false,
+        }
     }
 }
 

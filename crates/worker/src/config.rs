@@ -1,150 +1,21 @@
-//! Worker configuration: one TOML file, every key optional, every key documented here.
-//!
-//! ```toml
-//! listen = "127.0.0.1:5000"       # HTTP address of the API
-//! root = "/var/lib/kindling"       # worker root: bases, functions, sandboxes, state
-//! base = "debian-python"           # default base root filesystem (a directory under <root>/base)
-//! base_dir = "/var/lib/kindling/base"  # where bases live (default <root>/base)
-//! max_body_bytes = 6291456         # largest invocation body (POST /run/<name>) -> 413
-//! max_upload_bytes = 268435456     # largest function archive (POST /registry/<name>) -> 413
-//! keep_alive_secs = 600            # how long an idle instance stays warm
-//! freeze_idle = true               # freeze an idle instance's processes (cgroup freezer) until
-//!                                  # its next invocation, so background work it left gets no CPU
-//! freeze_idle_after_ms = 2         # ... this long after its reply: back-to-back calls then pay
-//!                                  # no freeze and thaw, and left-over work gets at most this
-//! max_instances_per_function = 8   # concurrent instances of one function
-//! max_queue_per_function = 64      # waiting calls beyond that -> 429
-//! max_sandboxes = 256              # sandboxes on the worker (idle ones are evicted first)
-//! cgroup_parent = "kindling"       # directory Kindling owns in each cgroup hierarchy; two workers
-//!                                  # on one machine need different ones
-//! cgroup_favor_dynmods = true      # at start, remount a cgroup hierarchy with `favordynmods`
-//!                                  # (Linux 6.0+, machine-wide): moving a process into a sandbox's
-//!                                  # cgroup (every cold and fork start) then need not wait for an
-//!                                  # RCU grace period, at the cost of slightly slower fork/exit for
-//!                                  # every process (the kernel's documented trade-off)
-//! sandbox_uid = 65534              # unprivileged uid/gid function code runs as
-//! sandbox_gid = 65534
-//! zygote_uid = 2100000000          # host uid/gid of the root of zygotes' user namespaces: an
-//! zygote_gid = 2100000000          # unprivileged id nothing else on the host may use (not 0,
-//!                                  # not sandbox_uid/sandbox_gid)
-//! max_open_files = 1024            # RLIMIT_NOFILE of instances
-//! max_memory_mb = 2048             # most memory a function's config may ask for (ol.yaml
-//!                                  # `memory_mb`, config.json `memory`); more -> 400 at deploy
-//! max_timeout_secs = 900           # longest timeout it may ask for (`timeout_secs`, `timeout`)
-//! max_pids = 1024                  # bound on `[defaults] pids`
-//! allow_network = false            # whether a function may ask for `network: true` (else 400);
-//!                                  # versions deployed before a bound was lowered run clamped to
-//!                                  # it (memory, timeout) or without network, with a warning
-//! # admin_group = "kindling"       # group (name or gid) that may read <root>/token, the admin
-//!                                  # token (mode 0640); unset: root only (mode 0600)
-//! run_requires_token = false       # POST /run/<name> needs the admin token too; off by default so
-//!                                  # that OpenLambda clients keep working unmodified
-//!
-//! uv = "/usr/local/bin/uv"         # uv binary for the package puller (default: found on PATH)
-//! allow_unsafe_requirements = false  # allow URLs, paths, -e and options in requirements.txt
-//!                                  # (relative paths then name the function's own files)
-//! installer_uid = 65530            # uid/gid of installer jobs that only fetch wheels (no
-//! installer_gid = 65530            # third-party code runs); owns uv's shared cache. Pick ids
-//!                                  # nothing else on the host uses
-//! build_uid = 65531                # uid/gid of jobs that build sdists (third-party code), with
-//! build_gid = 65531                # a private cache; owns nothing else. Not the installer's
-//! # package_index = "https://pypi.org/simple"  # index uv resolves and installs from (default PyPI)
-//! # package_proxy = "http://proxy.example:3128"  # HTTP(S) proxy of installer jobs (default
-//!                                  # none: installer jobs inherit no environment, no uv config)
-//!
-//! [defaults]                       # per-function limits unless the function's config says otherwise
-//! memory_mb = 256                  # memory limit of the sandbox's cgroup (<= max_memory_mb)
-//! timeout_secs = 30                # handler time limit -> 504 (<= max_timeout_secs)
-//! cpu_cores = 1.0                  # CPU quota (cores)
-//! pids = 64                        # pids limit (fork bombs) (<= max_pids)
-//! tmp_mb = 64                      # size of the sandbox's /tmp
-//! network = false                  # network for functions that do not say (needs allow_network)
-//!
-//! [installer_limits]               # sandboxes that resolve and install packages
-//! memory_mb = 2048
-//! timeout_secs = 600
-//! cpu_cores = 2.0
-//! pids = 512
-//! parallel = 3                     # packages installed at once by one deploy
-//!
-//! [zygotes]                        # fork start from interpreters with packages imported
-//! enabled = true
-//! auto = true                      # a zygote per deployed package set, on first need
-//! tree = [["numpy"], ["numpy", "pandas"], ["requests"]]  # operator's zygotes by package names;
-//!                                  # each is instantiated per version set, a child of the largest
-//!                                  # zygote whose packages it contains
-//! memory_mb = 2048                 # cgroup memory limit of each zygote
-//! idle_pause_secs = 60             # SIGSTOP a zygote unused this long (SIGCONT on next use)
-//! min_available_mb = 1024          # below this MemAvailable, evict idle zygotes (LRU, leaves first)
-//! sandbox_pool = 4                 # clean sandboxes kept ready for fork starts (0: none)
-//! seeds = 1                        # children forked ahead of need per zygote that started an
-//!                                  # instance, waiting entered and unprivileged in a clean sandbox
-//!                                  # to become the next forked instance (0: fork on request only)
-//!
-//! [archive]                        # limits on uploaded function archives -> 400
-//! max_unpacked_bytes = 268435456
-//! max_entries = 100000
-//!
-//! [storage]                        # object storage for functions (Python module `storage`)
-//! enabled = true                   # serve it; when false, `import storage` calls fail
-//! dir = "/var/lib/kindling/storage"  # directory backend: <dir>/<function>/<bucket>/<key>, each
-//!                                  # function seeing only its own buckets (default <root>/storage)
-//! max_object_bytes = 268435456     # largest object one upload may store
-//! max_function_bytes = 1073741824  # what one function's buckets may hold; an object counts its
-//!                                  # size rounded up to 4 KiB (at least 4 KiB), each directory a
-//!                                  # key creates 4 KiB; an upload past it fails, storing nothing
-//!                                  # (it must fit beside an object it replaces)
-//! max_total_bytes = 17179869184    # what the whole store may hold, every function together
-//! max_connections = 256            # storage connections open at once, all functions together
-//!                                  # (more wait in the socket's backlog)
-//! max_connections_per_function = 16  # connections one function may have open; more are refused
-//!                                  # at once as busy (the client retries for up to 10 s), so one
-//!                                  # function cannot keep another waiting
-//!
-//! [[storage.grants]]               # a bucket of another function that a function may use, under
-//!                                  # the same name (none by default; one table per grant)
-//! function = "thumbnailer"         # the function granted access
-//! owner = "uploader"               # the function whose bucket it is (its quota pays for writes)
-//! bucket = "photos"                # the bucket's name
-//! access = "read"                  # "read" (list, download) or "read-write" (also upload)
-//!
-//! [logs]                           # what instances write to stdout and stderr, per function
-//! dir = "/var/lib/kindling/logs"   # <dir>/<function>.log, mode 0600 (default <root>/logs)
-//! max_file_bytes = 8388608         # a log past this size rotates to <function>.log.1
-//! max_files = 2                    # rotated files kept (.log.1 to .log.<n>): a function's logs
-//!                                  # take at most max_file_bytes * (max_files + 1) bytes of disk
-//! max_line_bytes = 8192            # longer lines are cut there and marked `[truncated]`
-//!
-//! [network]                        # `network: true` sandboxes (and package installers): a private
-//!                                  # network namespace with egress only, through NAT
-//! pool = "10.231.0.0/16"           # IPv4 range for sandboxes, a /30 each (host end .1, sandbox .2);
-//!                                  # must not overlap a route of the host (networked sandboxes
-//!                                  # fail with a message if it does); workers sharing a pool
-//!                                  # never hand out the same subnet
-//! nameservers = []                 # IPv4 DNS servers for networked sandboxes' /etc/resolv.conf
-//!                                  # (default: the host's IPv4 non-loopback ones, from
-//!                                  # /etc/resolv.conf or systemd-resolved's upstream list)
-//!
-//! [http]                           # the API's connections
-//! header_read_timeout_secs = 10    # a request head must be complete this long after its first
-//!                                  # byte, else the connection is closed (half-open connections)
-//! idle_timeout_secs = 60           # a connection waiting this long for its next request (or its
-//!                                  # first) is closed
-//! body_read_timeout_secs = 30      # a request body that sends nothing for this long -> 408
-//! write_timeout_secs = 30          # a client that takes none of a response for this long is
-//!                                  # disconnected
-//! max_connections = 1024           # open connections; more are refused at once with 503
-//! max_connections_per_client = 256 # open connections from one IP address (IPv6: one /64)
-//! ```
-//!
-//! Networked sandboxes need `nft` (package nftables): the worker installs an nftables table named
-//! after `cgroup_parent` at the first networked sandbox and removes it at shutdown (and at start,
-//! after a crash). It turns IPv4 forwarding on then (`net.ipv4.ip_forward = 1`, machine-wide: the
-//! host then routes between all its interfaces) and leaves it on.
+//! Worker configuration: one TOML file, every key optional. This module only aggregates: each
+//! table's type lives in the module it configures (`[zygotes]` in `zygote`, `[storage]` in
+//! `storage`, ...) and documents its keys there; the top-level keys are documented below.
+//! `kindling.example.toml` at the repository's root lists every key with its default, and a test
+//! keeps it equal to [`Config::default`].
 
+use crate::archive::ArchiveLimits;
+use crate::bounds::{Bounds, Limits};
+use crate::logs::LogConfig;
+use crate::network::NetworkConfig;
+use crate::packages::{InstallerLimits, InstallerSettings};
+use crate::pool::PoolConfig;
+use crate::storage::StorageConfig;
+use crate::zygote::ZygoteConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Largest `max_memory_mb` (4 TiB): its byte count stays far inside a u64.
 pub const MAX_MEMORY_MB: u64 = 4 << 20;
@@ -171,61 +42,126 @@ pub enum ConfigError {
 }
 
 /// The worker's configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// HTTP address of the API.
     pub listen: SocketAddr,
+    /// The worker's root: bases, functions, packages, sandboxes, state. An absolute path.
     pub root: PathBuf,
+    /// The default base root filesystem (a directory under `base_dir`).
     pub base: String,
+    /// Where bases live (unset: `<root>/base`).
     pub base_dir: Option<PathBuf>,
+    /// Largest invocation body (`POST /run/<name>`); larger gets 413.
     pub max_body_bytes: usize,
+    /// Largest function archive (`POST /registry/<name>`); larger gets 413.
     pub max_upload_bytes: usize,
+    /// How long an idle instance stays warm, in seconds.
     pub keep_alive_secs: u64,
+    /// Freeze an idle instance's processes (cgroup freezer) until its next invocation, so that
+    /// background work it left gets no CPU.
     pub freeze_idle: bool,
+    /// How long after its reply an idle instance is frozen, in milliseconds (at most 60000):
+    /// back-to-back calls then pay no freeze and thaw, and left-over work gets at most this.
     pub freeze_idle_after_ms: u64,
+    /// Instances of one function running at once.
     pub max_instances_per_function: usize,
+    /// Calls of one function waiting for an instance beyond that; more get 429.
     pub max_queue_per_function: usize,
+    /// Sandboxes on the worker; at the limit, idle instances are evicted (least recently used
+    /// first), and with none idle a call is refused (429).
     pub max_sandboxes: usize,
+    /// The directory Kindling owns in each cgroup hierarchy (a plain name); two workers on one
+    /// machine need different ones. Networked sandboxes' nftables table is named after it.
     pub cgroup_parent: String,
+    /// At start, remount a cgroup hierarchy with `favordynmods` (Linux 6.0+, machine-wide):
+    /// moving a process into a sandbox's cgroup (every cold and fork start) then need not wait
+    /// for an RCU grace period, at the cost of slightly slower fork and exit for every process
+    /// (the kernel's documented trade-off).
     pub cgroup_favor_dynmods: bool,
+    /// The unprivileged uid function code runs as (not 0).
     pub sandbox_uid: u32,
+    /// The unprivileged gid function code runs as (not 0).
     pub sandbox_gid: u32,
+    /// Host uid of the root of zygotes' user namespaces: an unprivileged id nothing else on the
+    /// host may use (not 0, not `sandbox_uid`).
     pub zygote_uid: u32,
+    /// Host gid of the root of zygotes' user namespaces (not 0, not `sandbox_gid`).
     pub zygote_gid: u32,
+    /// RLIMIT_NOFILE of instances.
     pub max_open_files: u64,
+    /// Most memory a function's config may ask for (ol.yaml `memory_mb`, config.json `memory`),
+    /// in MB; more is refused at deploy (400).
     pub max_memory_mb: u64,
+    /// Longest timeout a function's config may ask for (`timeout_secs`, `timeout`), in seconds.
     pub max_timeout_secs: f64,
+    /// Bound on `[defaults] pids`.
     pub max_pids: u64,
+    /// Whether a function may ask for `network: true` (else 400 at deploy). Versions deployed
+    /// before a bound was lowered run clamped to it (memory, timeout) or without network, with a
+    /// warning at start.
     pub allow_network: bool,
+    /// Per-function limits for functions whose config does not set them (`[defaults]`).
     pub defaults: Limits,
-    pub archive: ArchiveConfig,
+    /// Limits on uploaded function archives (`[archive]`).
+    pub archive: ArchiveLimits,
+    /// The uv binary of the package puller (unset: the first real executable `uv` on PATH).
     pub uv: Option<PathBuf>,
+    /// Allow URLs, paths, `-e` and options in requirements.txt (relative paths then name the
+    /// function's own files).
     pub allow_unsafe_requirements: bool,
-    pub installer_limits: crate::packages::InstallerLimits,
+    /// Sandboxes that resolve and install packages (`[installer_limits]`).
+    pub installer_limits: InstallerLimits,
+    /// Fork starts from zygotes (`[zygotes]`).
     pub zygotes: ZygoteConfig,
+    /// Object storage for functions (`[storage]`).
     pub storage: StorageConfig,
+    /// Uid of installer jobs that only fetch wheels (no third-party code runs); owns uv's
+    /// shared cache. Pick an id nothing else on the host uses.
     pub installer_uid: u32,
+    /// Gid of those installer jobs.
     pub installer_gid: u32,
+    /// Uid of jobs that build sdists (third-party code), with a private cache; owns nothing
+    /// else. Not the installer's.
     pub build_uid: u32,
+    /// Gid of build jobs.
     pub build_gid: u32,
+    /// The package index uv resolves and installs from (unset: uv's default, PyPI).
     pub package_index: Option<String>,
+    /// HTTP(S) proxy of installer jobs (unset: none; installer jobs inherit no environment and
+    /// no uv configuration).
     pub package_proxy: Option<String>,
+    /// Function logs (`[logs]`).
     pub logs: LogConfig,
+    /// Networked sandboxes (`[network]`).
     pub network: NetworkConfig,
+    /// The group (name or gid) that may read `<root>/token`, the admin token (mode 0640); unset:
+    /// root only (mode 0600).
     pub admin_group: Option<String>,
+    /// `POST /run/<name>` needs the admin token too; off by default so that OpenLambda clients
+    /// keep working unmodified.
     pub run_requires_token: bool,
+    /// The API's connections (`[http]`).
     pub http: HttpConfig,
 }
 
 /// The API's connections (`[http]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
+    /// A request head must be complete this long after its first byte, else the connection is
+    /// closed (half-open connections), in seconds.
     pub header_read_timeout_secs: f64,
+    /// A connection waiting this long for its next request (or its first) is closed.
     pub idle_timeout_secs: f64,
+    /// A request body that sends nothing for this long gets 408.
     pub body_read_timeout_secs: f64,
+    /// A client that takes none of a response for this long is disconnected.
     pub write_timeout_secs: f64,
+    /// Open connections; more are refused at once with 503.
     pub max_connections: usize,
+    /// Open connections from one IP address (IPv6: one /64).
     pub max_connections_per_client: usize,
 }
 
@@ -242,128 +178,9 @@ impl Default for HttpConfig {
     }
 }
 
-/// Networked sandboxes (`[network]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NetworkConfig {
-    pub pool: String,
-    pub nameservers: Vec<std::net::Ipv4Addr>,
-}
-
-impl Default for NetworkConfig {
-    fn default() -> Self {
-        Self {
-            pool: "10.231.0.0/16".into(),
-            nameservers: Vec::new(),
-        }
-    }
-}
-
-/// Object storage for functions (`[storage]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StorageConfig {
-    pub enabled: bool,
-    pub dir: Option<PathBuf>,
-    pub max_object_bytes: u64,
-    pub max_function_bytes: u64,
-    pub max_total_bytes: u64,
-    pub max_connections: usize,
-    pub max_connections_per_function: usize,
-    pub grants: Vec<crate::storage::Grant>,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            dir: None,
-            max_object_bytes: 256 * 1024 * 1024,
-            max_function_bytes: 1024 * 1024 * 1024,
-            max_total_bytes: 16 * 1024 * 1024 * 1024,
-            max_connections: 256,
-            max_connections_per_function: 16,
-            grants: Vec::new(),
-        }
-    }
-}
-
-/// Function logs (`[logs]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    pub dir: Option<PathBuf>,
-    pub max_file_bytes: u64,
-    pub max_files: usize,
-    pub max_line_bytes: usize,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            dir: None,
-            max_file_bytes: 8 * 1024 * 1024,
-            max_files: 2,
-            max_line_bytes: 8192,
-        }
-    }
-}
-
-/// Zygote settings (`[zygotes]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ZygoteConfig {
-    pub enabled: bool,
-    pub auto: bool,
-    pub tree: Vec<Vec<String>>,
-    pub memory_mb: u64,
-    pub idle_pause_secs: u64,
-    pub min_available_mb: u64,
-    pub sandbox_pool: usize,
-    pub seeds: usize,
-}
-
-impl Default for ZygoteConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            auto: true,
-            tree: vec![
-                vec!["numpy".into()],
-                vec!["numpy".into(), "pandas".into()],
-                vec!["requests".into()],
-            ],
-            memory_mb: 2048,
-            idle_pause_secs: 60,
-            min_available_mb: 1024,
-            sandbox_pool: 4,
-            seeds: 1,
-        }
-    }
-}
-
-/// Per-function limits (worker-wide defaults; functions may override memory, timeout, network).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    pub memory_mb: u64,
-    pub timeout_secs: f64,
-    pub cpu_cores: f64,
-    pub pids: u64,
-    pub tmp_mb: u64,
-    pub network: bool,
-}
-
-/// Limits on uploaded archives.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ArchiveConfig {
-    pub max_unpacked_bytes: u64,
-    pub max_entries: u64,
-}
-
 impl Default for Config {
     fn default() -> Self {
+        let bounds = Bounds::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             root: PathBuf::from("/var/lib/kindling"),
@@ -384,12 +201,12 @@ impl Default for Config {
             zygote_uid: 2_100_000_000,
             zygote_gid: 2_100_000_000,
             max_open_files: 1024,
-            max_memory_mb: 2048,
-            max_timeout_secs: 900.0,
-            max_pids: 1024,
-            allow_network: false,
+            max_memory_mb: bounds.max_memory_mb,
+            max_timeout_secs: bounds.max_timeout_secs,
+            max_pids: bounds.max_pids,
+            allow_network: bounds.allow_network,
             defaults: Limits::default(),
-            archive: ArchiveConfig::default(),
+            archive: ArchiveLimits::default(),
             uv: None,
             allow_unsafe_requirements: false,
             installer_limits: Default::default(),
@@ -406,28 +223,6 @@ impl Default for Config {
             admin_group: None,
             run_requires_token: false,
             http: HttpConfig::default(),
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            memory_mb: 256,
-            timeout_secs: 30.0,
-            cpu_cores: 1.0,
-            pids: 64,
-            tmp_mb: 64,
-            network: false,
-        }
-    }
-}
-
-impl Default for ArchiveConfig {
-    fn default() -> Self {
-        Self {
-            max_unpacked_bytes: 256 * 1024 * 1024,
-            max_entries: 100_000,
         }
     }
 }
@@ -601,6 +396,41 @@ impl Config {
         })
     }
 
+    /// The operator's bounds on tenant settings.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            max_memory_mb: self.max_memory_mb,
+            max_timeout_secs: self.max_timeout_secs,
+            max_pids: self.max_pids,
+            allow_network: self.allow_network,
+        }
+    }
+
+    /// Who installer jobs run as and where they fetch from.
+    pub fn installer_settings(&self) -> InstallerSettings {
+        InstallerSettings {
+            installer_uid: self.installer_uid,
+            installer_gid: self.installer_gid,
+            build_uid: self.build_uid,
+            build_gid: self.build_gid,
+            index_url: self.package_index.clone(),
+            proxy: self.package_proxy.clone(),
+        }
+    }
+
+    /// The pool's limits.
+    pub fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            keep_alive: Duration::from_secs(self.keep_alive_secs),
+            freeze_idle_after: self
+                .freeze_idle
+                .then(|| Duration::from_millis(self.freeze_idle_after_ms)),
+            max_instances_per_function: self.max_instances_per_function,
+            max_queue_per_function: self.max_queue_per_function,
+            max_sandboxes: self.max_sandboxes,
+        }
+    }
+
     /// Directory of the object storage's directory backend.
     pub fn storage_dir(&self) -> PathBuf {
         self.storage
@@ -688,20 +518,6 @@ mod tests {
     }
 
     #[test]
-    fn documented_block_is_valid_toml() {
-        let doc: String = include_str!("config.rs")
-            .lines()
-            .skip_while(|l| !l.starts_with("//! ```toml"))
-            .skip(1)
-            .take_while(|l| !l.starts_with("//! ```"))
-            .map(|l| l.strip_prefix("//!").unwrap_or(l).trim_start_matches(' '))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let cfg: Config = toml::from_str(&doc).unwrap();
-        assert!(cfg.validate().is_ok());
-    }
-
-    #[test]
     fn tenancy_keys() {
         let cfg: Config = toml::from_str(
             "[storage]\nmax_function_bytes = 10\nmax_connections_per_function = 2\n\
@@ -728,23 +544,6 @@ mod tests {
         }
         let bad_access = "[[storage.grants]]\nfunction = \"a\"\nowner = \"c\"\nbucket = \"x\"\naccess = \"all\"\n";
         assert!(toml::from_str::<Config>(bad_access).is_err());
-    }
-
-    /// The storage and logs part of the module documentation's TOML block is a valid
-    /// configuration.
-    #[test]
-    fn documented_storage_and_logs_parse() {
-        let source = include_str!("config.rs");
-        let block: String = source
-            .lines()
-            .skip_while(|l| !l.starts_with("//! [storage]"))
-            .take_while(|l| *l != "//! ```")
-            .map(|l| l.strip_prefix("//!").unwrap_or(l).trim_start_matches(' '))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let cfg: Config = toml::from_str(&block).unwrap();
-        cfg.validate().unwrap();
-        assert_eq!(cfg.storage.grants.len(), 1);
     }
 
     #[test]
@@ -822,18 +621,71 @@ mod tests {
         assert!(toml::from_str::<Config>("[http]\nbogus = 1\n").is_err());
     }
 
-    /// The documented example parses, and its values are the defaults.
+    /// The checked-in example lists every key with its default value, so it cannot drift from
+    /// the code.
     #[test]
-    fn documented_http_block_is_the_default() {
-        let doc = include_str!("config.rs");
-        let start = doc.find("//! [http]").unwrap();
-        let block: String = doc[start..]
+    fn the_example_file_is_the_default() {
+        let example = include_str!("../../../kindling.example.toml");
+        let cfg: Config = toml::from_str(example).unwrap();
+        assert_eq!(cfg, Config::default());
+        cfg.validate().unwrap();
+        // Keys without a default value (and a grant) are there commented out: they parse too.
+        let uncommented: String = example
             .lines()
-            .take_while(|l| !l.starts_with("//! ```"))
-            .map(|l| l.trim_start_matches("//!").to_string() + "\n")
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") || rest.starts_with('[') => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
             .collect();
-        let cfg: Config = toml::from_str(&block).unwrap();
-        assert_eq!(cfg.http, HttpConfig::default());
+        let cfg: Config = toml::from_str(&uncommented).unwrap();
+        cfg.validate().unwrap();
+        assert_ne!(cfg, Config::default());
+        assert_eq!(cfg.storage.grants.len(), 1);
+        assert!(cfg.uv.is_some() && cfg.admin_group.is_some() && cfg.logs.dir.is_some());
+        // And it names every key there is (a key missing from it would parse to its default).
+        let listed = keys(
+            &serde_json::to_value(toml::from_str::<toml::Value>(&uncommented).unwrap()).unwrap(),
+        );
+        let known = keys(&serde_json::to_value(&cfg).unwrap());
+        assert_eq!(listed, known);
+    }
+
+    /// Dotted paths of the keys of tables, array elements' keys under `[]`.
+    fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        fn walk(v: &serde_json::Value, at: &str, out: &mut std::collections::BTreeSet<String>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        let path = if at.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{at}.{k}")
+                        };
+                        out.insert(path.clone());
+                        walk(v, &path, out);
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for item in items.iter().filter(|i| i.is_object()) {
+                        walk(item, &format!("{at}[]"), out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        walk(v, "", &mut out);
+        out
+    }
+
+    /// Pre-created clean sandboxes are spare sandboxes now; the old key still works.
+    #[test]
+    fn sandbox_pool_is_an_alias_of_spare_sandboxes() {
+        let cfg: Config = toml::from_str("[zygotes]\nsandbox_pool = 7\n").unwrap();
+        assert_eq!(cfg.zygotes.spare_sandboxes, 7);
+        let cfg: Config = toml::from_str("[zygotes]\nspare_sandboxes = 3\n").unwrap();
+        assert_eq!(cfg.zygotes.spare_sandboxes, 3);
     }
 
     #[test]

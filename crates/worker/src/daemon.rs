@@ -1,16 +1,19 @@
 //! The worker daemon's lifecycle: start (clean up after a crashed predecessor, make sure the
 //! base and runtime exist, start the spawner), serve, and shut down leaving nothing behind.
 
-use crate::archive::ArchiveLimits;
 use crate::base::{self, Base};
-use crate::bounds::{self, Bounds};
+use crate::bounds;
 use crate::config::Config;
-use crate::instance::{Factory, FunctionLimits};
+use crate::instance::Instances;
+use crate::layout;
+use crate::lock::Lock;
 use crate::metrics::Metrics;
-use crate::packages::{EnsureStats, Lock, PackageError, PackageStore};
-use crate::pool::{Pool, PoolConfig};
+use crate::packages::{EnsureStats, PackageError, PackageStore};
+use crate::pool::Pool;
 use crate::registry::{Deployed, FunctionVersion, Registry, RegistryError};
-use crate::zygote::Zygotes;
+use crate::sandboxes::{FunctionLimits, SandboxSetup, Sandboxes, USERNS_INSTANCE_ID};
+use crate::starts::Starts;
+use crate::zygote::{SandboxHost, Zygotes};
 use kindling_sandbox::cgroup::CgroupManager;
 use kindling_sandbox::spawner::Spawner;
 use std::path::{Path, PathBuf};
@@ -62,7 +65,7 @@ pub struct Worker {
     pub config: Config,
     pub registry: Registry,
     pub packages: PackageStore,
-    pub pool: Arc<Pool>,
+    pub pool: Arc<Pool<Starts>>,
     pub zygotes: Arc<Zygotes>,
     pub metrics: Arc<Metrics>,
     pub base: Base,
@@ -79,7 +82,9 @@ pub struct Worker {
     pub auth: crate::auth::Policy,
     /// The API's open connections, within their caps.
     pub connections: crate::http::Connections,
-    factory: Arc<Factory>,
+    /// Starting, ready or draining (`/status`).
+    pub state: crate::commands::Lifecycle,
+    instances: Arc<Instances>,
 }
 
 fn mkdir(path: &Path) -> Result<(), StartupError> {
@@ -146,39 +151,39 @@ impl Worker {
         }
         let base = base::ensure(&config.base_dir(), &config.base)?;
         let spawner = Spawner::start(program)?;
-        let mut factory = Factory::new(
+        let networking =
+            crate::network::start(&config.network, &config.cgroup_parent, &root, &base.rootfs)?;
+        let sandboxes = Arc::new(Sandboxes::new(SandboxSetup {
             spawner,
-            cgroups.clone(),
-            base.rootfs.clone(),
-            base.info.python.clone(),
-            PathBuf::new(),
-            PathBuf::new(),
+            cgroups: cgroups.clone(),
+            rootfs: base.rootfs.clone(),
+            python: base.info.python.clone(),
             mountpoint,
-            (config.sandbox_uid, config.sandbox_gid),
-            (config.zygote_uid, config.zygote_gid),
-            config.max_open_files,
-        );
-        let networking = crate::network::start(&config, &root, &base.rootfs)?;
-        factory.network = Some(networking.network);
-        factory.resolv_conf = networking.resolv_conf;
-        factory.runtime_dir = crate::runtime::install(&root, &base, &factory)?;
+            uid: config.sandbox_uid,
+            gid: config.sandbox_gid,
+            zygote_uid: config.zygote_uid,
+            zygote_gid: config.zygote_gid,
+            max_open_files: config.max_open_files,
+            network: Some(networking.network),
+            resolv_conf: networking.resolv_conf,
+        }));
+        let runtime_dir = crate::runtime::install(&root, &base, &sandboxes)?;
         let packages = PackageStore::open(
             &root,
             config.uv_path(),
             config.installer_limits.clone(),
-            crate::packages::InstallerSettings::from_config(&config),
+            config.installer_settings(),
             config.allow_unsafe_requirements,
         )?;
-        factory.packages_dir = packages.dir.clone();
         let logs = Arc::new(crate::logs::Logs::open(
             &config.logs_dir(),
             crate::logs::LogLimits::of(&config.logs),
         )?);
-        factory.logs = Some(logs.clone());
         // Storage callers are known by the kernel's word: their cgroup, their sandbox's function.
+        let assignments = Arc::new(crate::tenants::Assignments::default());
         let callers = Arc::new(crate::tenants::SandboxCallers::new(
             crate::tenants::KernelPeers::new(&config.cgroup_parent),
-            factory.assignments.clone(),
+            assignments.clone(),
         ));
         let storage = crate::storage::start_configured(
             &config.storage,
@@ -186,19 +191,19 @@ impl Worker {
             &root,
             callers,
         )?;
-        factory.storage_socket = storage.as_ref().map(|s| s.socket().to_path_buf());
-        let factory = Arc::new(factory);
-        let registry = Registry::open(
-            &root.join("functions"),
-            ArchiveLimits {
-                max_unpacked_bytes: config.archive.max_unpacked_bytes,
-                max_entries: config.archive.max_entries,
-            },
-        )?
-        .with_bounds(Bounds::of(&config));
-        let limits = Bounds::of(&config);
+        let instances = Arc::new(Instances {
+            sandboxes,
+            runtime_dir,
+            packages_dir: packages.dir.clone(),
+            storage_socket: storage.as_ref().map(|s| s.socket().to_path_buf()),
+            assignments,
+            logs: Some(logs.clone()),
+        });
+        let bounds = config.bounds();
+        let registry = Registry::open(&root.join("functions"), config.archive.clone())?
+            .with_bounds(bounds.clone());
         for f in registry.list() {
-            let (_, clamped) = bounds::effective(&f.config, f.format, &config.defaults, &limits);
+            let (_, clamped) = bounds::effective(&f.config, f.format, &config.defaults, &bounds);
             for c in clamped {
                 tracing::warn!(
                     function = %f.name,
@@ -207,28 +212,23 @@ impl Worker {
             }
         }
         let metrics = Arc::new(Metrics::default());
-        let zygotes = Arc::new(Zygotes::new(
-            factory.clone(),
-            config.zygotes.clone(),
-            crate::instance::USERNS_INSTANCE_ID,
-            crate::instance::USERNS_INSTANCE_ID,
+        let zygote_host = SandboxHost::new(
+            instances.clone(),
+            (USERNS_INSTANCE_ID, USERNS_INSTANCE_ID),
             config.max_open_files,
+            config.zygotes.memory_mb,
+            config.defaults.tmp_mb,
+        );
+        let zygotes = Arc::new(Zygotes::new(
+            zygote_host,
+            config.zygotes.clone(),
             config.defaults.tmp_mb,
         ));
-        let pool = Pool::new(
-            factory.clone(),
-            zygotes.clone(),
-            PoolConfig {
-                keep_alive: Duration::from_secs(config.keep_alive_secs),
-                freeze_idle_after: config
-                    .freeze_idle
-                    .then(|| Duration::from_millis(config.freeze_idle_after_ms)),
-                max_instances_per_function: config.max_instances_per_function,
-                max_queue_per_function: config.max_queue_per_function,
-                max_sandboxes: config.max_sandboxes,
-            },
-            metrics.clone(),
-        );
+        let starts = Arc::new(Starts {
+            instances: instances.clone(),
+            zygotes: zygotes.clone(),
+        });
+        let pool = Pool::new(starts, config.pool(), metrics.clone());
         tracing::info!(
             root = %root.display(),
             base = %base.info.name,
@@ -259,7 +259,8 @@ impl Worker {
             ),
             token,
             config,
-            factory,
+            state: Default::default(),
+            instances,
         }))
     }
 
@@ -284,9 +285,12 @@ impl Worker {
             let Some(reqs) = staged.requirements.as_deref() else {
                 return Ok(Lock::default());
             };
-            let lock =
-                self.packages
-                    .resolve(&self.factory, &self.base, reqs, &staged.version.dir)?;
+            let lock = self.packages.resolve(
+                &self.instances.sandboxes,
+                &self.base,
+                reqs,
+                &staged.version.dir,
+            )?;
             if !lock.packages.is_empty() {
                 progress(format!("resolved {} packages", lock.packages.len()));
             }
@@ -302,7 +306,7 @@ impl Worker {
         // From here until the commit, no gc may take this deploy's packages away.
         let pin = self.packages.pin(&lock);
         match self.packages.ensure(
-            &self.factory,
+            &self.instances.sandboxes,
             &self.base,
             &lock,
             &staged.version.dir,
@@ -328,7 +332,7 @@ impl Worker {
     /// the modules the code imports (parsed, never run). A syntax error is not a deploy error:
     /// the invocation reports it with its traceback.
     fn precompile(&self, dir: &Path) -> Vec<String> {
-        let job = crate::instance::Job {
+        let job = crate::sandboxes::Job {
             argv: vec![
                 self.base.info.python.clone(),
                 "-S".into(),
@@ -338,7 +342,7 @@ impl Worker {
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             mounts: vec![kindling_sandbox::spec::MountSpec::Bind {
                 source: dir.to_path_buf(),
-                target: "/handler".into(),
+                target: layout::HANDLER.into(),
                 writable: true,
             }],
             network: false,
@@ -353,7 +357,7 @@ impl Worker {
             timeout: Duration::from_secs(60),
             cwd: "/".into(),
         };
-        match self.factory.run_job(job) {
+        match self.instances.sandboxes.run_job(job) {
             Ok(out) => {
                 if out.code != Some(0) {
                     tracing::debug!("precompiling function code: {}", out.output.trim());
@@ -381,13 +385,18 @@ impl Worker {
     /// The limits a function runs under: its own config over the worker's defaults, within the
     /// operator's bounds (a version deployed before a bound was lowered runs clamped to it).
     pub fn limits_for(&self, f: &FunctionVersion) -> FunctionLimits {
-        let bounds = Bounds::of(&self.config);
-        bounds::effective(&f.config, f.format, &self.config.defaults, &bounds).0
+        bounds::effective(
+            &f.config,
+            f.format,
+            &self.config.defaults,
+            &self.config.bounds(),
+        )
+        .0
     }
 
     /// How instances of `f` are laid out (mounts, environment, user, limits).
     pub fn instance_layout(&self, f: &FunctionVersion) -> crate::instance::InstanceLayout {
-        self.factory.instance_layout(f, &self.limits_for(f))
+        self.instances.instance_layout(f, &self.limits_for(f))
     }
 
     /// Periodic housekeeping: expire idle instances past their keep-alive.
@@ -414,13 +423,14 @@ impl Worker {
         if let Some(s) = &self.storage {
             s.stop();
         }
-        if let Some(n) = &self.factory.network {
+        let sandboxes = &self.instances.sandboxes;
+        if let Some(n) = &sandboxes.network {
             n.close();
         }
-        if let Err(e) = self.factory.cgroups.remove_stale() {
+        if let Err(e) = sandboxes.cgroups.remove_stale() {
             tracing::warn!("cleaning cgroups at shutdown: {e}");
         }
-        self.factory.cgroups.remove_parent();
+        sandboxes.cgroups.remove_parent();
         tracing::info!("worker stopped");
     }
 }

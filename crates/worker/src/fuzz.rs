@@ -16,7 +16,7 @@ const MAX_ERROR_BYTES: usize = 2048;
 pub type Target = fn(&[u8]);
 
 /// A parser of a function's config file.
-type ConfigParser = fn(&Path) -> Result<crate::registry::FunctionConfig, String>;
+type ConfigParser = fn(&Path) -> Result<crate::function_config::FunctionConfig, String>;
 
 /// The targets, by name (the corpus directory of each is `fuzz/corpus/<name>`).
 pub const TARGETS: [(&str, Target); 7] = [
@@ -136,10 +136,10 @@ fn through_socket<T>(
     out
 }
 
-/// The zygote protocol's frame reader (length-prefixed JSON).
+/// The zygote protocol's reply reader: a length-prefixed frame, then a typed reply.
 pub fn zygote_frame(data: &[u8]) {
     through_socket(data, |s| {
-        if let Err(e) = crate::zygote::read_frame(s, Duration::from_secs(1)) {
+        if let Err(e) = crate::zygote::read_reply(s, Duration::from_secs(1), None) {
             bounded("zygote frame", &e.to_string());
         }
     });
@@ -168,9 +168,9 @@ pub fn function_config(data: &[u8]) {
     };
     let scratch = Scratch::new();
     let (name, parse): (&str, ConfigParser) = if which % 2 == 0 {
-        ("ol.yaml", crate::registry::ol_config)
+        ("ol.yaml", crate::function_config::ol_config)
     } else {
-        ("config.json", crate::registry::sebs_config)
+        ("config.json", crate::function_config::sebs_config)
     };
     let path = scratch.0.join(name);
     std::fs::write(&path, rest).expect("fuzz config file");

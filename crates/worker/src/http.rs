@@ -14,13 +14,14 @@
 use crate::daemon::Worker;
 use crate::metrics::Metrics;
 use hyper::body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -65,7 +66,7 @@ impl Connections {
     /// Admits a connection from `peer`, or `None` if the worker or this client is at its cap.
     pub fn admit(&self, peer: IpAddr) -> Option<Admission> {
         let key = client_key(peer);
-        let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_client = self.per_client.lock();
         let mine = per_client.entry(key).or_insert(0);
         if *mine >= self.max_per_client || self.open.load(Ordering::SeqCst) >= self.max {
             if *mine == 0 {
@@ -85,7 +86,7 @@ impl Connections {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_client = self.per_client.lock();
         if let Some(n) = per_client.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -111,7 +112,8 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves: the worker is `ready` from the
+/// start, `draining` once `shutdown` resolves.
 pub async fn serve(
     worker: Arc<Worker>,
     listener: tokio::net::TcpListener,
@@ -129,9 +131,14 @@ pub async fn serve(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs_f64(cfg.idle_timeout_secs));
     tokio::pin!(shutdown);
+    worker.state.advance(kindling_api::WorkerState::Ready);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => {
+                // Requests still coming on open connections get 503 from here on.
+                worker.state.advance(kindling_api::WorkerState::Draining);
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -149,9 +156,10 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (w, builder) = (worker.clone(), builder.clone());
         tokio::spawn(async move {
-            let _admission = admission;
             let state = Arc::new(ConnState::default());
-            let io = hyper_util::rt::TokioIo::new(Guarded::new(stream, state.clone(), limits));
+            let mut guarded = Guarded::new(stream, state.clone(), limits);
+            guarded.admission = Some(admission);
+            let io = hyper_util::rt::TokioIo::new(guarded);
             let metrics = w.metrics.clone();
             let service = hyper::service::service_fn(move |req| {
                 state.request_started();
@@ -245,6 +253,9 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 /// A connection's socket with two deadlines hyper lacks: a request head must be complete
 /// [`Limits::header`] after its first byte, and a write may wait at most [`Limits::write`].
 struct Guarded {
+    /// The connection's place within the caps, given back before the socket closes (so a
+    /// client that saw the close may connect again at once). First field: dropped first.
+    admission: Option<Admission>,
     stream: TcpStream,
     state: Arc<ConnState>,
     limits: Limits,
@@ -257,6 +268,7 @@ struct Guarded {
 impl Guarded {
     fn new(stream: TcpStream, state: Arc<ConnState>, limits: Limits) -> Self {
         Self {
+            admission: None,
             stream,
             state,
             limits,
@@ -365,6 +377,7 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.admission = None;
         let r = Pin::new(&mut self.stream).poll_shutdown(cx);
         self.on_write(cx, r)
     }
@@ -378,6 +391,18 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// The reply written without hyper says what the API's error kind says, and its length.
+    #[test]
+    fn refusal_is_the_too_many_connections_error() {
+        let text = std::str::from_utf8(REFUSED).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let head = format!("{head}\r\n");
+        let kind = kindling_api::ErrorKind::TooManyConnections;
+        assert!(head.starts_with(&format!("HTTP/1.1 {} ", kind.status().as_u16())));
+        assert!(head.contains(&format!("\r\nX-Kindling-Error: {kind}\r\n")));
+        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
     }
 
     #[test]
@@ -396,7 +421,7 @@ mod tests {
         assert_eq!(c.open(), 3);
         // Refused clients leave no entry behind.
         assert!(c.admit(ip("10.0.0.9")).is_none());
-        assert!(!c.per_client.lock().unwrap().contains_key(&ip("10.0.0.9")));
+        assert!(!c.per_client.lock().contains_key(&ip("10.0.0.9")));
     }
 
     #[test]

@@ -1,29 +1,26 @@
-//! Instances as the worker sees them: a sandbox (init, cgroup, control channel) with one
-//! running interpreter that serves one function version, and the framed protocol to invoke it.
+//! Instances as the worker sees them: a sandbox with one running interpreter that serves one
+//! function version, the framed protocol to invoke it, and [`Instances`], which lays out a
+//! function's sandbox (its code, the runtime, its packages, object storage, its environment)
+//! on the sandboxes of [`crate::sandboxes`].
 //!
 //! Creating one is a cold start: a cgroup, a sandbox from the spawner, and a fresh interpreter
 //! running the runtime. The first request is written at once; the kernel buffers it until the
 //! interpreter has loaded the function and reads it.
 
+use crate::frame::{self, FrameError};
+use crate::layout;
 use crate::logs::{InstanceOutput, Logs};
 use crate::registry::FunctionVersion;
+use crate::sandboxes::{FunctionLimits, Nesting, SandboxHandle, Sandboxes, StartError, ZYGOTE_LOG};
 use crate::tenants::{Assignment, Assignments};
-use kindling_sandbox::cgroup::{Cgroup, CgroupManager, Limits as CgroupLimits};
-use kindling_sandbox::control::{ControlChannel, ControlEvent, ControlRequest};
-use kindling_sandbox::net::{NetLease, Network};
-use kindling_sandbox::spawner::Spawner;
-use kindling_sandbox::spec::{
-    IdMaps, InstanceSpec, MountSpec, Privilege, SandboxSpec, UserNamespace,
-};
+use kindling_sandbox::cgroup::Limits as CgroupLimits;
+use kindling_sandbox::spec::{InstanceSpec, MountSpec, Privilege};
 use kindling_sandbox::stdio::OutputPipes;
-use kindling_sandbox::sys;
-use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 /// Largest response an instance may send.
@@ -32,8 +29,6 @@ const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 const MODULES_FRAME: &[u8] = b"modules\n";
 /// Largest such report.
 const MAX_MODULES_FRAME: usize = 1024 * 1024;
-/// Output of a job (an installer, a build) the worker keeps: its last bytes.
-const MAX_JOB_OUTPUT: usize = 256 * 1024;
 
 /// Why an invocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,48 +55,11 @@ impl InvokeError {
     }
 }
 
-/// Errors creating a sandbox.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot create cgroup")]
-    Cgroup(#[from] kindling_sandbox::cgroup::CgroupError),
-    #[error("cannot create sandbox")]
-    Spawn(#[from] kindling_sandbox::spawner::SpawnerError),
-    #[error("sandbox socket setup failed")]
-    Io(#[from] std::io::Error),
-    #[error("cannot connect the sandbox's network")]
-    Network(#[from] kindling_sandbox::net::NetError),
-}
-
-/// The uid and gid function code runs as inside a zygote's user namespace (mapped to the
-/// worker's `sandbox_uid`/`sandbox_gid` on the host), so a forked instance sees the same ids as
-/// a cold one on the default configuration.
-pub const USERNS_INSTANCE_ID: u32 = 65534;
-
-/// The log of what zygotes print (package import-time code): `<logs dir>/_zygotes.log`, a name
-/// no function can have.
-pub const ZYGOTE_LOG: &str = "_zygotes";
-
-/// Where a new sandbox's namespaces live.
-pub(crate) enum Nesting<'a> {
-    /// Below the host's (cold starts and jobs): the init is root on the host until it starts
-    /// an instance, which drops that before exec.
-    Host,
-    /// A root zygote's sandbox: a new user namespace below the host's, whose root is the
-    /// worker's `zygote_uid`, an unprivileged user on the host.
-    Zygote,
-    /// Within a zygote sandbox's user and pid namespaces: a sandbox the zygote forks an instance
-    /// or a child zygote into. It keeps the zygote sandbox alive (a pid namespace dies with its
-    /// init, and this sandbox's lies inside the zygote sandbox's).
-    Within(&'a Arc<SharedSandbox>),
-}
-
-/// What the worker needs to create sandboxes: shared by every instance.
-pub struct Factory {
-    pub spawner: Spawner,
-    pub cgroups: CgroupManager,
-    pub rootfs: PathBuf,
-    pub python: String,
+/// What the worker needs to make instances of functions: the sandboxes, and what a function's
+/// sandbox shows besides its code.
+pub struct Instances {
+    pub sandboxes: Arc<Sandboxes>,
+    /// The runtime directory, bound read-only at /kindling.
     pub runtime_dir: PathBuf,
     /// The package store, bound read-only at /packages.
     pub packages_dir: PathBuf,
@@ -110,193 +68,11 @@ pub struct Factory {
     pub storage_socket: Option<PathBuf>,
     /// Which function each sandbox serves (object storage checks its callers against it).
     pub assignments: Arc<Assignments>,
-    /// Where instances' output goes (None: they inherit the worker's, as jobs' helpers might).
+    /// Where instances' output goes (None: they inherit the worker's).
     pub logs: Option<Arc<Logs>>,
-    pub mountpoint: PathBuf,
-    pub uid: u32,
-    pub gid: u32,
-    /// Host uid and gid of the root of zygotes' user namespaces.
-    pub zygote_uid: u32,
-    pub zygote_gid: u32,
-    pub max_open_files: u64,
-    /// Networks of `network: true` sandboxes (None: networked sandboxes cannot be made).
-    pub network: Option<Arc<Network>>,
-    /// The resolv.conf bound into networked sandboxes (None: theirs stays the base's).
-    pub resolv_conf: Option<PathBuf>,
-    counter: AtomicU64,
-    prefix: String,
 }
 
-/// Effective limits of one function (worker defaults overridden by its config).
-#[derive(Debug, Clone)]
-pub struct FunctionLimits {
-    pub memory_mb: u64,
-    pub timeout: Duration,
-    pub cpu_cores: f64,
-    pub pids: u64,
-    pub tmp_mb: u64,
-    pub network: bool,
-}
-
-impl FunctionLimits {
-    /// The cgroup limits of a sandbox running this function.
-    pub fn cgroup(&self) -> CgroupLimits {
-        CgroupLimits {
-            memory_bytes: Some(self.memory_mb.saturating_mul(1024 * 1024)),
-            cpu_cores: Some(self.cpu_cores),
-            pids: Some(self.pids),
-        }
-    }
-}
-
-impl Factory {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        spawner: Spawner,
-        cgroups: CgroupManager,
-        rootfs: PathBuf,
-        python: String,
-        runtime_dir: PathBuf,
-        packages_dir: PathBuf,
-        mountpoint: PathBuf,
-        (uid, gid): (u32, u32),
-        (zygote_uid, zygote_gid): (u32, u32),
-        max_open_files: u64,
-    ) -> Self {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        Self {
-            spawner,
-            cgroups,
-            rootfs,
-            python,
-            runtime_dir,
-            packages_dir,
-            storage_socket: None,
-            assignments: Arc::new(Assignments::default()),
-            logs: None,
-            mountpoint,
-            uid,
-            gid,
-            zygote_uid,
-            zygote_gid,
-            max_open_files,
-            network: None,
-            resolv_conf: None,
-            counter: AtomicU64::new(0),
-            prefix: format!("{:x}", secs & 0xfffff),
-        }
-    }
-
-    /// A fresh sandbox id: unique for this worker, short enough for a hostname.
-    pub fn next_id(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("sb-{}-{n}", self.prefix)
-    }
-
-    /// Creates a sandbox (cgroup, namespaces, root) through the spawner, optionally starting
-    /// its first instance (once its network is connected, if it has one). Returns the sandbox
-    /// and the worker's end of the instance socket.
-    pub(crate) fn create_sandbox(
-        &self,
-        id: &str,
-        mounts: Vec<MountSpec>,
-        network: bool,
-        nesting: Nesting<'_>,
-        limits: &CgroupLimits,
-        instance: Option<InstanceSpec>,
-    ) -> Result<(SandboxHandle, Option<OwnedFd>), StartError> {
-        let (user_namespace, namespace_fds, within) = match nesting {
-            Nesting::Host => (UserNamespace::Host, Vec::new(), None),
-            Nesting::Zygote => (
-                UserNamespace::New(IdMaps {
-                    uid: vec![[0, self.zygote_uid, 1], [USERNS_INSTANCE_ID, self.uid, 1]],
-                    gid: vec![[0, self.zygote_gid, 1], [USERNS_INSTANCE_ID, self.gid, 1]],
-                }),
-                Vec::new(),
-                None,
-            ),
-            Nesting::Within(parent) => {
-                let fds = parent
-                    .namespace_fds(&["user", "pid"])
-                    .ok_or_else(|| std::io::Error::other("the zygote sandbox is gone"))?;
-                (UserNamespace::Within, fds, Some(parent.clone()))
-            }
-        };
-        let export_namespaces = user_namespace != UserNamespace::Host;
-        let cgroup = self.cgroups.create(id, limits)?;
-        let spec = SandboxSpec {
-            id: id.to_string(),
-            rootfs: self.rootfs.clone(),
-            mountpoint: self.mountpoint.clone(),
-            mounts,
-            network,
-            user_namespace,
-            cgroup_procs: cgroup.procs_files(),
-            instance,
-            export_namespaces,
-        };
-        let s = match self.spawner.spawn(&spec, &namespace_fds) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = cgroup.remove();
-                return Err(e.into());
-            }
-        };
-        let mut handle = SandboxHandle {
-            pidfd: s.pidfd,
-            control: s.control,
-            cgroup,
-            namespaces: HashMap::new(),
-            _within: within,
-            output: s.output,
-            network: None,
-        };
-        if network {
-            // The init builds the root meanwhile; its first instance waits for this.
-            match self.connect_network(handle.pidfd.as_fd(), s.pid) {
-                Ok(lease) => handle.network = Some(lease),
-                Err(e) => {
-                    handle.destroy();
-                    return Err(e);
-                }
-            }
-            if let Err(e) = handle.control.send(&ControlRequest::NetworkReady, &[]) {
-                handle.destroy();
-                return Err(e.into());
-            }
-        }
-        Ok((handle, s.instance))
-    }
-
-    /// Connects the network namespace of a sandbox (its init's pidfd and pid) to the host:
-    /// veth, addresses, routes, egress rules. Whoever made the sandbox, its init must not start
-    /// an instance before this is done.
-    pub(crate) fn connect_network(
-        &self,
-        pidfd: BorrowedFd<'_>,
-        pid: i32,
-    ) -> Result<NetLease, StartError> {
-        let network = self.network.as_ref().ok_or_else(|| {
-            StartError::Io(std::io::Error::other(
-                "networked sandboxes are not available on this worker",
-            ))
-        })?;
-        let netns = kindling_sandbox::net::netns_of(pidfd, pid)?;
-        Ok(network.connect(netns.as_fd())?)
-    }
-
-    /// The bind of the networked sandboxes' resolv.conf.
-    fn resolv_conf_mount(&self) -> Option<MountSpec> {
-        self.resolv_conf.as_ref().map(|f| MountSpec::Bind {
-            source: f.clone(),
-            target: "/etc/resolv.conf".into(),
-            writable: false,
-        })
-    }
-
+impl Instances {
     /// The mounts of a function's sandbox: its code, the runtime, the package store, /tmp,
     /// /proc, /dev and the object storage socket.
     pub(crate) fn function_mounts(
@@ -307,31 +83,29 @@ impl Factory {
         let mut mounts = vec![
             MountSpec::Bind {
                 source: function.dir.clone(),
-                target: "/handler".into(),
+                target: layout::HANDLER.into(),
                 writable: false,
             },
-            MountSpec::Bind {
-                source: self.runtime_dir.clone(),
-                target: "/kindling".into(),
-                writable: false,
-            },
+            self.runtime_mount(),
             self.packages_mount(function.lock.packages.iter().map(|p| p.key())),
-            MountSpec::Tmpfs {
-                target: "/tmp".into(),
-                size_bytes: limits.tmp_mb.saturating_mul(1024 * 1024),
-            },
-            MountSpec::Proc {
-                target: "/proc".into(),
-            },
-            MountSpec::Dev {
-                target: "/dev".into(),
-            },
         ];
+        mounts.extend(Sandboxes::base_mounts(
+            limits.tmp_mb.saturating_mul(1024 * 1024),
+        ));
         mounts.extend(self.storage_mount());
         if limits.network {
-            mounts.extend(self.resolv_conf_mount());
+            mounts.extend(self.sandboxes.resolv_conf_mount());
         }
         mounts
+    }
+
+    /// The runtime directory at /kindling, read-only.
+    pub(crate) fn runtime_mount(&self) -> MountSpec {
+        MountSpec::Bind {
+            source: self.runtime_dir.clone(),
+            target: layout::RUNTIME.into(),
+            writable: false,
+        }
     }
 
     /// `/packages` showing only `keys` of the package store (a function's closure, or a
@@ -339,7 +113,7 @@ impl Factory {
     pub(crate) fn packages_mount(&self, keys: impl IntoIterator<Item = String>) -> MountSpec {
         MountSpec::Packages {
             store: self.packages_dir.clone(),
-            target: crate::runtime::SANDBOX_PACKAGES.into(),
+            target: layout::PACKAGES.into(),
             keys: keys.into_iter().collect(),
         }
     }
@@ -350,7 +124,7 @@ impl Factory {
     pub(crate) fn storage_mount(&self) -> Option<MountSpec> {
         self.storage_socket.as_ref().map(|socket| MountSpec::Bind {
             source: socket.clone(),
-            target: crate::storage::SANDBOX_SOCKET.into(),
+            target: layout::STORAGE_SOCKET.into(),
             writable: false,
         })
     }
@@ -399,9 +173,9 @@ impl Factory {
         function: &Arc<FunctionVersion>,
         limits: &FunctionLimits,
     ) -> Result<Instance, StartError> {
-        let id = self.next_id();
+        let id = self.sandboxes.next_id();
         let assignment = self.assign(&id, function);
-        let (mut sandbox, sock) = self.create_sandbox(
+        let (mut sandbox, sock) = self.sandboxes.create_sandbox(
             &id,
             self.function_mounts(function, limits),
             limits.network,
@@ -409,9 +183,9 @@ impl Factory {
             &limits.cgroup(),
             Some(self.instance_spec(function, &id)),
         )?;
-        let output = sandbox.output.take();
+        let output = sandbox.take_output();
         let started = sock
-            .ok_or_else(|| StartError::Io(std::io::Error::other("no instance socket")))
+            .ok_or(StartError::NoInstance)
             .and_then(|sock| Ok((sock, self.collect_output(function, &id, output)?)));
         match started {
             Ok((sock, output)) => {
@@ -424,25 +198,19 @@ impl Factory {
         }
     }
 
-    /// The interpreter of an instance and its flags: no `site` (the runtime puts exactly the
-    /// function's closure on `sys.path`), no `PYTHON*` variables.
-    fn interpreter(&self) -> Vec<String> {
-        vec![self.python.clone(), "-S".into(), "-E".into()]
-    }
-
     fn instance_spec(&self, function: &FunctionVersion, id: &str) -> InstanceSpec {
-        let mut argv = self.interpreter();
+        let mut argv = self.sandboxes.interpreter();
         argv.extend([
             "-c".into(),
-            "import sys; sys.path.insert(0, '/kindling'); import kindling_runtime; kindling_runtime.main()".into(),
+            format!("{}; kindling_runtime.main()", layout::RUNTIME_IMPORT),
         ]);
         InstanceSpec {
             argv,
             env: self.instance_env(function, id),
-            cwd: "/handler".into(),
-            uid: self.uid,
-            gid: self.gid,
-            max_open_files: self.max_open_files,
+            cwd: layout::HANDLER.into(),
+            uid: self.sandboxes.uid,
+            gid: self.sandboxes.gid,
+            max_open_files: self.sandboxes.max_open_files,
             stdio_to_socket: false,
             output_pipes: self.logs_instances(),
             privilege: Privilege::Instance,
@@ -466,12 +234,12 @@ impl Factory {
             .map(|(i, (k, v))| (k, (i >= own).then_some(v)))
             .collect();
         InstanceLayout {
-            interpreter: self.interpreter(),
+            interpreter: self.sandboxes.interpreter(),
             mounts: self.function_mounts(function, limits),
             env,
-            cwd: "/handler".into(),
-            uid: self.uid,
-            gid: self.gid,
+            cwd: layout::HANDLER.into(),
+            uid: self.sandboxes.uid,
+            gid: self.sandboxes.gid,
             limits: limits.cgroup(),
             network: limits.network,
         }
@@ -492,8 +260,8 @@ impl Factory {
         env.extend(function.lock.runtime_env());
         env.extend(
             [
-                ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-                ("HOME", "/tmp"),
+                ("PATH", layout::PATH),
+                ("HOME", layout::TMP),
                 ("LANG", "C.UTF-8"),
                 ("KINDLING_FORMAT", function.format.runtime_name()),
                 ("KINDLING_SANDBOX", id),
@@ -532,208 +300,6 @@ impl InstanceLayout {
         self.env
             .iter()
             .filter_map(|(k, v)| Some((k.as_str(), v.as_deref()?)))
-    }
-}
-
-/// The sandbox under an instance; destroying it kills every process and removes the cgroup.
-pub(crate) struct SandboxHandle {
-    pidfd: OwnedFd,
-    control: ControlChannel,
-    cgroup: Cgroup,
-    /// Descriptors of its namespaces, by name, once its init reported them (sandboxes in a
-    /// zygote's user namespace).
-    namespaces: HashMap<String, OwnedFd>,
-    /// The zygote sandbox whose pid namespace holds this one's.
-    _within: Option<Arc<SharedSandbox>>,
-    /// Read ends of its first instance's output pipes, until that instance takes them.
-    output: Option<OutputPipes>,
-    /// A networked sandbox's subnet, freed when the sandbox goes.
-    network: Option<NetLease>,
-}
-
-/// A zygote's sandbox, kept alive by the zygote and by every sandbox made within its
-/// namespaces; destroyed (blocking) when the last of them lets go.
-pub(crate) struct SharedSandbox {
-    sandbox: std::sync::Mutex<Option<SandboxHandle>>,
-    /// How many exist (a gauge of the worker's).
-    count: Arc<AtomicUsize>,
-}
-
-impl SharedSandbox {
-    pub(crate) fn new(sandbox: SandboxHandle, count: &Arc<AtomicUsize>) -> Arc<Self> {
-        count.fetch_add(1, Ordering::SeqCst);
-        Arc::new(Self {
-            sandbox: std::sync::Mutex::new(Some(sandbox)),
-            count: count.clone(),
-        })
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&SandboxHandle) -> T) -> Option<T> {
-        self.sandbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(f)
-    }
-
-    /// Duplicates of the named namespace descriptors, in order.
-    pub(crate) fn namespace_fds(&self, names: &[&str]) -> Option<Vec<RawFd>> {
-        self.with(|s| {
-            names
-                .iter()
-                .map(|n| s.namespaces.get(*n).map(|fd| fd.as_raw_fd()))
-                .collect::<Option<Vec<_>>>()
-        })
-        .flatten()
-    }
-
-    /// Memory charged to the sandbox's cgroup.
-    pub(crate) fn memory_usage(&self) -> Option<u64> {
-        self.with(|s| s.memory_usage()).flatten()
-    }
-}
-
-impl Drop for SharedSandbox {
-    fn drop(&mut self) {
-        let taken = self
-            .sandbox
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(s) = taken {
-            s.destroy();
-        }
-        self.count.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl SandboxHandle {
-    /// Kills the sandbox and removes its cgroup. Blocking (waits for the processes to exit).
-    pub(crate) fn destroy(self) {
-        let _ = sys::pidfd_kill(self.pidfd.as_raw_fd());
-        drop(self.control);
-        if let Err(e) = self.cgroup.kill_all() {
-            tracing::warn!(
-                cgroup = self.cgroup.name(),
-                "killing sandbox processes: {e}"
-            );
-        }
-        if let Err(e) = self.cgroup.remove() {
-            tracing::warn!(cgroup = self.cgroup.name(), "removing sandbox cgroup: {e}");
-        }
-        drop(self.network);
-    }
-
-    /// The read ends of its first instance's output pipes (once).
-    pub(crate) fn take_output(&mut self) -> Option<OutputPipes> {
-        self.output.take()
-    }
-
-    /// Descriptors of the named namespaces, in order (after [`SandboxHandle::wait_ready`]).
-    pub(crate) fn namespace_fds(&self, names: &[&str]) -> Option<Vec<RawFd>> {
-        names
-            .iter()
-            .map(|n| self.namespaces.get(*n).map(|fd| fd.as_raw_fd()))
-            .collect()
-    }
-
-    /// The cgroup.procs files a process writes to join the sandbox's cgroup.
-    pub(crate) fn cgroup_procs(&self) -> Vec<PathBuf> {
-        self.cgroup.procs_files()
-    }
-
-    /// Memory charged to the sandbox's cgroup.
-    pub(crate) fn memory_usage(&self) -> Option<u64> {
-        self.cgroup.memory_usage().ok()
-    }
-
-    /// Mounts a host directory read-only at `target` inside the live sandbox: a detached copy
-    /// of the directory's mount is made here and attached by the sandbox's init, which first
-    /// makes the directory `target` with `create`.
-    pub(crate) fn attach(
-        &self,
-        source: &Path,
-        target: &str,
-        create: bool,
-    ) -> Result<(), StartError> {
-        let tree = sys::open_tree_clone(source, false)?;
-        sys::mount_tree_readonly(tree.as_raw_fd())?;
-        let req = kindling_sandbox::control::ControlRequest::Mount {
-            target: target.into(),
-            create,
-        };
-        self.control.send(&req, &[tree.as_raw_fd()])?;
-        loop {
-            match self.control.recv::<ControlEvent>(false)? {
-                Some((ControlEvent::Mounted { .. }, _)) => return Ok(()),
-                Some((ControlEvent::Failed { message }, _)) => {
-                    return Err(StartError::Io(std::io::Error::other(message)))
-                }
-                Some(_) => continue,
-                None => return Err(StartError::Io(std::io::Error::other("sandbox init exited"))),
-            }
-        }
-    }
-
-    /// Sets the cgroup's limits (a pooled sandbox taking on a function).
-    pub(crate) fn set_limits(&self, limits: &CgroupLimits) -> Result<(), StartError> {
-        Ok(self.cgroup.set_limits(limits)?)
-    }
-
-    /// Blocks until the init reports its root filesystem ready (or its setup failure); keeps
-    /// the namespace descriptors it exported and returns a pidfd of its first instance, if it
-    /// sent one.
-    pub(crate) fn wait_ready(&mut self) -> Result<Option<OwnedFd>, StartError> {
-        loop {
-            match self.control.recv::<ControlEvent>(false)? {
-                Some((
-                    ControlEvent::Ready {
-                        instance_pidfd,
-                        namespaces,
-                        ..
-                    },
-                    mut fds,
-                )) => {
-                    let pidfd = if instance_pidfd && !fds.is_empty() {
-                        Some(fds.remove(0))
-                    } else {
-                        None
-                    };
-                    self.namespaces = namespaces.into_iter().zip(fds).collect();
-                    return Ok(pidfd);
-                }
-                Some((ControlEvent::SetupFailed { message }, _)) => {
-                    return Err(StartError::Io(std::io::Error::other(format!(
-                        "sandbox setup failed: {message}"
-                    ))))
-                }
-                Some(_) => continue,
-                None => return Err(StartError::Io(std::io::Error::other("sandbox init exited"))),
-            }
-        }
-    }
-
-    /// The init's setup failure message, if it reported one.
-    pub(crate) fn setup_error(&self) -> Option<String> {
-        while let Ok(Some((event, _))) = self.control.recv::<ControlEvent>(true) {
-            if let ControlEvent::SetupFailed { message } = event {
-                return Some(message);
-            }
-        }
-        None
-    }
-
-    /// Why the sandbox stopped serving: a setup failure or an out-of-memory kill, if either.
-    fn post_mortem(&self, memory_mb: u64) -> Option<InvokeError> {
-        if self.cgroup.oom_kills().unwrap_or(0) > 0 {
-            return Some(InvokeError::OutOfMemory(memory_mb));
-        }
-        while let Ok(Some((event, _))) = self.control.recv::<ControlEvent>(true) {
-            if let ControlEvent::SetupFailed { message } = event {
-                return Some(InvokeError::Setup(message));
-            }
-        }
-        None
     }
 }
 
@@ -779,7 +345,7 @@ impl Instance {
     ) -> Result<Self, StartError> {
         let stream = std::os::unix::net::UnixStream::from(sock);
         stream.set_nonblocking(true)?;
-        sandbox.control.set_nonblocking()?;
+        sandbox.set_nonblocking()?;
         Ok(Instance {
             id,
             function: function.clone(),
@@ -820,7 +386,7 @@ impl Instance {
                 let reason = self
                     .sandbox
                     .as_ref()
-                    .and_then(|s| s.post_mortem(self.memory_mb));
+                    .and_then(|s| post_mortem(s, self.memory_mb));
                 Err(reason.unwrap_or_else(|| InvokeError::Died(e.to_string())))
             }
         }
@@ -831,26 +397,18 @@ impl Instance {
         request_id: &str,
         event: &[u8],
     ) -> std::io::Result<Result<Reply, InvokeError>> {
-        let len = (request_id.len() + 1 + event.len()) as u32;
-        let mut frame = Vec::with_capacity(len as usize + 4);
-        frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(request_id.as_bytes());
-        frame.push(b'\n');
-        frame.extend_from_slice(event);
-        self.stream.write_all(&frame).await?;
+        let request = frame::encode_parts(&[request_id.as_bytes(), b"\n", event])?;
+        self.stream.write_all(&request).await?;
         loop {
-            let mut head = [0u8; 4];
-            self.stream.read_exact(&mut head).await?;
-            let n = u32::from_be_bytes(head) as usize;
-            if n > MAX_RESPONSE {
-                return Ok(Err(InvokeError::Protocol));
-            }
-            let mut payload = vec![0u8; n];
-            self.stream.read_exact(&mut payload).await?;
+            let payload = match frame::read_async(&mut self.stream, MAX_RESPONSE).await {
+                Ok(p) => p,
+                Err(FrameError::TooLarge { .. }) => return Ok(Err(InvokeError::Protocol)),
+                Err(FrameError::Io(e)) => return Err(e),
+            };
             // A forked instance reports, once, before its first reply, the modules it imported
             // beyond its zygote's (see `Zygotes::learn`).
             if let Some(list) = payload.strip_prefix(MODULES_FRAME) {
-                if self.loaded_modules.is_some() || n > MAX_MODULES_FRAME {
+                if self.loaded_modules.is_some() || payload.len() > MAX_MODULES_FRAME {
                     return Ok(Err(InvokeError::Protocol));
                 }
                 let modules: Vec<String> = serde_json::from_slice(list).unwrap_or_default();
@@ -878,7 +436,7 @@ impl Instance {
 
     /// Memory the sandbox's cgroup charges now, in bytes.
     pub fn memory_usage(&self) -> Option<u64> {
-        self.sandbox.as_ref()?.cgroup.memory_usage().ok()
+        self.sandbox.as_ref()?.memory_usage()
     }
 
     /// Whether its sandbox is frozen.
@@ -897,9 +455,9 @@ impl Instance {
         };
         if self.frozen != frozen {
             if frozen {
-                sandbox.cgroup.freeze()?;
+                sandbox.freeze()?;
             } else {
-                sandbox.cgroup.thaw()?;
+                sandbox.thaw()?;
             }
             self.frozen = frozen;
         }
@@ -914,6 +472,14 @@ impl Drop for Instance {
             s.destroy();
         }
     }
+}
+
+/// Why a sandbox stopped serving: an out-of-memory kill or a setup failure, if either.
+fn post_mortem(sandbox: &SandboxHandle, memory_mb: u64) -> Option<InvokeError> {
+    if sandbox.oom_killed() {
+        return Some(InvokeError::OutOfMemory(memory_mb));
+    }
+    sandbox.setup_error().map(InvokeError::Setup)
 }
 
 /// Parses `<status> <ms>\n<body>`.
@@ -957,137 +523,5 @@ mod tests {
             parse_reply(b"ok x\n".to_vec()),
             Err(InvokeError::Protocol)
         ));
-    }
-}
-
-/// The outcome of a job (a one-off program in a sandbox, such as compiling the runtime).
-#[derive(Debug)]
-pub struct JobOutput {
-    /// Exit code, or None when killed by a signal or the timeout.
-    pub code: Option<i32>,
-    /// Standard output and error, interleaved.
-    pub output: String,
-    pub timed_out: bool,
-}
-
-/// A job: what runs, with which extra mounts and limits.
-pub struct Job {
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub mounts: Vec<MountSpec>,
-    pub network: bool,
-    pub uid: u32,
-    pub gid: u32,
-    pub limits: CgroupLimits,
-    pub timeout: Duration,
-    pub cwd: PathBuf,
-}
-
-impl Factory {
-    /// Runs a job to completion in a fresh sandbox on the base (blocking).
-    pub fn run_job(&self, job: Job) -> Result<JobOutput, StartError> {
-        use std::io::Read;
-        let id = self.next_id();
-        let mut mounts = vec![
-            MountSpec::Tmpfs {
-                target: "/tmp".into(),
-                size_bytes: 256 * 1024 * 1024,
-            },
-            MountSpec::Proc {
-                target: "/proc".into(),
-            },
-            MountSpec::Dev {
-                target: "/dev".into(),
-            },
-        ];
-        if job.network {
-            mounts.extend(self.resolv_conf_mount());
-        }
-        mounts.extend(job.mounts);
-        let instance = InstanceSpec {
-            argv: job.argv,
-            env: job.env,
-            cwd: job.cwd,
-            uid: job.uid,
-            gid: job.gid,
-            max_open_files: self.max_open_files,
-            stdio_to_socket: true,
-            output_pipes: false,
-            privilege: Privilege::Instance,
-        };
-        let (handle, sock) = self.create_sandbox(
-            &id,
-            mounts,
-            job.network,
-            Nesting::Host,
-            &job.limits,
-            Some(instance),
-        )?;
-        let deadline = Instant::now() + job.timeout;
-        let mut output = Vec::new();
-        let mut timed_out = false;
-        if let Some(sock) = sock {
-            let mut stream = std::os::unix::net::UnixStream::from(sock);
-            let mut buf = [0u8; 16 * 1024];
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    timed_out = true;
-                    break;
-                }
-                stream.set_read_timeout(Some(left))?;
-                match stream.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        output.extend_from_slice(&buf[..n]);
-                        // A job may print without end (a package's build): keep the tail.
-                        if output.len() > 2 * MAX_JOB_OUTPUT {
-                            output.drain(..output.len() - MAX_JOB_OUTPUT);
-                        }
-                    }
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::WouldBlock
-                            || e.kind() == std::io::ErrorKind::TimedOut =>
-                    {
-                        timed_out = true;
-                        break;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        let mut code = None;
-        if !timed_out {
-            // The socket closed: the program ended (or closed its output). Wait for init's report.
-            let mut instance_pid = None;
-            while let Ok(Some((event, _))) = handle.control.recv::<ControlEvent>(false) {
-                match event {
-                    ControlEvent::Ready {
-                        instance_pid: p, ..
-                    } => instance_pid = p,
-                    ControlEvent::SetupFailed { message } => {
-                        output.extend_from_slice(
-                            format!("sandbox setup failed: {message}\n").as_bytes(),
-                        );
-                        break;
-                    }
-                    ControlEvent::Exited { pid, code: c, .. } if Some(pid) == instance_pid => {
-                        code = c;
-                        break;
-                    }
-                    _ => {}
-                }
-                if Instant::now() > deadline {
-                    timed_out = true;
-                    break;
-                }
-            }
-        }
-        handle.destroy();
-        Ok(JobOutput {
-            code,
-            output: String::from_utf8_lossy(&output).into_owned(),
-            timed_out,
-        })
     }
 }

@@ -1,4 +1,5 @@
-//! The Kindling worker: function registry, sandbox pool, scheduler and HTTP API. It knows
+//! The Kindling worker: function registry, package store, zygotes, the pool of instances and
+//! its scheduling, and the HTTP API (module layering: docs/adr/0006-worker-layering.md). It knows
 //! nothing of system calls; sandboxes come from `kindling-sandbox`.
 
 pub mod api;
@@ -6,14 +7,19 @@ pub mod archive;
 pub mod auth;
 pub mod base;
 pub mod bounds;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod echo;
+pub mod frame;
+pub mod function_config;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;
 pub mod install_tree;
 pub mod instance;
+pub mod layout;
+pub mod lock;
 pub mod logs;
 pub mod metrics;
 pub mod network;
@@ -22,6 +28,9 @@ pub mod pool;
 pub mod registry;
 pub mod runtime;
 pub mod s3;
+pub mod sandboxes;
+pub mod spares;
+pub mod starts;
 pub mod storage;
 pub mod tenants;
 pub mod zygote;

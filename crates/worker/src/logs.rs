@@ -24,13 +24,15 @@
 //! instance's output as background again.
 
 use kindling_sandbox::stdio::OutputPipes;
+use parking_lot::Mutex;
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::net::unix::pipe;
 
@@ -54,6 +56,32 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Most bytes one step of a follower returns.
 const FOLLOW_CHUNK: usize = 64 * 1024;
 
+/// Function logs (`[logs]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Where `<function>.log` files go, mode 0600 (unset: `<root>/logs`). An absolute path.
+    pub dir: Option<PathBuf>,
+    /// A log past this size rotates to `<function>.log.1`.
+    pub max_file_bytes: u64,
+    /// Rotated files kept (`.log.1` to `.log.<n>`): a function's logs take at most
+    /// `max_file_bytes * (max_files + 1)` bytes of disk.
+    pub max_files: usize,
+    /// Longer lines are cut there and marked `[truncated]` (80 to 1048576).
+    pub max_line_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_file_bytes: 8 * 1024 * 1024,
+            max_files: 2,
+            max_line_bytes: 8192,
+        }
+    }
+}
+
 /// Bounds of the logs (`[logs]` in the config).
 #[derive(Debug, Clone, Copy)]
 pub struct LogLimits {
@@ -63,7 +91,7 @@ pub struct LogLimits {
 }
 
 impl LogLimits {
-    pub fn of(config: &crate::config::LogConfig) -> Self {
+    pub fn of(config: &LogConfig) -> Self {
         Self {
             max_file_bytes: config.max_file_bytes,
             max_files: config.max_files,
@@ -122,7 +150,7 @@ impl Logs {
     }
 
     fn writer(&self, function: &str) -> Arc<Mutex<FunctionLog>> {
-        let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writers = self.writers.lock();
         if let Some(w) = writers.get(function).and_then(Weak::upgrade) {
             return w;
         }
@@ -456,10 +484,7 @@ impl Tagger {
         if self.out.is_empty() {
             return;
         }
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append(&self.out);
+        self.log.lock().append(&self.out);
         self.out.clear();
         if self.out.capacity() > 4 * self.flush_at {
             self.out.shrink_to(self.flush_at);
@@ -546,8 +571,8 @@ enum Drained {
 }
 
 impl Shared {
-    fn tagger(&self) -> std::sync::MutexGuard<'_, Tagger> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn tagger(&self) -> parking_lot::MutexGuard<'_, Tagger> {
+        self.state.lock()
     }
 
     /// Reads what stream `i` holds, up to `budget` bytes, into `tagger`: through the reactor

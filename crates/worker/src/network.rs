@@ -5,9 +5,14 @@
 //! servers are the host's IPv4 servers that are not on the host (a loopback resolver such as
 //! systemd-resolved's 127.0.0.53 is replaced by the upstream servers it lists), unless the
 //! operator names them.
+//!
+//! Networked sandboxes need `nft` (package nftables): the worker installs an nftables table named
+//! after `cgroup_parent` at the first networked sandbox and removes it at shutdown (and at start,
+//! after a crash). It turns IPv4 forwarding on then (`net.ipv4.ip_forward = 1`, machine-wide: the
+//! host then routes between all its interfaces) and leaves it on.
 
-use crate::config::Config;
 use kindling_sandbox::net::{NetError, Network, Pool};
+use serde::Deserialize;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,16 +28,43 @@ pub struct Networking {
     pub resolv_conf: Option<PathBuf>,
 }
 
+/// Networked sandboxes (`[network]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// IPv4 range for sandboxes, a /30 each (host end .1, sandbox .2). It must not overlap a
+    /// route of the host (networked sandboxes fail with a message if it does); workers sharing
+    /// a range never hand out the same subnet.
+    pub pool: String,
+    /// IPv4 DNS servers for networked sandboxes' /etc/resolv.conf (empty: the host's IPv4
+    /// non-loopback ones, from /etc/resolv.conf or systemd-resolved's upstream list).
+    pub nameservers: Vec<std::net::Ipv4Addr>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            pool: "10.231.0.0/16".into(),
+            nameservers: Vec::new(),
+        }
+    }
+}
+
 /// Prepares networked sandboxes: cleans up after a crashed predecessor and writes
 /// `<root>/network/resolv.conf`.
-pub fn start(config: &Config, root: &Path, rootfs: &Path) -> Result<Networking, NetError> {
-    let pool: Pool = config.network.pool.parse()?;
-    let network = Arc::new(Network::open(&config.cgroup_parent, pool)?);
+pub fn start(
+    config: &NetworkConfig,
+    cgroup_parent: &str,
+    root: &Path,
+    rootfs: &Path,
+) -> Result<Networking, NetError> {
+    let pool: Pool = config.pool.parse()?;
+    let network = Arc::new(Network::open(cgroup_parent, pool)?);
     let target = rootfs.join("etc/resolv.conf");
     let resolv_conf = if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
         let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let upstream = std::fs::read_to_string(RESOLVED_UPSTREAM).ok();
-        let text = resolv_conf(&host, upstream.as_deref(), &config.network.nameservers);
+        let text = resolv_conf(&host, upstream.as_deref(), &config.nameservers);
         if !text.contains("nameserver") {
             tracing::warn!(
                 "the host has no IPv4 nameserver that networked sandboxes can reach; set \

@@ -13,9 +13,14 @@
 
 use crate::base::Base;
 use crate::echo::{echo, excerpt};
-use crate::instance::{Factory, Job};
+use crate::layout;
+/// Package versions, as the store names them (the lock model is `crate::lock`).
+pub use crate::lock::PackageRef;
+use crate::lock::{normalize, Lock};
+use crate::sandboxes::{Job, Sandboxes};
 use kindling_sandbox::cgroup::Limits as CgroupLimits;
 use kindling_sandbox::spec::MountSpec;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -23,7 +28,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Errors of the package puller. Whatever they repeat of a tenant's input is cut short
@@ -60,7 +65,7 @@ pub enum PackageError {
     #[error("package {package} is used by {users:?}")]
     InUse { package: String, users: Vec<String> },
     #[error("installer sandbox")]
-    Job(#[from] crate::instance::StartError),
+    Job(#[from] crate::sandboxes::StartError),
     #[error("package store failed at {path}")]
     Io {
         path: PathBuf,
@@ -73,42 +78,6 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> PackageError + '_ {
     move |source| PackageError::Io {
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// One exact package version.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct PackageRef {
-    /// Normalized (PEP 503) name.
-    pub name: String,
-    pub version: String,
-    /// A direct reference (URL or path, only with `allow_unsafe_requirements`) the package is
-    /// installed from; its `version` is then `0+direct.<digest>` of what it names, so it never
-    /// shares a store entry with a release on the index or with other content.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-}
-
-impl PackageRef {
-    /// `<name>==<version>`: the store directory's name.
-    pub fn key(&self) -> String {
-        format!("{}=={}", self.name, self.version)
-    }
-
-    /// Parses `<name>==<version>`.
-    pub fn parse(key: &str) -> Option<Self> {
-        let (name, version) = key.split_once("==")?;
-        let ok = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.+!".contains(&b))
-                && !s.starts_with('.')
-        };
-        (ok(name) && ok(version)).then(|| Self {
-            name: normalize(name),
-            version: version.to_string(),
-            source: None,
-        })
     }
 }
 
@@ -125,7 +94,7 @@ fn direct_version(source: &str, function: Option<&Path>) -> String {
     if let Some(path) = local {
         hash_tree(&mut h, &path);
     }
-    format!("0+direct.{}", &hex(&h.finalize())[..16])
+    format!("0+direct.{}", &hex::encode(h.finalize())[..16])
 }
 
 /// Feeds the names and contents of the files under `path` (not following symlinks) to `h`.
@@ -149,75 +118,17 @@ fn hash_tree(h: &mut Sha256, path: &Path) {
     }
 }
 
-/// PEP 503 name normalization.
-pub fn normalize(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut sep = false;
-    for c in name.chars() {
-        if c == '-' || c == '_' || c == '.' {
-            sep = true;
-        } else {
-            if sep && !out.is_empty() {
-                out.push('-');
-            }
-            sep = false;
-            out.push(c.to_ascii_lowercase());
-        }
-    }
-    out
-}
-
-/// A function's resolved closure, in `sys.path` order (each package before its dependencies).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Lock {
-    pub packages: Vec<PackageRef>,
-    /// Keys of packages shipping `.pth` files, which the runtime adds with `site.addsitedir`.
-    #[serde(default)]
-    pub site_packages: Vec<String>,
-    /// Direct dependencies within the closure: package name -> names it requires.
-    #[serde(default)]
-    pub requires: BTreeMap<String, Vec<String>>,
-}
-
-impl Lock {
-    /// Keys of `names` and everything they require, transitively, within this lock.
-    pub fn closure_of(&self, names: &[String]) -> std::collections::BTreeSet<String> {
-        let by_name: HashMap<&str, &PackageRef> =
-            self.packages.iter().map(|p| (p.name.as_str(), p)).collect();
-        let mut seen = HashSet::new();
-        let mut stack: Vec<String> = names.iter().map(|n| normalize(n)).collect();
-        let mut out = std::collections::BTreeSet::new();
-        while let Some(n) = stack.pop() {
-            if !seen.insert(n.clone()) {
-                continue;
-            }
-            if let Some(p) = by_name.get(n.as_str()) {
-                out.insert(p.key());
-                stack.extend(self.requires.get(&n).cloned().unwrap_or_default());
-            }
-        }
-        out
-    }
-
-    /// `KINDLING_PATH` and `KINDLING_SITE` for the runtime: store paths inside the sandbox.
-    pub fn runtime_env(&self) -> [(String, String); 2] {
-        let path = |k: &str| format!("/packages/{k}/files");
-        let plain: Vec<String> = self.packages.iter().map(|p| path(&p.key())).collect();
-        let site: Vec<String> = self.site_packages.iter().map(|k| path(k)).collect();
-        [
-            ("KINDLING_PATH".into(), plain.join(":")),
-            ("KINDLING_SITE".into(), site.join(":")),
-        ]
-    }
-}
-
 /// Limits of installer sandboxes (config `[installer_limits]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InstallerLimits {
+    /// Memory limit of each installer sandbox, in MB.
     pub memory_mb: u64,
+    /// Time limit of each resolution or install job, in seconds.
     pub timeout_secs: u64,
+    /// CPU quota of each installer sandbox, in cores.
     pub cpu_cores: f64,
+    /// Pids limit of each installer sandbox.
     pub pids: u64,
     /// Packages installed at once by one deploy.
     pub parallel: usize,
@@ -509,20 +420,6 @@ pub struct InstallerSettings {
     pub proxy: Option<String>,
 }
 
-impl InstallerSettings {
-    /// The settings of a worker config.
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        Self {
-            installer_uid: config.installer_uid,
-            installer_gid: config.installer_gid,
-            build_uid: config.build_uid,
-            build_gid: config.build_gid,
-            index_url: config.package_index.clone(),
-            proxy: config.package_proxy.clone(),
-        }
-    }
-}
-
 /// How an installer job runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JobMode {
@@ -574,7 +471,7 @@ impl Scratch {
         let path = self.dir.join(name);
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc_o_nofollow())
+            .custom_flags(kindling_sandbox::mount::O_NOFOLLOW)
             .open(&path)
             .ok()?;
         if !file.metadata().ok()?.is_file() {
@@ -591,17 +488,6 @@ impl Drop for Scratch {
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), "removing an installer job's scratch: {e}");
         }
-    }
-}
-
-/// `O_NOFOLLOW` (see archive.rs for why this crate spells it out).
-fn libc_o_nofollow() -> i32 {
-    if cfg!(all(target_os = "linux", target_arch = "aarch64")) {
-        0o100_000
-    } else if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        0o400_000
-    } else {
-        0
     }
 }
 
@@ -776,7 +662,7 @@ impl PackageStore {
         if self.uv.is_none() {
             return Err(PackageError::NoUv);
         }
-        let mut argv = vec!["/kindling/uv".to_string()];
+        let mut argv = vec![format!("{}/uv", layout::RUNTIME)];
         argv.extend(args);
         argv.extend(
             [
@@ -814,7 +700,7 @@ impl PackageStore {
         if self.ca_bundle {
             env.push((
                 "SSL_CERT_FILE".into(),
-                "/kindling/ca-certificates.crt".into(),
+                format!("{}/ca-certificates.crt", layout::RUNTIME),
             ));
         }
         if let Some(proxy) = &self.settings.proxy {
@@ -825,12 +711,12 @@ impl PackageStore {
         let mut mounts = vec![
             MountSpec::Bind {
                 source: self.tools.clone(),
-                target: "/kindling".into(),
+                target: layout::RUNTIME.into(),
                 writable: false,
             },
             MountSpec::Bind {
                 source: scratch.dir.clone(),
-                target: "/packages".into(),
+                target: layout::PACKAGES.into(),
                 writable: true,
             },
         ];
@@ -844,7 +730,7 @@ impl PackageStore {
         if let Some(dir) = function {
             mounts.push(MountSpec::Bind {
                 source: dir.to_path_buf(),
-                target: "/handler".into(),
+                target: layout::HANDLER.into(),
                 writable: false,
             });
         }
@@ -867,9 +753,9 @@ impl PackageStore {
             },
             timeout: Duration::from_secs(self.limits.timeout_secs),
             cwd: if function.is_some() {
-                "/handler".into()
+                layout::HANDLER.into()
             } else {
-                "/packages".into()
+                layout::PACKAGES.into()
             },
         })
     }
@@ -877,11 +763,11 @@ impl PackageStore {
     /// Runs a job; `Err(output)` when it failed, with a note naming the limit it hit.
     fn run(
         &self,
-        factory: &Factory,
+        sandboxes: &Sandboxes,
         job: Job,
         what: &str,
     ) -> Result<Result<(), String>, PackageError> {
-        let out = factory.run_job(job)?;
+        let out = sandboxes.run_job(job)?;
         if out.code == Some(0) {
             return Ok(Ok(()));
         }
@@ -904,7 +790,7 @@ impl PackageStore {
     /// `function` is the function's directory (what relative paths name, when allowed).
     pub fn resolve(
         &self,
-        factory: &Factory,
+        sandboxes: &Sandboxes,
         base: &Base,
         requirements: &str,
         function: &Path,
@@ -931,7 +817,7 @@ impl PackageStore {
             h.update(b"\0function\0");
             h.update(function.as_os_str().as_encoded_bytes());
         }
-        let key = hex(&h.finalize());
+        let key = hex::encode(h.finalize());
         // Outside pkgwork: installer sandboxes (which run package build code) cannot touch it.
         let cached = self.locks.join(format!("{key}.json"));
         if let Ok(text) = std::fs::read_to_string(&cached) {
@@ -940,11 +826,11 @@ impl PackageStore {
             }
         }
         let function = reqs.unsafe_lines.then_some(function);
-        let mut result = self.compile(factory, base, &reqs, JobMode::Wheels, function)?;
+        let mut result = self.compile(sandboxes, base, &reqs, JobMode::Wheels, function)?;
         if let Err(output) = &result {
             if needs_build(output) {
                 // Some requirement has no wheel: its metadata comes from building its sdist.
-                result = self.compile(factory, base, &reqs, JobMode::Build, function)?;
+                result = self.compile(sandboxes, base, &reqs, JobMode::Build, function)?;
             }
         }
         let text = result.map_err(|output| PackageError::Resolve {
@@ -967,7 +853,7 @@ impl PackageStore {
     /// One `uv pip compile` job: `Ok(Ok(lock text))` or `Ok(Err(uv's output))`.
     fn compile(
         &self,
-        factory: &Factory,
+        sandboxes: &Sandboxes,
         base: &Base,
         reqs: &Requirements,
         mode: JobMode,
@@ -995,7 +881,7 @@ impl PackageStore {
             .map(str::to_string)
             .into(),
         )?;
-        if let Err(output) = self.run(factory, job, "resolution")? {
+        if let Err(output) = self.run(sandboxes, job, "resolution")? {
             return Ok(Err(output));
         }
         match scratch.read("lock.txt", MAX_LOCK_BYTES) {
@@ -1035,7 +921,7 @@ impl PackageStore {
     /// and `commit`: its packages are in the store but no committed function uses them yet).
     pub fn pin<'a>(&'a self, lock: &Lock) -> Pin<'a> {
         let keys: Vec<String> = lock.packages.iter().map(PackageRef::key).collect();
-        let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pinned = self.pinned.lock();
         for k in &keys {
             *pinned.entry(k.clone()).or_default() += 1;
         }
@@ -1057,7 +943,7 @@ impl PackageStore {
     /// `function` is the function's directory, which direct references may name.
     pub fn ensure(
         &self,
-        factory: &Factory,
+        sandboxes: &Sandboxes,
         base: &Base,
         lock: &Lock,
         function: &Path,
@@ -1078,18 +964,18 @@ impl PackageStore {
         std::thread::scope(|s| {
             for _ in 0..self.limits.parallel.max(1) {
                 s.spawn(|| loop {
-                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                    let next = queue.lock().next();
                     let Some(pkg) = next else { break };
-                    let r = self.install_one(factory, base, pkg, function, progress);
+                    let r = self.install_one(sandboxes, base, pkg, function, progress);
                     let failed = r.is_err();
-                    results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                    results.lock().push(r);
                     if failed {
                         break;
                     }
                 });
             }
         });
-        for r in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        for r in results.into_inner() {
             match r? {
                 Some((key, bytes)) => {
                     stats.installed.push(key);
@@ -1104,7 +990,7 @@ impl PackageStore {
     /// Installs one package under its lock. `Ok(None)`: someone else installed it meanwhile.
     fn install_one(
         &self,
-        factory: &Factory,
+        sandboxes: &Sandboxes,
         base: &Base,
         pkg: &PackageRef,
         function: &Path,
@@ -1114,11 +1000,10 @@ impl PackageStore {
         let lock = self
             .installing
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(key.clone())
             .or_default()
             .clone();
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = lock.lock();
         if self.contains(pkg) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
@@ -1133,12 +1018,12 @@ impl PackageStore {
         let result: Result<u64, PackageError> = (|| {
             std::fs::create_dir(&staging).map_err(io_at(&staging))?;
             let mut mode = JobMode::Wheels;
-            let mut installed = self.install_job(factory, base, pkg, mode, function)?;
+            let mut installed = self.install_job(sandboxes, base, pkg, mode, function)?;
             if let Err(output) = &installed {
                 if needs_build(output) {
                     progress(format!("building {key} from its sdist"));
                     mode = JobMode::Build;
-                    installed = self.install_job(factory, base, pkg, mode, function)?;
+                    installed = self.install_job(sandboxes, base, pkg, mode, function)?;
                 }
             }
             let scratch = installed.map_err(|output| PackageError::Install {
@@ -1188,7 +1073,7 @@ impl PackageStore {
     /// One `uv pip install --target` job: its scratch (holding `target/`) or uv's output.
     fn install_job(
         &self,
-        factory: &Factory,
+        sandboxes: &Sandboxes,
         base: &Base,
         pkg: &PackageRef,
         mode: JobMode,
@@ -1215,7 +1100,7 @@ impl PackageStore {
                 spec,
             ],
         )?;
-        Ok(self.run(factory, job, "install")?.map(|()| scratch))
+        Ok(self.run(sandboxes, job, "install")?.map(|()| scratch))
     }
 
     /// The checks an installed tree passes before it enters the store: the tree checks of
@@ -1285,18 +1170,11 @@ impl PackageStore {
         let lock = self
             .installing
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(key.clone())
             .or_default()
             .clone();
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self
-            .pinned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .is_some_and(|n| *n > 0)
-        {
+        let _guard = lock.lock();
+        if self.pinned.lock().get(&key).is_some_and(|n| *n > 0) {
             users.push("(a deploy in progress)".into());
         }
         if !users.is_empty() {
@@ -1338,7 +1216,7 @@ pub struct Pin<'a> {
 
 impl Drop for Pin<'_> {
     fn drop(&mut self) {
-        let mut pinned = self.store.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pinned = self.store.pinned.lock();
         for k in &self.keys {
             if let Some(n) = pinned.get_mut(k) {
                 *n -= 1;
@@ -1357,10 +1235,6 @@ fn same_version(a: &str, b: &str) -> bool {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

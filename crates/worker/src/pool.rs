@@ -4,14 +4,23 @@
 //! the worker-wide sandbox limit (idle instances of other functions are evicted, least recently
 //! used first). Idle instances are frozen (their cgroup's freezer) shortly after their reply and
 //! thawed when taken, so that processes they left running get no CPU while nobody pays for it.
+//!
+//! This module is the scheduling policy only. It gets new instances through [`Starter`] (the
+//! start methods other than warm) and handles them through [`PooledInstance`]; the worker's
+//! implementations are in `starts.rs`, and the unit tests below use fakes, so the policy runs
+//! without sandboxes, root or a kernel.
 
-use crate::instance::{Factory, FunctionLimits, Instance, InvokeError, Reply, StartError};
+use crate::instance::{InvokeError, Reply};
 use crate::metrics::Metrics;
 use crate::registry::FunctionVersion;
-use crate::zygote::{ForkError, Forked, Zygotes};
+use crate::sandboxes::{FunctionLimits, StartError};
+use crate::zygote::{ForkError, Forked};
+use kindling_sandbox::cgroup::CgroupError;
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -29,25 +38,8 @@ pub enum StartPolicy {
     Cold,
 }
 
-/// Milliseconds spent in each phase of an invocation.
-#[derive(Debug, Clone, Default)]
-pub struct Timing {
-    pub queue_ms: f64,
-    pub sandbox_ms: f64,
-    pub instance_ms: f64,
-    pub handler_ms: f64,
-    pub total_ms: f64,
-}
-
-impl Timing {
-    /// The `X-Kindling-Timing` header value.
-    pub fn header(&self) -> String {
-        format!(
-            "queue={:.3};sandbox={:.3};instance={:.3};handler={:.3};total={:.3}",
-            self.queue_ms, self.sandbox_ms, self.instance_ms, self.handler_ms, self.total_ms
-        )
-    }
-}
+/// Milliseconds spent in each phase of an invocation (`X-Kindling-Timing`).
+pub use kindling_api::Timing;
 
 /// An invocation that reached an instance.
 #[derive(Debug)]
@@ -73,6 +65,66 @@ pub enum PoolError {
     ShuttingDown,
 }
 
+/// How the pool gets new instances: the start methods that make one (all but `warm`, which
+/// is the pool's own). Calls other than [`Starter::replenish`] may block (the pool runs them on
+/// blocking threads).
+pub trait Starter: Send + Sync + 'static {
+    /// The instances it makes.
+    type Instance: PooledInstance;
+
+    /// Whether fork starts may be tried at all (zygotes are enabled).
+    fn forks(&self) -> bool;
+
+    /// Cold start: a new sandbox and a fresh interpreter.
+    fn cold(
+        &self,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<Self::Instance, StartError>;
+
+    /// Fork start: an instance forked from the zygote that suits `function` (made if missing).
+    fn fork(
+        &self,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<(Self::Instance, Forked), ForkError>;
+
+    /// After a start that was not warm, off the request path: replaces what the start used (a
+    /// seed, a spare sandbox), learning from a forked instance that served its first
+    /// invocation (and the modules it reported importing) if given. Must not block.
+    fn replenish(&self, learned: Option<(Forked, Vec<String>)>);
+
+    /// Work it has in flight in the background (refills).
+    fn background_pending(&self) -> usize;
+}
+
+/// What the pool needs of an instance.
+pub trait PooledInstance: Send + 'static {
+    /// Its sandbox's id.
+    fn id(&self) -> &str;
+    /// The version (code hash) of the function it serves.
+    fn version(&self) -> &str;
+    /// When its last invocation ended (or it was made).
+    fn last_used(&self) -> Instant;
+    /// Sends one event and waits for the reply, up to `timeout`.
+    fn invoke(
+        &mut self,
+        request_id: &str,
+        event: &[u8],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Reply, InvokeError>> + Send;
+    /// The modules a forked instance reported importing beyond its zygote's (once).
+    fn take_loaded_modules(&mut self) -> Vec<String>;
+    /// Memory its sandbox is charged now.
+    fn memory_usage(&self) -> Option<u64>;
+    /// Whether its sandbox is frozen.
+    fn is_frozen(&self) -> bool;
+    /// Freezes or thaws its sandbox.
+    fn set_frozen(&mut self, frozen: bool) -> Result<(), CgroupError>;
+    /// Destroys its sandbox (blocking).
+    fn destroy(self);
+}
+
 /// Pool limits.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -84,21 +136,20 @@ pub struct PoolConfig {
     pub max_sandboxes: usize,
 }
 
-struct FunctionPool {
+struct FunctionPool<I> {
     busy: Arc<Semaphore>,
     waiting: AtomicUsize,
-    idle: Mutex<Vec<Instance>>,
+    idle: Mutex<Vec<I>>,
     /// A task will freeze this function's idle instances (see [`Pool::freeze_idle`]).
     freeze_armed: AtomicBool,
 }
 
 /// Instances of every function.
-pub struct Pool {
-    factory: Arc<Factory>,
-    zygotes: Arc<Zygotes>,
+pub struct Pool<S: Starter> {
+    starter: Arc<S>,
     config: PoolConfig,
     metrics: Arc<Metrics>,
-    functions: Mutex<HashMap<String, Arc<FunctionPool>>>,
+    functions: Mutex<HashMap<String, Arc<FunctionPool<S::Instance>>>>,
     live: Arc<AtomicUsize>,
     /// Sandboxes being destroyed in the background.
     destroying: Arc<AtomicUsize>,
@@ -107,16 +158,10 @@ pub struct Pool {
     freezing: Arc<AtomicBool>,
 }
 
-impl Pool {
-    pub fn new(
-        factory: Arc<Factory>,
-        zygotes: Arc<Zygotes>,
-        config: PoolConfig,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
+impl<S: Starter> Pool<S> {
+    pub fn new(starter: Arc<S>, config: PoolConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
-            factory,
-            zygotes,
+            starter,
             config,
             metrics,
             functions: Mutex::new(HashMap::new()),
@@ -126,8 +171,8 @@ impl Pool {
         })
     }
 
-    fn function_pool(&self, name: &str) -> Arc<FunctionPool> {
-        let mut map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+    fn function_pool(&self, name: &str) -> Arc<FunctionPool<S::Instance>> {
+        let mut map = self.functions.lock();
         map.entry(name.to_string())
             .or_insert_with(|| {
                 Arc::new(FunctionPool {
@@ -140,9 +185,9 @@ impl Pool {
             .clone()
     }
 
-    /// Background work in flight: sandboxes being destroyed, refills of seeds and the pool.
+    /// Background work in flight: sandboxes being destroyed, refills of seeds and spare sandboxes.
     pub fn background_pending(&self) -> usize {
-        self.destroying.load(Ordering::SeqCst) + self.zygotes.refills_pending()
+        self.destroying.load(Ordering::SeqCst) + self.starter.background_pending()
     }
 
     /// Sandboxes alive now (idle and busy).
@@ -152,10 +197,8 @@ impl Pool {
 
     /// Idle instances now.
     pub fn idle_instances(&self) -> usize {
-        let map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
-        map.values()
-            .map(|f| f.idle.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        let map = self.functions.lock();
+        map.values().map(|f| f.idle.lock().len()).sum()
     }
 
     /// Runs one invocation of `function`.
@@ -195,7 +238,7 @@ impl Pool {
             Some(i) => (i, StartMethod::Warm, None),
             None => {
                 let t = Instant::now();
-                self.reserve_sandbox()?;
+                self.reserve_sandbox().await?;
                 let forked = match policy {
                     StartPolicy::Cold => None,
                     StartPolicy::Any | StartPolicy::Fork => self.fork_start(function, limits).await,
@@ -203,9 +246,9 @@ impl Pool {
                 let made = match forked {
                     Some((i, f)) => Ok((i, StartMethod::Fork, Some(f))),
                     None => {
-                        let factory = self.factory.clone();
+                        let starter = self.starter.clone();
                         let (f, l) = (function.clone(), limits.clone());
-                        tokio::task::spawn_blocking(move || factory.cold_start(&f, &l))
+                        tokio::task::spawn_blocking(move || starter.cold(&f, &l))
                             .await
                             .map_err(|e| StartError::Io(std::io::Error::other(e)))
                             .and_then(|r| r)
@@ -227,26 +270,26 @@ impl Pool {
         let t = Instant::now();
         let result = instance.invoke(request_id, event, limits.timeout).await;
         let in_instance = ms(t.elapsed());
-        if start != StartMethod::Warm && self.zygotes.config.enabled {
-            // Replace the seed or pooled sandbox this start may have used, off the request path
+        if start != StartMethod::Warm && self.starter.forks() {
+            // Replace the seed or spare sandbox this start may have used, off the request path
             // and after the invocation, so that it does not compete with the new instance; a
             // forked instance that served its first invocation shows what seeds will write.
             let learn = forked
                 .filter(|_| result.is_ok())
                 .map(|f| (f, instance.take_loaded_modules()));
-            self.zygotes.schedule_refill(learn);
+            self.starter.replenish(learn);
         }
         timing.handler_ms = result.as_ref().map(|r| r.handler_ms).unwrap_or(0.0);
         timing.instance_ms = (in_instance - timing.handler_ms).max(0.0);
         timing.total_ms = ms(t0.elapsed());
-        let instance_id = instance.id.clone();
+        let instance_id = instance.id().to_string();
         let memory_bytes = instance.memory_usage();
         let keep = match &result {
             Ok(_) => true,
             Err(e) => !e.is_fatal(),
         };
         if keep {
-            let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = fp.idle.lock();
             idle.push(instance);
             // Forced cold starts add instances without taking one; keep at most as many idle
             // instances as the function may run at once, dropping the least recently used.
@@ -282,22 +325,13 @@ impl Pool {
         &self,
         function: &Arc<FunctionVersion>,
         limits: &FunctionLimits,
-    ) -> Option<(Instance, Forked)> {
-        if !self.zygotes.config.enabled {
+    ) -> Option<(S::Instance, Forked)> {
+        if !self.starter.forks() {
             return None;
         }
-        let zygotes = self.zygotes.clone();
+        let starter = self.starter.clone();
         let (f, l) = (function.clone(), limits.clone());
-        let result = tokio::task::spawn_blocking(move || {
-            let z = zygotes.acquire(&f)?;
-            zygotes.fork_start(&z, &f, &l).inspect_err(|e| {
-                // A zygote that cannot fork is replaced on the next need.
-                if matches!(e, ForkError::Io(_) | ForkError::Zygote(_)) {
-                    zygotes.discard(&z);
-                }
-            })
-        })
-        .await;
+        let result = tokio::task::spawn_blocking(move || starter.fork(&f, &l)).await;
         match result {
             Ok(Ok((i, forked))) => {
                 if forked.seeded {
@@ -324,13 +358,19 @@ impl Pool {
 
     /// Takes the most recently used idle instance of this exact version, thawed; idle instances
     /// of an older version (or that cannot be thawed) are destroyed on the way.
-    fn take_idle(&self, fp: &FunctionPool, function: &FunctionVersion) -> Option<Instance> {
-        let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+    fn take_idle(
+        &self,
+        fp: &FunctionPool<S::Instance>,
+        function: &FunctionVersion,
+    ) -> Option<S::Instance> {
+        let mut idle = fp.idle.lock();
         while let Some(mut i) = idle.pop() {
-            if i.function.hash == function.hash {
+            if i.version() == function.hash {
                 match i.set_frozen(false) {
                     Ok(()) => return Some(i),
-                    Err(e) => tracing::warn!(instance = %i.id, "cannot thaw an idle instance: {e}"),
+                    Err(e) => {
+                        tracing::warn!(instance = %i.id(), "cannot thaw an idle instance: {e}")
+                    }
                 }
             }
             self.destroy(i);
@@ -342,7 +382,7 @@ impl Pool {
     /// reply's path, in one task per function at most: it freezes those quiet long enough, under
     /// the lock [`Pool::take_idle`] takes them with, and sleeps until the next one is. The delay
     /// spares back-to-back calls a freeze and a thaw each (tens of µs).
-    fn freeze_idle(&self, fp: &Arc<FunctionPool>) {
+    fn freeze_idle(&self, fp: &Arc<FunctionPool<S::Instance>>) {
         let Some(delay) = self.config.freeze_idle_after else {
             return;
         };
@@ -357,16 +397,16 @@ impl Pool {
         // The next wait, or None once every idle instance is frozen. Disarms under the idle
         // lock: an instance idled after that arms a new task.
         let freeze_quiet = move || -> Option<Duration> {
-            let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = fp.idle.lock();
             let mut next: Option<Duration> = None;
             for instance in idle.iter_mut().filter(|i| !i.is_frozen()) {
-                let quiet = instance.last_used.elapsed();
+                let quiet = instance.last_used().elapsed();
                 if quiet < delay {
                     next = Some(next.map_or(delay - quiet, |n| n.min(delay - quiet)));
                 } else if let Err(e) = instance.set_frozen(true) {
                     if matches!(e, kindling_sandbox::cgroup::CgroupError::FreezerJoin { .. }) {
                         // This instance's processes fork too fast to move; it stays unfrozen.
-                        tracing::warn!(instance = %instance.id, "cannot freeze: {e}");
+                        tracing::warn!(instance = %instance.id(), "cannot freeze: {e}");
                         continue;
                     }
                     if freezing.swap(false, Ordering::Relaxed) {
@@ -400,7 +440,7 @@ impl Pool {
     }
 
     /// Counts one more sandbox, evicting an idle one anywhere if the worker is full.
-    fn reserve_sandbox(&self) -> Result<(), PoolError> {
+    async fn reserve_sandbox(&self) -> Result<(), PoolError> {
         loop {
             let live = self.live.load(Ordering::SeqCst);
             if live < self.config.max_sandboxes {
@@ -413,43 +453,48 @@ impl Pool {
                 }
                 continue;
             }
-            if !self.evict_lru() {
-                return Err(PoolError::NoCapacity(self.config.max_sandboxes));
+            // The victim's sandbox counts until it is gone: wait for that, so that one sandbox
+            // needed evicts one idle instance (counting again at once found the worker still
+            // full and evicted the next, and the next).
+            match self.evict_lru() {
+                Some(Some(destroyed)) => {
+                    let _ = destroyed.await;
+                }
+                Some(None) => {}
+                None => return Err(PoolError::NoCapacity(self.config.max_sandboxes)),
             }
         }
     }
 
-    /// Destroys the least recently used idle instance; false if there is none.
-    fn evict_lru(&self) -> bool {
-        let map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
-        let mut best: Option<(Instant, &Arc<FunctionPool>)> = None;
+    /// Destroys the least recently used idle instance; `None` if there is none, else the task
+    /// destroying it (if it runs in the background).
+    fn evict_lru(&self) -> Option<Option<tokio::task::JoinHandle<()>>> {
+        let map = self.functions.lock();
+        let mut best: Option<(Instant, &Arc<FunctionPool<S::Instance>>)> = None;
         for fp in map.values() {
-            let idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(oldest) = idle.iter().map(|i| i.last_used).min() {
+            let idle = fp.idle.lock();
+            if let Some(oldest) = idle.iter().map(|i| i.last_used()).min() {
                 if best.is_none_or(|(t, _)| oldest < t) {
                     best = Some((oldest, fp));
                 }
             }
         }
-        let Some((_, fp)) = best else { return false };
-        let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(pos) = idle
+        let (_, fp) = best?;
+        let mut idle = fp.idle.lock();
+        let pos = idle
             .iter()
             .enumerate()
-            .min_by_key(|(_, i)| i.last_used)
-            .map(|(n, _)| n)
-        else {
-            return false;
-        };
+            .min_by_key(|(_, i)| i.last_used())
+            .map(|(n, _)| n)?;
         let victim = idle.remove(pos);
         drop(idle);
         self.metrics.add("evictions", 1);
-        self.destroy(victim);
-        true
+        Some(self.destroy(victim))
     }
 
-    /// Destroys an instance's sandbox in the background.
-    fn destroy(&self, instance: Instance) {
+    /// Destroys an instance's sandbox in the background (the returned task), or at once
+    /// outside a runtime.
+    fn destroy(&self, instance: S::Instance) -> Option<tokio::task::JoinHandle<()>> {
         let live = self.live.clone();
         let metrics = self.metrics.clone();
         let destroying = self.destroying.clone();
@@ -461,28 +506,19 @@ impl Pool {
             metrics.add("sandboxes.destroyed", 1);
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn_blocking(work);
+            Ok(h) => Some(h.spawn_blocking(work)),
+            Err(_) => {
+                work();
+                None
             }
-            Err(_) => work(),
         }
     }
 
     /// Destroys idle instances of `name` (after a redeploy or removal).
     pub fn invalidate(&self, name: &str) {
-        let fp = self
-            .functions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned();
+        let fp = self.functions.lock().get(name).cloned();
         if let Some(fp) = fp {
-            let drained: Vec<_> = fp
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain(..)
-                .collect();
+            let drained: Vec<_> = fp.idle.lock().drain(..).collect();
             for i in drained {
                 self.destroy(i);
             }
@@ -492,19 +528,13 @@ impl Pool {
     /// Destroys idle instances unused for longer than the keep-alive.
     pub fn expire_idle(&self) {
         let now = Instant::now();
-        let pools: Vec<_> = self
-            .functions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let pools: Vec<_> = self.functions.lock().values().cloned().collect();
         for fp in pools {
             let expired: Vec<_> = {
-                let mut idle = fp.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let mut idle = fp.idle.lock();
                 let (old, keep): (Vec<_>, Vec<_>) = idle
                     .drain(..)
-                    .partition(|i| now.duration_since(i.last_used) >= self.config.keep_alive);
+                    .partition(|i| now.duration_since(i.last_used()) >= self.config.keep_alive);
                 *idle = keep;
                 old
             };
@@ -517,21 +547,10 @@ impl Pool {
 
     /// Destroys every idle instance and refuses new work (shutdown). Blocking.
     pub fn shutdown(&self) {
-        let pools: Vec<_> = self
-            .functions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let pools: Vec<_> = self.functions.lock().values().cloned().collect();
         for fp in pools {
             fp.busy.close();
-            let drained: Vec<_> = fp
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain(..)
-                .collect();
+            let drained: Vec<_> = fp.idle.lock().drain(..).collect();
             for i in drained {
                 i.destroy();
                 self.live.fetch_sub(1, Ordering::SeqCst);
@@ -562,4 +581,425 @@ impl Drop for Queued<'_> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! The scheduling policy on fake instances: no sandbox, no root, milliseconds.
+
+    use super::*;
+    use crate::function_config::{Format, FunctionConfig};
+    use crate::lock::Lock;
+    use std::path::PathBuf;
+    use tokio::sync::Semaphore;
+
+    /// What the fakes did.
+    #[derive(Default)]
+    struct Log {
+        cold: AtomicUsize,
+        fork_tries: AtomicUsize,
+        replenished: AtomicUsize,
+        destroyed: Mutex<Vec<String>>,
+    }
+
+    impl Log {
+        fn destroyed(&self) -> Vec<String> {
+            self.destroyed.lock().clone()
+        }
+    }
+
+    struct FakeInstance {
+        id: String,
+        version: String,
+        last_used: Instant,
+        frozen: bool,
+        /// Invocations wait for a permit of this (held until released by the test).
+        gate: Option<Arc<Semaphore>>,
+        log: Arc<Log>,
+    }
+
+    impl PooledInstance for FakeInstance {
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn version(&self) -> &str {
+            &self.version
+        }
+        fn last_used(&self) -> Instant {
+            self.last_used
+        }
+        async fn invoke(
+            &mut self,
+            _request_id: &str,
+            event: &[u8],
+            _timeout: Duration,
+        ) -> Result<Reply, InvokeError> {
+            if let Some(g) = &self.gate {
+                drop(g.acquire().await.unwrap());
+            }
+            self.last_used = Instant::now();
+            match event {
+                b"die" => Err(InvokeError::Died("fake".into())),
+                b"raise" => Err(InvokeError::Handler("Traceback".into())),
+                _ => Ok(Reply {
+                    body: event.to_vec(),
+                    handler_ms: 0.1,
+                }),
+            }
+        }
+        fn take_loaded_modules(&mut self) -> Vec<String> {
+            Vec::new()
+        }
+        fn memory_usage(&self) -> Option<u64> {
+            Some(1 << 20)
+        }
+        fn is_frozen(&self) -> bool {
+            self.frozen
+        }
+        fn set_frozen(&mut self, frozen: bool) -> Result<(), CgroupError> {
+            self.frozen = frozen;
+            Ok(())
+        }
+        fn destroy(self) {
+            self.log.destroyed.lock().push(self.id);
+        }
+    }
+
+    /// How the fake starter starts instances.
+    #[derive(Default)]
+    struct FakeStarter {
+        log: Arc<Log>,
+        /// Zygotes enabled.
+        forks: bool,
+        /// Fork starts fail (no zygote can serve).
+        fork_fails: bool,
+        gate: Option<Arc<Semaphore>>,
+        next: AtomicUsize,
+    }
+
+    impl FakeStarter {
+        fn make(&self, function: &FunctionVersion) -> FakeInstance {
+            let n = self.next.fetch_add(1, Ordering::SeqCst);
+            FakeInstance {
+                id: format!("{}-{n}", function.name),
+                version: function.hash.clone(),
+                last_used: Instant::now(),
+                frozen: false,
+                gate: self.gate.clone(),
+                log: self.log.clone(),
+            }
+        }
+    }
+
+    impl Starter for FakeStarter {
+        type Instance = FakeInstance;
+        fn forks(&self) -> bool {
+            self.forks
+        }
+        fn cold(
+            &self,
+            function: &Arc<FunctionVersion>,
+            _limits: &FunctionLimits,
+        ) -> Result<FakeInstance, StartError> {
+            self.log.cold.fetch_add(1, Ordering::SeqCst);
+            Ok(self.make(function))
+        }
+        fn fork(
+            &self,
+            function: &Arc<FunctionVersion>,
+            _limits: &FunctionLimits,
+        ) -> Result<(FakeInstance, Forked), ForkError> {
+            self.log.fork_tries.fetch_add(1, Ordering::SeqCst);
+            if self.fork_fails {
+                return Err(ForkError::NotReady("no zygote".into()));
+            }
+            let forked = Forked {
+                zygote: Default::default(),
+                pid: 1,
+                seeded: false,
+            };
+            Ok((self.make(function), forked))
+        }
+        fn replenish(&self, _learned: Option<(Forked, Vec<String>)>) {
+            self.log.replenished.fetch_add(1, Ordering::SeqCst);
+        }
+        fn background_pending(&self) -> usize {
+            0
+        }
+    }
+
+    fn function(name: &str, hash: &str) -> Arc<FunctionVersion> {
+        Arc::new(FunctionVersion {
+            name: name.into(),
+            hash: hash.into(),
+            format: Format::OpenLambda,
+            dir: PathBuf::new(),
+            config: FunctionConfig::default(),
+            lock: Lock::default(),
+            imports: Vec::new(),
+        })
+    }
+
+    fn limits() -> FunctionLimits {
+        FunctionLimits {
+            memory_mb: 64,
+            timeout: Duration::from_secs(5),
+            cpu_cores: 1.0,
+            pids: 8,
+            tmp_mb: 8,
+            network: false,
+        }
+    }
+
+    fn config() -> PoolConfig {
+        PoolConfig {
+            keep_alive: Duration::from_secs(3600),
+            freeze_idle_after: None,
+            max_instances_per_function: 2,
+            max_queue_per_function: 1,
+            max_sandboxes: 8,
+        }
+    }
+
+    fn pool(starter: FakeStarter, config: PoolConfig) -> Arc<Pool<FakeStarter>> {
+        Pool::new(Arc::new(starter), config, Arc::new(Metrics::default()))
+    }
+
+    async fn run(
+        pool: &Pool<FakeStarter>,
+        f: &Arc<FunctionVersion>,
+        event: &str,
+        policy: StartPolicy,
+    ) -> Result<Outcome, PoolError> {
+        pool.invoke(f, &limits(), "req", event.as_bytes(), policy)
+            .await
+    }
+
+    /// Waits (a bounded time) until `cond` holds: background destruction runs on blocking
+    /// threads.
+    async fn eventually(cond: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("condition never held");
+    }
+
+    #[tokio::test]
+    async fn cold_then_warm_and_a_new_version_is_cold() {
+        let p = pool(FakeStarter::default(), config());
+        let f = function("f", "v1");
+        let first = run(&p, &f, "{}", StartPolicy::Any).await.unwrap();
+        assert_eq!(first.start, StartMethod::Cold);
+        assert_eq!(first.result.unwrap().body, b"{}");
+        let second = run(&p, &f, "{}", StartPolicy::Any).await.unwrap();
+        assert_eq!(second.start, StartMethod::Warm);
+        assert_eq!(second.instance_id, first.instance_id);
+        // A forced cold start adds an instance; a forced fork without zygotes is cold.
+        let forced = run(&p, &f, "{}", StartPolicy::Cold).await.unwrap();
+        assert_eq!(forced.start, StartMethod::Cold);
+        assert_eq!(
+            run(&p, &f, "{}", StartPolicy::Fork).await.unwrap().start,
+            StartMethod::Cold
+        );
+        // The idle instances of the old version go when the new one is invoked.
+        let v2 = function("f", "v2");
+        assert_eq!(
+            run(&p, &v2, "{}", StartPolicy::Any).await.unwrap().start,
+            StartMethod::Cold
+        );
+        // f-0 went as the idle instance beyond the function's limit, f-1 and f-2 as old ones.
+        let log = p.starter.log.clone();
+        eventually(|| log.destroyed().len() == 3).await;
+        let mut destroyed = log.destroyed();
+        destroyed.sort();
+        assert_eq!(destroyed, ["f-0", "f-1", "f-2"]);
+        assert_eq!(first.instance_id, "f-0");
+    }
+
+    #[tokio::test]
+    async fn fork_start_when_zygotes_serve_else_fallback_to_cold() {
+        let p = pool(
+            FakeStarter {
+                forks: true,
+                ..Default::default()
+            },
+            config(),
+        );
+        let f = function("f", "v1");
+        let o = run(&p, &f, "{}", StartPolicy::Any).await.unwrap();
+        assert_eq!(o.start, StartMethod::Fork);
+        assert_eq!(p.starter.log.replenished.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            run(&p, &f, "{}", StartPolicy::Any).await.unwrap().start,
+            StartMethod::Warm
+        );
+        // Warm starts use no seed or spare: nothing to replenish.
+        assert_eq!(p.starter.log.replenished.load(Ordering::SeqCst), 1);
+
+        let p = pool(
+            FakeStarter {
+                forks: true,
+                fork_fails: true,
+                ..Default::default()
+            },
+            config(),
+        );
+        let o = run(&p, &f, "{}", StartPolicy::Fork).await.unwrap();
+        assert_eq!(o.start, StartMethod::Cold);
+        assert_eq!(p.starter.log.fork_tries.load(Ordering::SeqCst), 1);
+        assert_eq!(p.starter.log.cold.load(Ordering::SeqCst), 1);
+        // A forced cold start never tries a zygote.
+        run(&p, &f, "{}", StartPolicy::Cold).await.unwrap();
+        assert_eq!(p.starter.log.fork_tries.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn per_function_limit_then_a_bounded_queue() {
+        let gate = Arc::new(Semaphore::new(0));
+        let p = pool(
+            FakeStarter {
+                gate: Some(gate.clone()),
+                ..Default::default()
+            },
+            config(),
+        );
+        let f = function("f", "v1");
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let (p, f) = (p.clone(), f.clone());
+                tokio::spawn(async move { run(&p, &f, "{}", StartPolicy::Any).await })
+            })
+            .collect();
+        // Two instances at most (max_instances_per_function), the third call waits in the queue.
+        let log = p.starter.log.clone();
+        eventually(|| log.cold.load(Ordering::SeqCst) == 2).await;
+        eventually(|| p.function_pool("f").waiting.load(Ordering::SeqCst) == 1).await;
+        // The queue holds one (max_queue_per_function): the next call is refused at once.
+        match run(&p, &f, "{}", StartPolicy::Any).await {
+            Err(PoolError::QueueFull(name)) => assert_eq!(name, "f"),
+            other => panic!("{other:?}"),
+        }
+        // Another function is not held up by this one's queue.
+        gate.add_permits(1);
+        let g = function("g", "v1");
+        let other = tokio::spawn({
+            let p = p.clone();
+            async move { run(&p, &g, "{}", StartPolicy::Any).await }
+        });
+        gate.add_permits(10);
+        assert!(other.await.unwrap().is_ok());
+        let mut starts = Vec::new();
+        for c in calls {
+            starts.push(c.await.unwrap().unwrap().start);
+        }
+        // The queued call took an instance that had finished: warm, never a third sandbox.
+        assert_eq!(log.cold.load(Ordering::SeqCst), 3);
+        assert!(starts.contains(&StartMethod::Warm), "{starts:?}");
+        assert_eq!(p.function_pool("f").waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn keep_alive_expiry() {
+        let p = pool(FakeStarter::default(), config());
+        let f = function("f", "v1");
+        let o = run(&p, &f, "{}", StartPolicy::Any).await.unwrap();
+        p.expire_idle();
+        assert_eq!(p.idle_instances(), 1, "kept within the keep-alive");
+        let p2 = pool(
+            FakeStarter::default(),
+            PoolConfig {
+                keep_alive: Duration::ZERO,
+                ..config()
+            },
+        );
+        let o2 = run(&p2, &f, "{}", StartPolicy::Any).await.unwrap();
+        p2.expire_idle();
+        assert_eq!(p2.idle_instances(), 0);
+        let log = p2.starter.log.clone();
+        eventually(|| log.destroyed() == vec![o2.instance_id.clone()]).await;
+        eventually(|| p2.live_sandboxes() == 0).await;
+        assert_eq!(p.live_sandboxes(), 1);
+        assert!(p.starter.log.destroyed().is_empty(), "{}", o.instance_id);
+    }
+
+    #[tokio::test]
+    async fn lru_eviction_at_max_sandboxes_and_no_capacity_when_all_are_busy() {
+        let p = pool(
+            FakeStarter::default(),
+            PoolConfig {
+                max_sandboxes: 2,
+                ..config()
+            },
+        );
+        let (a, b, c) = (function("a", "1"), function("b", "1"), function("c", "1"));
+        let oa = run(&p, &a, "{}", StartPolicy::Any).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let ob = run(&p, &b, "{}", StartPolicy::Any).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        // a was used last longest ago: c's sandbox takes its place.
+        run(&p, &c, "{}", StartPolicy::Any).await.unwrap();
+        let log = p.starter.log.clone();
+        eventually(|| log.destroyed() == vec![oa.instance_id.clone()]).await;
+        assert_eq!(p.live_sandboxes(), 2);
+        // b is warm still.
+        let again = run(&p, &b, "{}", StartPolicy::Any).await.unwrap();
+        assert_eq!(again.instance_id, ob.instance_id);
+
+        // With every sandbox busy, nothing can be evicted.
+        let gate = Arc::new(Semaphore::new(0));
+        let p = pool(
+            FakeStarter {
+                gate: Some(gate.clone()),
+                ..Default::default()
+            },
+            PoolConfig {
+                max_sandboxes: 1,
+                ..config()
+            },
+        );
+        let busy = tokio::spawn({
+            let (p, a) = (p.clone(), a.clone());
+            async move { run(&p, &a, "{}", StartPolicy::Any).await }
+        });
+        let log = p.starter.log.clone();
+        eventually(|| log.cold.load(Ordering::SeqCst) == 1).await;
+        match run(&p, &b, "{}", StartPolicy::Any).await {
+            Err(PoolError::NoCapacity(1)) => {}
+            other => panic!("{other:?}"),
+        }
+        gate.add_permits(1);
+        assert!(busy.await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_dead_instance_goes_a_handler_error_keeps_it() {
+        let p = pool(FakeStarter::default(), config());
+        let f = function("f", "v1");
+        let o = run(&p, &f, "raise", StartPolicy::Any).await.unwrap();
+        assert!(matches!(o.result, Err(InvokeError::Handler(_))));
+        assert_eq!(p.idle_instances(), 1);
+        let o = run(&p, &f, "die", StartPolicy::Any).await.unwrap();
+        assert_eq!(o.start, StartMethod::Warm);
+        assert!(matches!(o.result, Err(InvokeError::Died(_))));
+        assert_eq!(p.idle_instances(), 0);
+        let log = p.starter.log.clone();
+        eventually(|| log.destroyed() == vec![o.instance_id.clone()]).await;
+        assert_eq!(p.live_sandboxes(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_instances_beyond_the_function_limit_are_dropped() {
+        let p = pool(FakeStarter::default(), config());
+        let f = function("f", "v1");
+        for _ in 0..3 {
+            run(&p, &f, "{}", StartPolicy::Cold).await.unwrap();
+        }
+        assert_eq!(p.idle_instances(), 2);
+        let log = p.starter.log.clone();
+        eventually(|| log.destroyed() == vec!["f-0".to_string()]).await;
+    }
 }

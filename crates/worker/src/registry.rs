@@ -6,13 +6,15 @@
 
 use crate::archive::{self, ArchiveError, ArchiveLimits};
 use crate::bounds::Bounds;
-use crate::packages::Lock;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use crate::function_config::{ol_config, sebs_config, Format, FunctionConfig};
+use crate::lock::Lock;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 /// Errors of registry operations; the API maps them to HTTP statuses.
 #[derive(Debug, thiserror::Error)]
@@ -40,47 +42,6 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Which function format a version uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// `f.py` with `def f(event)`; the return value is the response body.
-    OpenLambda,
-    /// `function.py` with `def handler(event)`; the response is SeBS's wrapper envelope.
-    Sebs,
-}
-
-impl Format {
-    /// Name passed to the runtime.
-    pub fn runtime_name(self) -> &'static str {
-        match self {
-            Format::OpenLambda => "ol",
-            Format::Sebs => "sebs",
-        }
-    }
-}
-
-/// A function's own configuration, from SeBS `config.json` or OpenLambda `ol.yaml`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct FunctionConfig {
-    pub memory_mb: Option<u64>,
-    pub timeout_secs: Option<f64>,
-    pub network: Option<bool>,
-    /// The function's environment variables. Serialized (for the API) as their names only: the
-    /// values are often secrets, and no reply ever carries them.
-    #[serde(serialize_with = "names_only")]
-    pub environment: BTreeMap<String, String>,
-    /// HTTP methods `/run/<name>` accepts; empty means any.
-    pub methods: Vec<String>,
-}
-
-fn names_only<S: serde::Serializer>(
-    env: &BTreeMap<String, String>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(env.keys())
 }
 
 /// One deployed version of a function.
@@ -131,13 +92,7 @@ pub struct Staged {
 
 /// Checks a function name: it becomes a directory name and a URL path segment.
 pub fn validate_name(name: &str) -> Result<(), RegistryError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
+    if crate::function_config::is_valid_name(name) {
         Ok(())
     } else {
         Err(RegistryError::InvalidName(name.chars().take(80).collect()))
@@ -240,7 +195,7 @@ impl Registry {
                 changed: false,
             });
         }
-        let _guard = self.deploy_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.deploy_lock.lock();
         let mut version = staged.version;
         let name = version.name.clone();
         let hash = version.hash.clone();
@@ -267,11 +222,7 @@ impl Registry {
         version.dir = vdir;
         version.lock = lock;
         let version = Arc::new(version);
-        let old = self
-            .current
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, version.clone());
+        let old = self.current.write().insert(name, version.clone());
         // Running sandboxes keep their bind mount of the old code alive; the files can go.
         if let Some(old) = old.filter(|o| o.hash != hash) {
             let _ = std::fs::remove_dir_all(&old.dir);
@@ -292,22 +243,12 @@ impl Registry {
 
     /// The version of `name` in service.
     pub fn get(&self, name: &str) -> Option<Arc<FunctionVersion>> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.current.read().get(name).cloned()
     }
 
     /// Every function in service, sorted by name.
     pub fn list(&self) -> Vec<Arc<FunctionVersion>> {
-        let mut all: Vec<_> = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut all: Vec<_> = self.current.read().values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -315,11 +256,10 @@ impl Registry {
     /// Removes a function and all its versions.
     pub fn remove(&self, name: &str) -> Result<Arc<FunctionVersion>, RegistryError> {
         validate_name(name)?;
-        let _guard = self.deploy_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.deploy_lock.lock();
         let old = self
             .current
             .write()
-            .unwrap_or_else(|p| p.into_inner())
             .remove(name)
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
         let fdir = self.dir.join(name);
@@ -400,96 +340,6 @@ fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> T {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default()
-}
-
-/// SeBS `config.json`: `timeout` (s), `memory` (MB), `languages`; Kindling adds `network` and
-/// `environment`.
-pub(crate) fn sebs_config(path: &Path) -> Result<FunctionConfig, String> {
-    #[derive(Deserialize)]
-    struct SebsConfig {
-        timeout: Option<f64>,
-        memory: Option<u64>,
-        network: Option<bool>,
-        #[serde(default)]
-        environment: BTreeMap<String, String>,
-    }
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FunctionConfig::default()),
-        Err(e) => return Err(format!("cannot read config.json: {e}")),
-    };
-    let c: SebsConfig =
-        serde_json::from_str(&text).map_err(|e| format!("config.json is not valid: {e}"))?;
-    Ok(FunctionConfig {
-        memory_mb: c.memory,
-        timeout_secs: c.timeout,
-        network: c.network,
-        environment: c.environment,
-        methods: Vec::new(),
-    })
-}
-
-/// OpenLambda `ol.yaml`: `triggers.http[].method` and `environment`; Kindling adds
-/// `memory_mb`, `timeout_secs` and `network`.
-pub(crate) fn ol_config(path: &Path) -> Result<FunctionConfig, String> {
-    #[derive(Deserialize, Default)]
-    struct Http {
-        method: String,
-    }
-    #[derive(Deserialize, Default)]
-    struct Triggers {
-        #[serde(default)]
-        http: Vec<Http>,
-    }
-    #[derive(Deserialize, Default)]
-    struct OlYaml {
-        #[serde(default)]
-        triggers: Option<Triggers>,
-        #[serde(default)]
-        environment: BTreeMap<String, serde_yaml::Value>,
-        memory_mb: Option<u64>,
-        timeout_secs: Option<f64>,
-        network: Option<bool>,
-    }
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FunctionConfig::default()),
-        Err(e) => return Err(format!("cannot read ol.yaml: {e}")),
-    };
-    let c: OlYaml = if text.trim().is_empty() {
-        OlYaml::default()
-    } else {
-        serde_yaml::from_str(&text).map_err(|e| format!("ol.yaml is not valid: {e}"))?
-    };
-    let mut environment = BTreeMap::new();
-    for (k, v) in c.environment {
-        let v = match v {
-            serde_yaml::Value::String(s) => s,
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::Bool(b) => b.to_string(),
-            serde_yaml::Value::Null => String::new(),
-            _ => {
-                return Err(format!(
-                    "ol.yaml: environment variable `{k}` must be a scalar"
-                ))
-            }
-        };
-        environment.insert(k, v);
-    }
-    let methods = c
-        .triggers
-        .unwrap_or_default()
-        .http
-        .into_iter()
-        .map(|h| h.method.to_ascii_uppercase())
-        .collect();
-    Ok(FunctionConfig {
-        memory_mb: c.memory_mb,
-        timeout_secs: c.timeout_secs,
-        network: c.network,
-        environment,
-        methods,
-    })
 }
 
 #[cfg(test)]
@@ -640,7 +490,7 @@ mod environment_tests {
     #[test]
     fn environment_values_are_never_serialized() {
         let config = FunctionConfig {
-            environment: BTreeMap::from([
+            environment: std::collections::BTreeMap::from([
                 ("DB_PASSWORD".to_string(), "hunter2".to_string()),
                 ("MODE".to_string(), "fast".to_string()),
             ]),

@@ -7,16 +7,13 @@
 //! compiling it at every cold start would cost milliseconds.
 
 use crate::base::Base;
-use crate::instance::{Factory, Job};
+use crate::layout;
+use crate::sandboxes::{Job, Sandboxes};
 use kindling_sandbox::cgroup::Limits;
 use kindling_sandbox::spec::MountSpec;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Where the package store's entries appear in sandboxes (only those of the sandbox's
-/// function or zygote).
-pub const SANDBOX_PACKAGES: &str = "/packages";
 
 /// The runtime's source.
 pub const SOURCE: &str = include_str!("../runtime/kindling_runtime.py");
@@ -37,22 +34,22 @@ pub enum RuntimeError {
         source: io::Error,
     },
     #[error("cannot start the job compiling the runtime")]
-    Job(#[from] crate::instance::StartError),
+    Job(#[from] crate::sandboxes::StartError),
     #[error("compiling the runtime failed: {0}")]
     Compile(String),
 }
 
 /// Writes the runtime for `base` and compiles it; returns the directory to bind at /kindling.
-pub fn install(root: &Path, base: &Base, factory: &Factory) -> Result<PathBuf, RuntimeError> {
+pub fn install(root: &Path, base: &Base, sandboxes: &Sandboxes) -> Result<PathBuf, RuntimeError> {
     let dir = root.join("runtime").join(&base.info.name);
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| RuntimeError::Io { path, source }
     };
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let mount_dir = dir.join(crate::storage::SOCKET_DIR);
+    let mount_dir = dir.join(layout::STORAGE_SOCKET_DIR);
     std::fs::create_dir_all(&mount_dir).map_err(io_err(&mount_dir))?;
-    let mount_point = mount_dir.join(crate::storage::SOCKET_NAME);
+    let mount_point = mount_dir.join(layout::STORAGE_SOCKET_NAME);
     if !mount_point.is_file() {
         std::fs::write(&mount_point, b"").map_err(io_err(&mount_point))?;
     }
@@ -82,7 +79,7 @@ pub fn install(root: &Path, base: &Base, factory: &Factory) -> Result<PathBuf, R
         .collect();
     // An unchecked-hash pyc is never revalidated against the source at import (no stat, no
     // hashing at each cold start); it is rebuilt here whenever the shipped source changes.
-    let out = factory.run_job(Job {
+    let out = sandboxes.run_job(Job {
         argv: vec![
             base.info.python.clone(),
             "-S".into(),
@@ -92,7 +89,7 @@ pub fn install(root: &Path, base: &Base, factory: &Factory) -> Result<PathBuf, R
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         mounts: vec![MountSpec::Bind {
             source: dir.clone(),
-            target: "/kindling".into(),
+            target: layout::RUNTIME.into(),
             writable: true,
         }],
         network: false,

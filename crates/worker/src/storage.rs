@@ -36,7 +36,9 @@
 
 pub mod quota;
 
+use crate::frame::FrameError;
 use crate::tenants::{Callers, Refused};
+use parking_lot::Mutex;
 use quota::{charge, Exceeded, Quotas, BLOCK};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -46,15 +48,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Directory of the worker root holding the socket.
-pub const SOCKET_DIR: &str = "storage-socket";
-/// The socket's file name.
-pub const SOCKET_NAME: &str = "storage.sock";
 /// Where the socket appears in function sandboxes.
-pub const SANDBOX_SOCKET: &str = "/kindling/storage-socket/storage.sock";
+pub use crate::layout::STORAGE_SOCKET as SANDBOX_SOCKET;
+/// Directory of the worker root holding the socket.
+pub use crate::layout::STORAGE_SOCKET_DIR as SOCKET_DIR;
+/// The socket's file name.
+pub use crate::layout::STORAGE_SOCKET_NAME as SOCKET_NAME;
 
 /// Longest key (S3's limit).
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -192,8 +194,9 @@ pub struct Space(String);
 
 impl Space {
     pub fn parse(function: &str) -> Result<Self, StorageError> {
-        crate::registry::validate_name(function)
-            .map_err(|_| StorageError::InvalidFunction(clip(function)))?;
+        if !crate::function_config::is_valid_name(function) {
+            return Err(StorageError::InvalidFunction(clip(function)));
+        }
         Ok(Self(function.to_string()))
     }
 
@@ -203,7 +206,7 @@ impl Space {
 }
 
 /// How much of a granted bucket a function may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Access {
     /// `list`, `download`.
@@ -214,12 +217,16 @@ pub enum Access {
 
 /// An operator's grant (`[[storage.grants]]`): `function` may use bucket `bucket` of function
 /// `owner`, under that name. Uploads through it count against the owner's quota.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
+    /// The function granted access.
     pub function: String,
+    /// The function whose bucket it is (its quota pays for writes).
     pub owner: String,
+    /// The bucket's name.
     pub bucket: String,
+    /// `"read"` (list, download) or `"read-write"` (also upload).
     pub access: Access,
 }
 
@@ -672,7 +679,7 @@ impl DirectoryBackend {
 
     /// Renames the finished upload onto `target`; returns the charge of the object replaced.
     fn replace(&self, tmp: &Path, target: &Path) -> Result<u64, StorageError> {
-        let _one_at_a_time = self.replacing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.replacing.lock();
         // A delete may have pruned the (then empty) directory meanwhile.
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(io_at(parent))?;
@@ -877,7 +884,7 @@ impl StorageBackend for DirectoryBackend {
         let path = bucket_dir.join(&key.0);
         // Under the lock uploads take to rename into place, so that none lands in a directory
         // being pruned.
-        let _one_at_a_time = self.replacing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.replacing.lock();
         let freed = match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => return Ok(0),
             Ok(m) => match std::fs::remove_file(&path) {
@@ -1001,7 +1008,7 @@ impl StorageBackend for DirectoryBackend {
         let uploads = self.dir.join(&space.0).join(UPLOADS_DIR);
         let dir = uploads.join(&upload.0);
         // Under the lock parts take to rename into place, so that none lands meanwhile.
-        let _one_at_a_time = self.replacing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.replacing.lock();
         let held = tree_usage(&dir).map_err(io_at(&dir))?;
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -1148,31 +1155,67 @@ pub(crate) fn parse_request(raw: &[u8]) -> Result<Request, StorageError> {
 /// Reads one request frame, without a blocking thread: a connection that sends nothing costs
 /// the worker a descriptor and a little memory, until [`HEADER_TIMEOUT`].
 async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, StorageError> {
-    use tokio::io::AsyncReadExt;
-    let unreadable = |e: io::Error| StorageError::Protocol(format!("cannot read the request: {e}"));
-    let mut head = [0u8; 4];
-    stream.read_exact(&mut head).await.map_err(unreadable)?;
-    let n = u32::from_be_bytes(head) as usize;
-    if n > MAX_HEADER_BYTES {
-        return Err(StorageError::Protocol(format!(
-            "request header of {n} bytes is larger than {MAX_HEADER_BYTES}"
-        )));
-    }
-    let mut raw = vec![0u8; n];
-    stream.read_exact(&mut raw).await.map_err(unreadable)?;
+    let raw = crate::frame::read_async(stream, MAX_HEADER_BYTES)
+        .await
+        .map_err(|e| match e {
+            FrameError::TooLarge { len, max } => StorageError::Protocol(format!(
+                "request header of {len} bytes is larger than {max}"
+            )),
+            FrameError::Io(e) => StorageError::Protocol(format!("cannot read the request: {e}")),
+        })?;
     parse_request(&raw)
 }
 
-fn frame(value: &serde_json::Value) -> Vec<u8> {
-    let body = value.to_string().into_bytes();
-    let mut frame = Vec::with_capacity(body.len() + 4);
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
-    frame
+/// A reply header as a frame.
+fn frame(value: &serde_json::Value) -> io::Result<Vec<u8>> {
+    crate::frame::encode(value.to_string().as_bytes())
 }
 
 fn error_reply(e: &StorageError) -> serde_json::Value {
     serde_json::json!({"ok": false, "kind": e.kind(), "error": e.client_message()})
+}
+
+/// Object storage for functions (`[storage]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Serve it; when false, `import storage` calls fail.
+    pub enabled: bool,
+    /// The directory backend: `<dir>/<function>/<bucket>/<key>`, each function seeing only its
+    /// own buckets (unset: `<root>/storage`). An absolute path.
+    pub dir: Option<PathBuf>,
+    /// Largest object one upload may store.
+    pub max_object_bytes: u64,
+    /// What one function's buckets may hold: an object counts its size rounded up to 4 KiB (at
+    /// least 4 KiB), each directory a key creates 4 KiB; an upload past it fails, storing
+    /// nothing (it must fit beside an object it replaces).
+    pub max_function_bytes: u64,
+    /// What the whole store may hold, every function together.
+    pub max_total_bytes: u64,
+    /// Storage connections open at once, all functions together (more wait in the socket's
+    /// backlog).
+    pub max_connections: usize,
+    /// Connections one function may have open; more are refused at once as busy (the client
+    /// retries for up to 10 s), so one function cannot keep another waiting.
+    pub max_connections_per_function: usize,
+    /// Buckets of other functions that a function may use (`[[storage.grants]]`, one table per
+    /// grant; none by default).
+    pub grants: Vec<Grant>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            max_object_bytes: 256 * 1024 * 1024,
+            max_function_bytes: 1024 * 1024 * 1024,
+            max_total_bytes: 16 * 1024 * 1024 * 1024,
+            max_connections: 256,
+            max_connections_per_function: 16,
+            grants: Vec::new(),
+        }
+    }
 }
 
 /// Settings of the storage service.
@@ -1188,7 +1231,7 @@ pub struct ServicePolicy {
 
 impl ServicePolicy {
     /// The policy `[storage]` sets.
-    pub fn of(config: &crate::config::StorageConfig) -> Self {
+    pub fn of(config: &StorageConfig) -> Self {
         Self {
             max_object_bytes: config.max_object_bytes,
             max_function_bytes: config.max_function_bytes,
@@ -1220,7 +1263,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.server.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.server.open.lock();
         if let Some(n) = open.get_mut(&self.function) {
             *n -= 1;
             if *n == 0 {
@@ -1233,7 +1276,7 @@ impl Drop for Slot {
 impl Server {
     /// Counts a connection of `function`, unless it has its limit open already.
     fn open_slot(self: &Arc<Self>, function: &str) -> Result<Slot, StorageError> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.lock();
         let n = open.entry(function.to_string()).or_default();
         if *n >= self.per_function {
             return Err(StorageError::Busy {
@@ -1306,15 +1349,17 @@ impl Server {
         let sent = match self.dispatch(&mut stream, function, request) {
             Ok(Reply::Header(v)) => {
                 drop(slot);
-                stream.write_all(&frame(&v))
+                frame(&v).and_then(|f| stream.write_all(&f))
             }
-            Ok(Reply::Object(size, mut data)) => stream
-                .write_all(&frame(&serde_json::json!({"ok": true, "size": size})))
-                .and_then(|()| {
-                    // An object that shrank meanwhile ends the connection early; the client
-                    // reports the short read.
-                    io::copy(&mut data, &mut stream).map(|_| ())
-                }),
+            Ok(Reply::Object(size, mut data)) => {
+                frame(&serde_json::json!({"ok": true, "size": size}))
+                    .and_then(|f| stream.write_all(&f))
+                    .and_then(|()| {
+                        // An object that shrank meanwhile ends the connection early; the client
+                        // reports the short read.
+                        io::copy(&mut data, &mut stream).map(|_| ())
+                    })
+            }
             Err(e) => {
                 drop(slot);
                 match &e {
@@ -1323,7 +1368,7 @@ impl Server {
                     }
                     _ => tracing::debug!(function, "storage call refused: {e}"),
                 }
-                stream.write_all(&frame(&error_reply(&e)))
+                frame(&error_reply(&e)).and_then(|f| stream.write_all(&f))
             }
         };
         if let Err(e) = sent {
@@ -1369,7 +1414,9 @@ async fn connection(server: Arc<Server>, mut stream: tokio::net::UnixStream) {
 /// Answers a connection that will not be served with its error, at once.
 async fn refuse(mut stream: tokio::net::UnixStream, e: &StorageError) {
     use tokio::io::AsyncWriteExt;
-    let reply = frame(&error_reply(e));
+    let Ok(reply) = frame(&error_reply(e)) else {
+        return;
+    };
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply)).await;
 }
 
@@ -1487,11 +1534,11 @@ impl StorageService {
 
     /// Stops accepting calls, waits a little for calls in progress, removes the socket.
     pub fn stop(&self) {
-        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let stop = self.stop.lock().take();
         if let Some(tx) = stop {
             let _ = tx.send(());
         }
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.thread.lock().take();
         if let Some(t) = thread {
             let _ = t.join();
         }
@@ -1509,7 +1556,7 @@ impl Drop for StorageService {
 /// socket in `<root>/storage-socket`, serving the functions `callers` names. None when storage
 /// is disabled.
 pub fn start_configured(
-    config: &crate::config::StorageConfig,
+    config: &StorageConfig,
     storage_dir: &Path,
     root: &Path,
     callers: Arc<dyn Callers>,
@@ -1792,7 +1839,7 @@ mod tests {
 
     impl Callers for Acting {
         fn function_of(&self, _peer: std::os::fd::BorrowedFd<'_>) -> Result<String, Refused> {
-            self.0.lock().unwrap().clone().ok_or(Refused::NotASandbox)
+            self.0.lock().clone().ok_or(Refused::NotASandbox)
         }
     }
 
@@ -1855,7 +1902,7 @@ mod tests {
             header: serde_json::Value,
             body: &[u8],
         ) -> (serde_json::Value, Vec<u8>) {
-            *self.acting.0.lock().unwrap() = function.map(str::to_string);
+            *self.acting.0.lock() = function.map(str::to_string);
             call(self.service.socket(), header, body)
         }
     }
@@ -2081,7 +2128,7 @@ mod tests {
             max_connections_per_function: 2,
             ..policy()
         });
-        *f.acting.0.lock().unwrap() = Some("alpha".into());
+        *f.acting.0.lock() = Some("alpha".into());
         // Alpha holds its two connections open without sending anything.
         let idle: Vec<UnixStream> = (0..2)
             .map(|_| UnixStream::connect(f.service.socket()).unwrap())

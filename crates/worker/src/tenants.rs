@@ -2,16 +2,17 @@
 //! socket acts for (object storage asks).
 //!
 //! The answer never comes from the caller: the kernel names the connecting process and its
-//! cgroup, which is its sandbox (`kindling_sandbox::peer`), and the pool records which function
+//! cgroup, which is its sandbox (`kindling_sandbox::peer`), and the instance layer records which function
 //! each sandbox was given ([`Assignments`]). A cold instance's sandbox gets its function before
 //! it starts, a forked instance's (a seed's too) when it is assigned one, before it runs any of
-//! the function's code; the record goes with the instance. Zygotes, jobs, pooled sandboxes and
+//! the function's code; the record goes with the instance. Zygotes, jobs, spare sandboxes and
 //! seeds still waiting have none, and neither has any host process.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The function each live sandbox serves, by sandbox id.
 #[derive(Default)]
@@ -24,7 +25,6 @@ impl Assignments {
     pub fn assign(self: &Arc<Self>, sandbox: &str, function: &str) -> Assignment {
         self.by_sandbox
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .insert(sandbox.to_string(), function.to_string());
         Assignment {
             assignments: self.clone(),
@@ -34,11 +34,7 @@ impl Assignments {
 
     /// The function `sandbox` serves now.
     pub fn function_of(&self, sandbox: &str) -> Option<String> {
-        self.by_sandbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sandbox)
-            .cloned()
+        self.by_sandbox.lock().get(sandbox).cloned()
     }
 }
 
@@ -50,11 +46,7 @@ pub struct Assignment {
 
 impl Drop for Assignment {
     fn drop(&mut self) {
-        self.assignments
-            .by_sandbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.sandbox);
+        self.assignments.by_sandbox.lock().remove(&self.sandbox);
     }
 }
 
@@ -149,7 +141,6 @@ mod tests {
         fn sandbox_of(&self, peer: BorrowedFd<'_>) -> io::Result<Option<String>> {
             self.0
                 .lock()
-                .unwrap()
                 .get(&peer.as_raw_fd())
                 .cloned()
                 .ok_or_else(|| io::Error::other("peer gone"))

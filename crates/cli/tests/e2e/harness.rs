@@ -1,6 +1,8 @@
 //! A real worker for end-to-end tests: the `kindling` binary started with a temporary root, its
 //! own port and its own cgroup parent, on the base built by `kindling base build`. Requests carry
 //! the worker's admin token (`<root>/token`) unless a test asks for an unauthenticated one.
+//! Requests go through the API's own client (`kindling_api::client::blocking`); only
+//! [`Worker::raw_request`] writes bytes of its own, for malformed and chunked requests.
 //!
 //! Needs root. Run with `cargo test -p kindling --features e2e --test e2e`.
 
@@ -14,6 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Longest a request may take (deploys install packages).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where the shared base lives (built once by `kindling base build` before the tests).
 pub fn base_dir() -> PathBuf {
@@ -46,6 +51,34 @@ pub struct Resp {
 }
 
 impl Resp {
+    fn of(r: kindling_api::client::Response) -> Resp {
+        Resp {
+            status: r.status.as_u16(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: r.body.to_vec(),
+        }
+    }
+
+    /// What a `/run` reply's headers say about the invocation.
+    pub fn run_info(&self) -> kindling_api::RunInfo {
+        kindling_api::RunInfo::from_headers(|name| self.header(name))
+    }
+
+    /// The body read as JSON into a type of the API.
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("unexpected reply ({e}): {}", self.text()))
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -211,22 +244,21 @@ impl Worker {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<Resp> {
-        let mut s = TcpStream::connect(self.addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(120)))?;
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.addr,
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes())?;
-        s.write_all(body)?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        parse_response(&raw)
+        let method = kindling_api::Method::from_bytes(method.as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // The worker closes the connection after the reply, so that it no longer counts
+        // against the connection caps when the next request (or test) comes.
+        let mut all = headers.to_vec();
+        all.push(("Connection", "close"));
+        let r = kindling_api::client::blocking::Client::with_token(self.addr, None)
+            .map(|c| c.timeout(REQUEST_TIMEOUT))
+            .and_then(|mut c| {
+                let r = c.request(method, path, &all, body.to_vec());
+                c.close();
+                r
+            })
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        Ok(Resp::of(r))
     }
 
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
@@ -278,6 +310,11 @@ impl Worker {
         self.request("GET", "/stats", &[], b"").json()
     }
 
+    /// `/stats` as the API's type.
+    pub fn typed_stats(&self) -> kindling_api::Stats {
+        self.request("GET", "/stats", &[], b"").typed()
+    }
+
     /// Cgroup directories of sandboxes under this worker's parent, in every hierarchy (not the
     /// worker's own dot-named ones, such as the freezer's anchor).
     pub fn cgroups(&self) -> Vec<PathBuf> {
@@ -305,11 +342,7 @@ impl Worker {
 
     /// Live sandboxes as the worker reports them: instances', zygotes', pooled and seeded ones.
     pub fn live_sandboxes(&self) -> u64 {
-        let s = self.stats();
-        s["sandboxes.live"].as_u64().unwrap_or(u64::MAX)
-            + s["sandboxes.zygote"].as_u64().unwrap_or(0)
-            + s["sandboxes.pooled"].as_u64().unwrap_or(0)
-            + s["sandboxes.seeded"].as_u64().unwrap_or(0)
+        self.typed_stats().all_sandboxes()
     }
 
     /// Waits until the worker's cgroups number exactly its live sandboxes (cleanup is async).
@@ -348,7 +381,7 @@ impl Worker {
             return;
         };
         let pid = child.id() as i32;
-        let _ = kindling_sandbox::sys::kill(pid, 15);
+        let _ = kindling_sandbox::process::signal(pid, 15);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(_)) = child.try_wait() {

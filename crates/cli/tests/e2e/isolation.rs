@@ -1,16 +1,74 @@
 //! Isolation (issue 2): each test deploys a handler that tries something a function must not be
-//! able to do and reports what happened; the test asserts it failed.
+//! able to do and reports what happened; the test asserts it failed. Every test runs twice, on
+//! an instance started cold and on one forked from a zygote (`<test>::cold`, `<test>::fork`):
+//! a forked instance must be isolated exactly like a cold one.
 
 use crate::harness::{self, Worker};
+use kindling_api::StartMethod;
 use serde_json::{json, Value};
 
-/// Deploys `code` as `f.py` (plus `extra` files), calls it with `event`, returns its JSON.
-fn probe(w: &Worker, name: &str, code: &str, extra: &[(&str, &str)], event: &Value) -> Value {
+/// Runs each test for both start methods that make a sandbox.
+macro_rules! for_cold_and_fork {
+    ($($test:ident),* $(,)?) => {
+        $(mod $test {
+            #[test]
+            fn cold() {
+                super::$test(kindling_api::StartMethod::Cold)
+            }
+            #[test]
+            fn fork() {
+                super::$test(kindling_api::StartMethod::Fork)
+            }
+        })*
+    };
+}
+
+for_cold_and_fork!(
+    cannot_see_host_files,
+    cannot_connect_without_network,
+    runs_unprivileged_without_capabilities,
+    cannot_write_outside_tmp,
+    cannot_mount,
+    cannot_see_host_processes,
+    functions_cannot_find_each_others_files,
+    functions_keep_their_own_tmp,
+);
+
+/// A worker whose new instances start by `start`: zygotes off for `cold`; for `fork`, only the
+/// root zygote (no packages), which every function here can fork from.
+fn worker(start: StartMethod) -> Worker {
+    match start {
+        StartMethod::Fork => Worker::start("[zygotes]\nenabled = true\nauto = false\ntree = []\n"),
+        StartMethod::Cold | StartMethod::Warm => Worker::start(""),
+    }
+}
+
+/// Deploys `code` as `f.py` (plus `extra` files), starts an instance of it by `start` with
+/// `event`, and returns its JSON.
+fn probe(
+    w: &Worker,
+    start: StartMethod,
+    name: &str,
+    code: &str,
+    extra: &[(&str, &str)],
+    event: &Value,
+) -> Value {
     let mut files = vec![("f.py", code)];
     files.extend_from_slice(extra);
     w.deploy_ok(name, &files);
-    let r = w.run(name, &event.to_string());
+    let r = w.request(
+        "POST",
+        &format!("/run/{name}"),
+        &[(kindling_api::headers::START, start.as_str())],
+        event.to_string().as_bytes(),
+    );
     assert_eq!(r.status, 200, "{name}: {}", r.text());
+    assert_eq!(
+        r.run_info().start,
+        Some(start),
+        "{name} did not start {start}\nworker log:\n{}",
+        w.log_text()
+    );
     r.json()
 }
 
@@ -28,9 +86,8 @@ fn names(v: &Value) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn cannot_see_host_files() {
-    let w = Worker::start("");
+fn cannot_see_host_files(start: StartMethod) {
+    let w = worker(start);
     let marker = std::env::temp_dir().join(format!("kindling-host-marker-{}", std::process::id()));
     std::fs::write(&marker, "host only").unwrap();
     let root = w.root.path().display().to_string();
@@ -49,6 +106,7 @@ fn cannot_see_host_files() {
     ];
     let v = probe(
         &w,
+        start,
         "peek",
         r#"import os
 
@@ -137,11 +195,17 @@ def f(event):
     }
 "#;
 
-#[test]
-fn cannot_connect_without_network() {
-    let w = Worker::start("");
+fn cannot_connect_without_network(start: StartMethod) {
+    let w = worker(start);
     let port = w.addr.port();
-    let v = probe(&w, "offline", NET_PROBE, &[], &json!({ "port": port }));
+    let v = probe(
+        &w,
+        start,
+        "offline",
+        NET_PROBE,
+        &[],
+        &json!({ "port": port }),
+    );
     assert_eq!(names(&v["ifaces"]), vec!["lo"], "{v}");
     for key in ["internet", "worker", "udp", "raw"] {
         assert_ne!(v[key], "ok", "{key} succeeded without networking: {v}");
@@ -159,11 +223,11 @@ fn cannot_connect_without_network() {
     finish(w);
 }
 
-#[test]
-fn runs_unprivileged_without_capabilities() {
-    let w = Worker::start("");
+fn runs_unprivileged_without_capabilities(start: StartMethod) {
+    let w = worker(start);
     let v = probe(
         &w,
+        start,
         "whoami",
         r#"import os
 
@@ -210,11 +274,11 @@ def f(event):
     finish(w);
 }
 
-#[test]
-fn cannot_write_outside_tmp() {
-    let w = Worker::start("");
+fn cannot_write_outside_tmp(start: StartMethod) {
+    let w = worker(start);
     let v = probe(
         &w,
+        start,
         "writer",
         r#"import errno, os
 
@@ -270,11 +334,11 @@ def f(event):
     finish(w);
 }
 
-#[test]
-fn cannot_mount() {
-    let w = Worker::start("");
+fn cannot_mount(start: StartMethod) {
+    let w = worker(start);
     let v = probe(
         &w,
+        start,
         "mounter",
         r#"import ctypes, os
 
@@ -298,8 +362,11 @@ def f(event):
         "umount": call(libc.umount2, b"/handler", 2),
         "userns": call(libc.unshare, 0x10000000),
         "mntns": call(libc.unshare, 0x00020000),
+        "netns": call(libc.unshare, 0x40000000),
+        "pidns": call(libc.unshare, 0x20000000),
         "chroot": call(libc.chroot, b"/tmp"),
         "pivot_root": call(libc.syscall, 155, b"/tmp", b"/tmp/m"),
+        "sethostname": call(libc.sethostname, b"evil", 4),
     }
     with open("/proc/self/mountinfo") as fh:
         out["unchanged"] = fh.read() == before
@@ -317,8 +384,11 @@ def f(event):
         "umount",
         "userns",
         "mntns",
+        "netns",
+        "pidns",
         "chroot",
         "pivot_root",
+        "sethostname",
     ] {
         assert_eq!(v[k][0], -1, "{k} succeeded: {v}");
     }
@@ -327,13 +397,13 @@ def f(event):
     finish(w);
 }
 
-#[test]
-fn cannot_see_host_processes() {
-    let w = Worker::start("");
+fn cannot_see_host_processes(start: StartMethod) {
+    let w = worker(start);
     let worker_pid = w.pid();
     let test_pid = std::process::id();
     let v = probe(
         &w,
+        start,
         "ps",
         r#"import os
 
@@ -401,19 +471,7 @@ def f(event):
     finish(w);
 }
 
-#[test]
-fn functions_cannot_read_each_other() {
-    let w = Worker::start("");
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let token = format!("tok{}x{nanos}", std::process::id());
-    let marker_file = format!("marker-{token}.txt");
-    let a = probe(
-        &w,
-        "alice",
-        r#"import os
+const ALICE: &str = r#"import os
 
 def f(event):
     path = "/tmp/secret-" + event["token"]
@@ -425,31 +483,68 @@ def f(event):
     with open("/handler/marker-" + event["token"] + ".txt") as fh:
         marker = fh.read()
     return {"secret": secret, "marker": marker}
-"#,
+"#;
+
+/// Alice's secrets: a token in a file of her code and in her /tmp.
+struct Alice {
+    token: String,
+    marker_file: String,
+    /// Her deployed version's directory on the host.
+    version_dir: std::path::PathBuf,
+}
+
+/// Deploys alice, who keeps a secret in her code and writes it to her /tmp on her first call.
+fn alice_with_secrets(w: &Worker, start: StartMethod) -> Alice {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let token = format!("tok{}x{nanos}", std::process::id());
+    let marker_file = format!("marker-{token}.txt");
+    let a = probe(
+        w,
+        start,
+        "alice",
+        ALICE,
         &[(marker_file.as_str(), token.as_str())],
         &json!({ "token": token }),
     );
     assert_eq!(a, json!({"secret": token, "marker": token}));
-    let alice = w.request("GET", "/registry/alice", &[], b"").json();
-    let alice_dir = w.functions_dir().join("alice");
-    let alice_version = alice_dir.join(alice["hash"].as_str().unwrap());
+    let alice: kindling_api::FunctionDetail = w.request("GET", "/registry/alice", &[], b"").typed();
+    let version_dir = w.functions_dir().join("alice").join(&alice.function.hash);
     assert!(
-        alice_version.join(&marker_file).is_file(),
+        version_dir.join(&marker_file).is_file(),
         "{}",
-        alice_version.display()
+        version_dir.display()
     );
+    Alice {
+        token,
+        marker_file,
+        version_dir,
+    }
+}
 
+/// Bob searches the whole sandbox for alice's code, files and data, by name and content.
+fn functions_cannot_find_each_others_files(start: StartMethod) {
+    let w = worker(start);
+    let alice = alice_with_secrets(&w, start);
+    let alice_dir = w.functions_dir().join("alice");
     let paths = [
         alice_dir.display().to_string(),
-        alice_version.display().to_string(),
-        alice_version.join(&marker_file).display().to_string(),
+        alice.version_dir.display().to_string(),
+        alice
+            .version_dir
+            .join(&alice.marker_file)
+            .display()
+            .to_string(),
         w.functions_dir().display().to_string(),
-        format!("/handler/{marker_file}"),
-        format!("/tmp/secret-{token}"),
+        format!("/handler/{}", alice.marker_file),
+        format!("/tmp/secret-{}", alice.token),
         "/handler/../alice".into(),
     ];
     let b = probe(
         &w,
+        start,
         "bob",
         r#"import os
 
@@ -477,7 +572,7 @@ def f(event):
             "handler": sorted(os.listdir("/handler"))}
 "#,
         &[],
-        &json!({ "token": token, "paths": paths }),
+        &json!({ "token": alice.token, "paths": paths }),
     );
     assert_eq!(
         b["names"],
@@ -488,9 +583,27 @@ def f(event):
     assert_eq!(b["visible"], json!([]), "bob sees alice's paths: {b}");
     // Bob's own code, byte-compiled at deploy.
     assert_eq!(b["handler"], json!(["__pycache__", "f.py"]), "{b}");
-    // Alice's sandbox was alive all along, secret and all.
-    let r = w.run("alice", &json!({ "token": token }).to_string());
-    assert_eq!(r.header("x-kindling-start"), Some("warm"));
-    assert_eq!(r.json(), json!({"secret": token, "marker": token}));
+    finish(w);
+}
+
+/// What alice wrote to her /tmp is still there at her next (warm) call, after bob ran beside.
+fn functions_keep_their_own_tmp(start: StartMethod) {
+    let w = worker(start);
+    let alice = alice_with_secrets(&w, start);
+    let b = probe(
+        &w,
+        start,
+        "bob",
+        "import os\n\ndef f(event):\n    return sorted(os.listdir(\"/tmp\"))\n",
+        &[],
+        &json!({}),
+    );
+    assert_eq!(b, json!([]), "bob sees alice's /tmp: {b}");
+    let r = w.run("alice", &json!({ "token": alice.token }).to_string());
+    assert_eq!(r.run_info().start, Some(StartMethod::Warm));
+    assert_eq!(
+        r.json(),
+        json!({"secret": alice.token, "marker": alice.token})
+    );
     finish(w);
 }

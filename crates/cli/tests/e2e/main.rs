@@ -7,6 +7,7 @@ mod api_security;
 mod faults;
 mod harness;
 mod isolation;
+mod lifecycle;
 mod network;
 mod package_security;
 mod packages;

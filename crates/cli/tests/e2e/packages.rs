@@ -6,6 +6,7 @@
 //! network (a few seconds each); checks share a worker within a test where they can.
 
 use crate::harness::Worker;
+use kindling_api::{DeployLine, DeployOutcome, Deployed, PackagesGc};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -190,15 +191,39 @@ const REQUESTS_CLOSURE: [&str; 5] = [
     "urllib3",
 ];
 
-/// `requests` (5 packages, streamed progress), a second function sharing all of them (zero
-/// installs), an unchanged-requirements redeploy (no second resolution), `requests[socks]`
-/// (the extra pulls PySocks), a marker-conditional dependency, then `pkg ls`/`rm`/`gc`.
+/// Deploys `requests` (no progress stream) and returns the deploy.
+fn deploy_requests(w: &Worker, name: &str) -> Deployed {
+    deployed(
+        w,
+        name,
+        &REQUESTS_FN.replace("def f", &format!("# {name}\ndef f")),
+        Some("requests\n"),
+    )
+}
+
+/// A deploy that must succeed, as the API's type.
+fn deployed(w: &Worker, name: &str, code: &str, requirements: Option<&str>) -> Deployed {
+    serde_json::from_value(deploy_ok(w, name, code, requirements))
+        .unwrap_or_else(|e| panic!("deploy {name}: not a deploy reply ({e})"))
+}
+
+/// Package names (without versions) of package keys.
+fn key_names(keys: &[String]) -> BTreeSet<String> {
+    keys.iter()
+        .map(|k| k.split_once("==").expect("name==version").0.to_string())
+        .collect()
+}
+
+fn closure() -> BTreeSet<String> {
+    REQUESTS_CLOSURE.iter().map(|s| s.to_string()).collect()
+}
+
+/// `requests` (5 packages) deployed with `?progress`: NDJSON progress lines, then the result;
+/// the function imports requests from the store, with exactly its closure on sys.path.
 #[test]
-fn requests_extras_markers_and_store_operations() {
+fn requests_streams_its_installs_and_imports_from_the_store() {
     let w = Worker::start(UV);
     assert_eq!(stat(&w, "pull-package.cnt"), 0);
-
-    // 1. `requests`, deployed with `?progress`: NDJSON progress lines, then the result.
     let r = w.request(
         "POST",
         "/registry/req?progress",
@@ -207,20 +232,25 @@ fn requests_extras_markers_and_store_operations() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
-    let lines: Vec<Value> = r
+    let lines: Vec<DeployLine> = r
         .text()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line ({e}): {l}")))
         .collect();
     let (last, progress) = lines.split_last().expect("no lines");
-    assert_eq!(last["status"], 200, "{}", r.text());
+    let DeployLine::Done {
+        outcome: DeployOutcome::Deployed(last),
+        status: 200,
+    } = last
+    else {
+        panic!("the deploy did not end in success: {}", r.text());
+    };
     assert!(progress.len() >= 2, "expected progress lines: {}", r.text());
     let msgs: Vec<&str> = progress
         .iter()
-        .map(|l| {
-            l["progress"]
-                .as_str()
-                .unwrap_or_else(|| panic!("not a progress line: {l}"))
+        .map(|l| match l {
+            DeployLine::Progress { progress } => progress.as_str(),
+            other => panic!("not a progress line: {other:?}"),
         })
         .collect();
     assert!(
@@ -234,21 +264,17 @@ fn requests_extras_markers_and_store_operations() {
             "no progress line for installing {p}: {msgs:?}"
         );
     }
-    let packages = strings(&last["packages"]);
-    assert_eq!(
-        names(&last["packages"]),
-        REQUESTS_CLOSURE.iter().map(|s| s.to_string()).collect()
-    );
+    let packages = &last.packages;
+    assert_eq!(key_names(packages), closure());
     assert_eq!(
         packages[0].split("==").next(),
         Some("requests"),
         "requests comes before its dependencies: {packages:?}"
     );
-    assert_eq!(names(&last["installed"]).len(), 5, "{last}");
+    assert_eq!(key_names(&last.installed).len(), 5, "{last:?}");
     assert_eq!(stat(&w, "pull-package.cnt"), 5);
     assert_store_clean(&w);
 
-    // The function imports requests from the store, with exactly its closure on sys.path.
     let v = call(&w, "req");
     let file = v["file"].as_str().unwrap();
     let requests_key = packages[0].clone();
@@ -265,31 +291,42 @@ fn requests_extras_markers_and_store_operations() {
         .map(|k| format!("/packages/{k}/files"))
         .collect();
     assert_eq!(strings(&v["path"]), expected_path);
+    w.assert_no_leaks();
+    w.stop();
+}
 
-    // 2. A second function needing the same packages: zero installs, all store hits.
+/// A second function needing the same packages: zero installs, all store hits, the same files.
+#[test]
+fn a_second_function_shares_the_installed_closure() {
+    let w = Worker::start(UV);
+    let first = deploy_requests(&w, "req");
     let (pulls, hits) = (
         stat(&w, "pull-package.cnt"),
         stat(&w, "package-store-hit.cnt"),
     );
-    let v2 = deploy_ok(
-        &w,
-        "req2",
-        &REQUESTS_FN.replace("def f", "# second\ndef f"),
-        Some("requests\n"),
-    );
-    assert_eq!(strings(&v2["installed"]), Vec::<String>::new(), "{v2}");
-    assert_eq!(strings(&v2["packages"]), packages);
-    assert_eq!(v2["bytes_added"], 0);
+    let second = deploy_requests(&w, "req2");
+    assert_eq!(second.installed, Vec::<String>::new(), "{second:?}");
+    assert_eq!(second.packages, first.packages);
+    assert_eq!(second.bytes_added, 0);
     assert_eq!(
         stat(&w, "pull-package.cnt"),
         pulls,
         "a shared deploy installed"
     );
     assert_eq!(stat(&w, "package-store-hit.cnt"), hits + 5);
-    assert_eq!(call(&w, "req2")["file"], v["file"]);
+    assert_eq!(call(&w, "req2")["file"], call(&w, "req")["file"]);
+    w.assert_no_leaks();
+    w.stop();
+}
 
-    // 3. New code, unchanged requirements: no second resolution (the lock cache entry is not
-    //    rewritten), no install, and quick.
+/// New code, unchanged requirements: no second resolution (the lock cache entry is not
+/// rewritten), no install, and quick; the same code again changes nothing at all.
+#[test]
+fn unchanged_requirements_are_not_resolved_again() {
+    let w = Worker::start(UV);
+    let first = deploy_requests(&w, "req");
+    let file = call(&w, "req")["file"].clone();
+    let pulls = stat(&w, "pull-package.cnt");
     let locks = w.root.path().join("locks");
     let lock_files = || -> Vec<(String, std::time::SystemTime, u64)> {
         use std::os::unix::fs::MetadataExt;
@@ -311,47 +348,55 @@ fn requests_extras_markers_and_store_operations() {
     let before = lock_files();
     assert_eq!(before.len(), 1, "one lock cached: {before:?}");
     let started = Instant::now();
-    let v3 = deploy_ok(
+    let v3 = deployed(
         &w,
         "req",
         &REQUESTS_FN.replace("def f", "# version 2\ndef f"),
         Some("requests\n"),
     );
     let took = started.elapsed();
-    assert_eq!(v3["changed"], true);
-    assert_eq!(strings(&v3["installed"]), Vec::<String>::new());
-    assert_eq!(strings(&v3["packages"]), packages);
+    assert!(v3.changed);
+    assert_eq!(v3.installed, Vec::<String>::new());
+    assert_eq!(v3.packages, first.packages);
     assert_eq!(lock_files(), before, "requirements were resolved again");
     assert_eq!(stat(&w, "pull-package.cnt"), pulls);
     assert!(
         took < Duration::from_secs(3),
         "redeploy took {took:?} ({} ms of package work)",
-        v3["package_ms"]
+        v3.package_ms
     );
-    // Same code again: nothing changes at all.
-    let v4 = deploy_ok(
+    let v4 = deployed(
         &w,
         "req",
         &REQUESTS_FN.replace("def f", "# version 2\ndef f"),
         Some("requests\n"),
     );
-    assert_eq!(v4["changed"], false);
-    assert_eq!(v4["hash"], v3["hash"]);
+    assert!(!v4.changed);
+    assert_eq!(v4.hash, v3.hash);
     assert_eq!(lock_files(), before);
-    assert_eq!(call(&w, "req")["file"], v["file"]);
+    assert_eq!(call(&w, "req")["file"], file);
+    w.assert_no_leaks();
+    w.stop();
+}
 
-    // 4. `requests[socks]`: the extra adds PySocks, the only new install.
-    let vs = deploy_ok(&w, "socks", SOCKS_FN, Some("requests[socks]\n"));
-    let mut want: BTreeSet<String> = REQUESTS_CLOSURE.iter().map(|s| s.to_string()).collect();
+/// `requests[socks]` beside `requests`: the extra adds PySocks, the only new install.
+#[test]
+fn an_extra_installs_only_what_it_adds() {
+    let w = Worker::start(UV);
+    deploy_requests(&w, "req");
+    let pulls = stat(&w, "pull-package.cnt");
+    let vs = deployed(&w, "socks", SOCKS_FN, Some("requests[socks]\n"));
+    let mut want = closure();
     want.insert("pysocks".into());
-    assert_eq!(names(&vs["packages"]), want, "{vs}");
+    assert_eq!(key_names(&vs.packages), want, "{vs:?}");
     assert_eq!(
-        names(&vs["installed"]),
+        key_names(&vs.installed),
         BTreeSet::from(["pysocks".to_string()]),
-        "{vs}"
+        "{vs:?}"
     );
-    let pysocks = strings(&vs["packages"])
-        .into_iter()
+    let pysocks = vs
+        .packages
+        .iter()
         .find(|k| k.starts_with("pysocks=="))
         .unwrap();
     let v = call(&w, "socks");
@@ -363,21 +408,27 @@ fn requests_extras_markers_and_store_operations() {
         "{v}"
     );
     assert_eq!(stat(&w, "pull-package.cnt"), pulls + 1);
+    w.assert_no_leaks();
+    w.stop();
+}
 
-    // 5. Environment markers, evaluated for the base's Python.
+/// Environment markers, evaluated for the base's Python.
+#[test]
+fn markers_are_evaluated_for_the_base_python() {
+    let w = Worker::start(UV);
     let py = base_python(&w);
-    let vm = deploy_ok(
+    let vm = deployed(
         &w,
         "marker",
         MARKER_FN,
         Some("tomli ; python_version < \"3.11\"\nsix ; python_version >= \"3.8\"\n"),
     );
-    let got = names(&vm["packages"]);
-    assert!(got.contains("six"), "{vm}");
+    let got = key_names(&vm.packages);
+    assert!(got.contains("six"), "{vm:?}");
     assert_eq!(
         got.contains("tomli"),
         py < (3, 11),
-        "tomli in the closure for Python {py:?}: {vm}"
+        "tomli in the closure for Python {py:?}: {vm:?}"
     );
     let v = call(&w, "marker");
     assert_eq!(v["python"], format!("{}.{}", py.0, py.1));
@@ -391,14 +442,33 @@ fn requests_extras_markers_and_store_operations() {
             "tomli came from the store: {v}"
         );
     }
-    let six = strings(&vm["packages"])
-        .into_iter()
-        .find(|k| k.starts_with("six=="))
-        .unwrap();
     assert_store_clean(&w);
+    w.assert_no_leaks();
+    w.stop();
+}
 
-    // 6. The store's operations: ls shows users, rm refuses packages in use, gc removes only
-    //    what no deployed function uses.
+/// The store's operations: ls shows users, rm refuses packages in use, gc removes only what no
+/// deployed function uses (through the API and the CLI).
+#[test]
+fn store_operations_list_refuse_and_collect() {
+    let w = Worker::start(UV);
+    let requests_key = deploy_requests(&w, "req").packages[0].clone();
+    deploy_requests(&w, "req2");
+    let vs = deployed(&w, "socks", SOCKS_FN, Some("requests[socks]\n"));
+    let pysocks = vs
+        .packages
+        .iter()
+        .find(|k| k.starts_with("pysocks=="))
+        .unwrap()
+        .clone();
+    let vm = deployed(&w, "marker", MARKER_FN, Some("six\n"));
+    let six = vm
+        .packages
+        .iter()
+        .find(|k| k.starts_with("six=="))
+        .unwrap()
+        .clone();
+
     let users = package_users(&w);
     assert_eq!(users.len(), 7, "{users:?}");
     assert_eq!(users[&requests_key], ["req", "req2", "socks"]);
@@ -419,6 +489,7 @@ fn requests_extras_markers_and_store_operations() {
 
     let r = w.request("DELETE", &format!("/packages/{pysocks}"), &[], b"");
     assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.header("x-kindling-error"), Some("in-use"));
     assert!(r.text().contains("socks"), "{}", r.text());
     let (ok, out) = cli(&w, &["pkg", "rm", &requests_key]);
     assert!(!ok, "pkg rm of a package in use succeeded: {out}");
@@ -431,7 +502,7 @@ fn requests_extras_markers_and_store_operations() {
     // Nothing unused yet: gc removes nothing.
     let r = w.request("POST", "/packages/gc", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(strings(&r.json()["removed"]), Vec::<String>::new());
+    assert_eq!(r.typed::<PackagesGc>().removed, Vec::<String>::new());
 
     // Without `socks`, PySocks is unused: gc removes it and only it.
     let r = w.request("DELETE", "/registry/socks", &[], b"");
@@ -439,9 +510,9 @@ fn requests_extras_markers_and_store_operations() {
     assert_eq!(package_users(&w)[&pysocks], Vec::<String>::new());
     let r = w.request("POST", "/packages/gc", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
-    let gc = r.json();
-    assert_eq!(strings(&gc["removed"]), [pysocks.as_str()], "{gc}");
-    assert!(gc["bytes_freed"].as_u64().unwrap() > 0, "{gc}");
+    let gc: PackagesGc = r.typed();
+    assert_eq!(gc.removed, [pysocks.as_str()], "{gc:?}");
+    assert!(gc.bytes_freed > 0, "{gc:?}");
     assert!(!store_keys(&w).contains(&pysocks));
     assert_eq!(store_keys(&w).len(), 6);
     // The functions still using the rest still run.

@@ -363,7 +363,7 @@ type ChunkRead = tokio::task::JoinHandle<(io::Result<Vec<u8>>, Reader)>;
 /// An object's bytes as a response body: `left` bytes of `reader`, a chunk per blocking call.
 pub(crate) struct ObjectBody {
     // In a mutex only so that the body is `Sync`, as `s3s` requires; never contended.
-    reader: std::sync::Mutex<Option<Reader>>,
+    reader: parking_lot::Mutex<Option<Reader>>,
     pending: Option<ChunkRead>,
     left: u64,
 }
@@ -371,7 +371,7 @@ pub(crate) struct ObjectBody {
 impl ObjectBody {
     pub(crate) fn blob(reader: Reader, len: u64) -> StreamingBlob {
         StreamingBlob::new(Self {
-            reader: std::sync::Mutex::new(Some(reader)),
+            reader: parking_lot::Mutex::new(Some(reader)),
             pending: None,
             left: len,
         })
@@ -407,7 +407,7 @@ impl futures::Stream for ObjectBody {
                 return match done {
                     Ok((Ok(chunk), reader)) if !chunk.is_empty() => {
                         this.left = this.left.saturating_sub(chunk.len() as u64);
-                        *this.reader.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(reader);
+                        *this.reader.get_mut() = Some(reader);
                         Poll::Ready(Some(Ok(Bytes::from(chunk))))
                     }
                     Ok((Ok(_), _)) => {
@@ -430,11 +430,7 @@ impl futures::Stream for ObjectBody {
             if this.left == 0 {
                 return Poll::Ready(None);
             }
-            let taken = this
-                .reader
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
+            let taken = this.reader.get_mut().take();
             let Some(mut reader) = taken else {
                 return Poll::Ready(None);
             };

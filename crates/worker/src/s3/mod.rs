@@ -35,7 +35,8 @@ use crate::storage::StorageBackend;
 use serde::Deserialize;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Settings of the S3 API (`[s3]`). It is off unless `listen` is set.
@@ -211,11 +212,11 @@ impl S3Server {
 
     /// Stops accepting connections, waits a little for requests in progress, and returns.
     pub fn stop(&self) {
-        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let stop = self.stop.lock().take();
         if let Some(tx) = stop {
             let _ = tx.send(());
         }
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.thread.lock().take();
         if let Some(t) = thread {
             let _ = t.join();
         }

@@ -8,7 +8,7 @@ use crate::storage::{Space, UploadId};
 use s3s::{s3_error, S3Result};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 /// S3's highest part number.
@@ -52,8 +52,8 @@ impl Uploads {
         self.expiry
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UploadId, Upload>> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<UploadId, Upload>> {
+        self.table.lock()
     }
 
     /// A new upload for `target`.

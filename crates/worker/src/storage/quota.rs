@@ -8,8 +8,8 @@
 //! a bucket) make the count drift; so before refusing an upload, the function's space (or, for
 //! the total, every space) is counted again, at most once per `recount_after`.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The unit quotas count in: a file system block.
@@ -76,8 +76,8 @@ impl Quotas {
         quotas
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// What `space` holds as far as the quotas know (uploads in flight not included).

@@ -15,7 +15,7 @@
 //! runtime does, calls the handler with the event read from standard input and prints the
 //! response Kindling would send, so that outputs are checked exactly as Kindling's are.
 
-use crate::sebs::Invocation;
+use crate::results::{now_unix, Invocation, Status};
 use anyhow::{anyhow, bail, Context, Result};
 use kindling_sandbox::spec::MountSpec;
 use kindling_worker::instance::InstanceLayout;
@@ -31,10 +31,10 @@ pub const HANDLER_DIR: &str = "/handler";
 pub const RUNTIME_DIR: &str = "/kindling";
 
 /// The Python program of a baseline start, run as `INTERPRETER -c DRIVER` with the event on
-/// standard input. It sets `sys.path` as the runtime (`kindling_runtime._load`) does: the code
-/// directory first, then the closure from `KINDLING_PATH` (with `site.addsitedir` for the
-/// entries of `KINDLING_SITE`, packages shipping `.pth` files), then the runtime directory. It
-/// uses the runtime's JSON codec, as the runtime does, so that the baseline does not pay for
+/// standard input. It sets `sys.path` as the runtime (`kindling_runtime._load`) does, with the
+/// runtime's own `_package_path`: the code directory first, then the closure from
+/// `KINDLING_PATH` (with `site.addsitedir` for the entries of `KINDLING_SITE`, packages
+/// shipping `.pth` files), then the runtime directory. It uses the runtime's JSON codec, as the runtime does, so that the baseline does not pay for
 /// importing `json`. For a SeBS function (`KINDLING_FORMAT=sebs`) it prints the envelope the
 /// runtime would send (`result.output` is what `validate()` checks); for an OpenLambda one,
 /// `f(event)`'s JSON.
@@ -47,15 +47,8 @@ H, R = {handler}, {runtime}
 os.chdir(H)
 sys.path.insert(0, R)
 sys.path.insert(0, H)
-paths = [p for p in os.environ.get("KINDLING_PATH", "").split(":") if p]
-sites = set(p for p in os.environ.get("KINDLING_SITE", "").split(":") if p)
-sys.path[1:1] = paths
-if sites:
-    import site
-    for p in paths:
-        if p in sites:
-            site.addsitedir(p)
-from kindling_runtime import dumps, loads
+from kindling_runtime import _package_path, dumps, loads
+_package_path()
 event = loads(sys.stdin.read())
 if os.environ.get("KINDLING_FORMAT") == "sebs":
     from function import handler
@@ -522,7 +515,7 @@ impl RuncBundle {
         cmd.args(["run", "--bundle"]).arg(&self.dir).arg(&id);
         self.unfinished = Some(id);
         let inv = start_once(cmd, input, limit).await;
-        if inv.status == crate::sebs::Status::Ok {
+        if inv.status == Status::Ok {
             // `runc run` deleted its container when the process exited.
             self.unfinished = None;
         } else {
@@ -592,9 +585,9 @@ pub async fn run_timed(
 
 /// One timed baseline start, as an invocation record (see `Invocation::from_baseline`).
 pub async fn start_once(cmd: tokio::process::Command, input: &[u8], limit: Duration) -> Invocation {
-    let begin = crate::sebs::now_unix();
+    let begin = now_unix();
     let (out, elapsed) = run_timed(cmd, input, limit).await;
-    Invocation::from_baseline(out, elapsed, begin, crate::sebs::now_unix())
+    Invocation::from_baseline(out, elapsed, begin, now_unix())
 }
 
 #[cfg(test)]
@@ -800,14 +793,8 @@ mod tests {
     /// Runs the driver with the host's python3 over a fake layout in a temporary directory.
     #[test]
     fn the_driver_sets_sys_path_like_the_runtime_and_prints_the_envelope() {
-        if std::process::Command::new("python3")
-            .arg("-c")
-            .arg("")
-            .status()
-            .is_err()
-        {
-            return;
-        }
+        // CI has python3: without it this test fails rather than passing unchecked.
+        crate::suite::tests::require_python3();
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let handler = d.join("handler");
@@ -879,7 +866,7 @@ mod tests {
             0.0,
             0.0,
         );
-        assert_eq!(inv.status, crate::sebs::Status::Ok, "{:?}", inv.error);
+        assert_eq!(inv.status, Status::Ok, "{:?}", inv.error);
         let output = &inv.output["result"]["output"];
         assert_eq!(output["sum"], 44);
         assert_eq!(output["rid"], "baseline");
@@ -909,16 +896,10 @@ mod tests {
         };
         let ok = r#"{"result": {"output": 1}}"#;
         let status = |r| Invocation::from_baseline(r, Duration::ZERO, 0.0, 0.0).status;
-        assert_eq!(status(out(0, ok)), crate::sebs::Status::Ok);
-        assert_eq!(status(out(1, ok)), crate::sebs::Status::Error);
-        assert_eq!(status(out(0, "not json")), crate::sebs::Status::Error);
-        assert_eq!(
-            status(out(0, r#"{"result": 1}"#)),
-            crate::sebs::Status::Error
-        );
-        assert_eq!(
-            status(Err(anyhow!("no result within 90 s"))),
-            crate::sebs::Status::Error
-        );
+        assert_eq!(status(out(0, ok)), Status::Ok);
+        assert_eq!(status(out(1, ok)), Status::Error);
+        assert_eq!(status(out(0, "not json")), Status::Error);
+        assert_eq!(status(out(0, r#"{"result": 1}"#)), Status::Error);
+        assert_eq!(status(Err(anyhow!("no result within 90 s"))), Status::Error);
     }
 }

@@ -1,0 +1,102 @@
+//! The worker's start methods behind the pool's [`Starter`] seam: cold starts from
+//! [`Instances`], fork starts from [`Zygotes`] (a zygote that cannot fork is discarded, and
+//! recreated on the next need), and the refills of seeds and spare sandboxes that follow.
+
+use crate::instance::{Instance, Instances, InvokeError, Reply};
+use crate::pool::{PooledInstance, Starter};
+use crate::registry::FunctionVersion;
+use crate::sandboxes::{FunctionLimits, StartError};
+use crate::zygote::{ForkError, Forked, Zygotes};
+use kindling_sandbox::cgroup::CgroupError;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Cold starts and fork starts on this worker's sandboxes and zygotes.
+pub struct Starts {
+    pub instances: Arc<Instances>,
+    pub zygotes: Arc<Zygotes>,
+}
+
+impl Starter for Starts {
+    type Instance = Instance;
+
+    fn forks(&self) -> bool {
+        self.zygotes.config.enabled
+    }
+
+    fn cold(
+        &self,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<Instance, StartError> {
+        self.instances.cold_start(function, limits)
+    }
+
+    fn fork(
+        &self,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<(Instance, Forked), ForkError> {
+        let z = self.zygotes.acquire(function)?;
+        self.zygotes
+            .fork_start(&z, function, limits)
+            .inspect_err(|e| {
+                // A zygote that cannot fork is replaced on the next need.
+                if matches!(e, ForkError::Io(_) | ForkError::Zygote(_)) {
+                    self.zygotes.discard(&z);
+                }
+            })
+    }
+
+    fn replenish(&self, learned: Option<(Forked, Vec<String>)>) {
+        self.zygotes.schedule_refill(learned);
+    }
+
+    fn background_pending(&self) -> usize {
+        self.zygotes.refills_pending()
+    }
+}
+
+impl PooledInstance for Instance {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn version(&self) -> &str {
+        &self.function.hash
+    }
+
+    fn last_used(&self) -> Instant {
+        self.last_used
+    }
+
+    fn invoke(
+        &mut self,
+        request_id: &str,
+        event: &[u8],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Reply, InvokeError>> + Send {
+        Instance::invoke(self, request_id, event, timeout)
+    }
+
+    fn take_loaded_modules(&mut self) -> Vec<String> {
+        Instance::take_loaded_modules(self)
+    }
+
+    fn memory_usage(&self) -> Option<u64> {
+        Instance::memory_usage(self)
+    }
+
+    fn is_frozen(&self) -> bool {
+        Instance::is_frozen(self)
+    }
+
+    fn set_frozen(&mut self, frozen: bool) -> Result<(), CgroupError> {
+        Instance::set_frozen(self, frozen)
+    }
+
+    fn destroy(self) {
+        Instance::destroy(self)
+    }
+}
