@@ -43,6 +43,8 @@ pub enum StartupError {
     Packages(#[from] PackageError),
     #[error("object storage")]
     Storage(#[from] crate::storage::ServiceError),
+    #[error("S3 API")]
+    S3(#[from] crate::s3::StartError),
     #[error("function logs")]
     Logs(#[from] crate::logs::LogError),
     #[error("sandbox networks")]
@@ -75,6 +77,8 @@ pub struct Worker {
     pub started: Instant,
     /// Object storage for functions (None when disabled).
     pub storage: Option<crate::storage::StorageService>,
+    /// The S3 API over it (None unless `[s3] listen` is set).
+    pub s3: Option<crate::s3::S3Server>,
     /// What instances write to stdout and stderr, per function.
     pub logs: Arc<crate::logs::Logs>,
     /// The admin token callers of admin routes present, and who needs it.
@@ -191,6 +195,7 @@ impl Worker {
             &root,
             callers,
         )?;
+        let s3 = crate::s3::start_configured(&config.s3, storage.as_ref(), &config.storage)?;
         let instances = Arc::new(Instances {
             sandboxes,
             runtime_dir,
@@ -249,6 +254,7 @@ impl Worker {
             base,
             started: Instant::now(),
             storage,
+            s3,
             logs,
             auth: crate::auth::Policy {
                 run_requires_token: config.run_requires_token,
@@ -420,6 +426,9 @@ impl Worker {
     pub fn shutdown(&self) {
         self.pool.shutdown();
         self.zygotes.shutdown();
+        if let Some(s) = &self.s3 {
+            s.stop();
+        }
         if let Some(s) = &self.storage {
             s.stop();
         }

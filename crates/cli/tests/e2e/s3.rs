@@ -107,7 +107,10 @@ s3.put_object(Bucket="thumbnailer", Key="inputs/other/x", Body=b"x")
 print(json.dumps({"again": error(lambda: s3.create_bucket(Bucket="thumbnailer"))}))
 "#,
     );
-    assert_eq!(out["again"], serde_json::json!([409, "BucketAlreadyOwnedByYou"]));
+    assert_eq!(
+        out["again"],
+        serde_json::json!([409, "BucketAlreadyOwnedByYou"])
+    );
     // The objects are the function's, where its storage keeps them.
     let inputs = w.root.path().join("storage/thumbnailer/inputs");
     assert_eq!(std::fs::read(inputs.join("in/b c.txt")).unwrap(), b"beta");
@@ -148,16 +151,30 @@ out["after_delete"] = prefixes(Prefix="inputs/", Delimiter="/")
 print(json.dumps(out))
 "#,
     );
-    assert_eq!(out["outputs"], serde_json::json!(["ALPHA", "BETA", "GAMMA"]));
+    assert_eq!(
+        out["outputs"],
+        serde_json::json!(["ALPHA", "BETA", "GAMMA"])
+    );
     assert_eq!(out["buckets"], serde_json::json!(["inputs/", "outputs/"]));
     assert_eq!(
         out["in"],
-        serde_json::json!(["inputs/in/a.txt", "inputs/in/b c.txt", "inputs/in/sub/c.txt"])
+        serde_json::json!([
+            "inputs/in/a.txt",
+            "inputs/in/b c.txt",
+            "inputs/in/sub/c.txt"
+        ])
     );
-    assert_eq!(out["in_top"], serde_json::json!(["inputs/in/", "inputs/other/"]));
+    assert_eq!(
+        out["in_top"],
+        serde_json::json!(["inputs/in/", "inputs/other/"])
+    );
     assert_eq!(
         out["out"],
-        serde_json::json!(["outputs/out/a.txt", "outputs/out/b c.txt", "outputs/out/sub/c.txt"])
+        serde_json::json!([
+            "outputs/out/a.txt",
+            "outputs/out/b c.txt",
+            "outputs/out/sub/c.txt"
+        ])
     );
     assert_eq!(out["paged"], out["all"]);
     assert_eq!(out["all"].as_array().unwrap().len(), 7, "{out}");
@@ -165,7 +182,10 @@ print(json.dumps(out))
         !out["all"].to_string().contains("secret"),
         "another function's object is listed: {out}"
     );
-    assert_eq!(out["functions"], serde_json::json!(["other", "thumbnailer"]));
+    assert_eq!(
+        out["functions"],
+        serde_json::json!(["other", "thumbnailer"])
+    );
     assert_eq!(out["other"], "other's");
     assert_eq!(out["range"], "LPH");
     assert_eq!(out["head"], 5);
@@ -214,9 +234,7 @@ print(json.dumps({
 
 #[test]
 fn s3_refuses_bad_credentials_keys_and_uploads() {
-    let (w, port) = worker(
-        "[storage]\nmax_object_bytes = 1048576\nmax_function_bytes = 1572864\n",
-    );
+    let (w, port) = worker("[storage]\nmax_object_bytes = 1048576\nmax_function_bytes = 1572864\n");
     let out = boto(
         port,
         SECRET_KEY,
@@ -235,14 +253,46 @@ out["no_function"] = error(lambda: s3.put_object(Bucket="nobody", Key="b/k", Bod
 print(json.dumps(out))
 "#,
     );
-    assert_eq!(out["dotdot"], serde_json::json!([400, "InvalidArgument"]), "{out}");
-    assert_eq!(out["absolute"], serde_json::json!([400, "InvalidArgument"]), "{out}");
-    assert_eq!(out["no_bucket"], serde_json::json!([400, "InvalidArgument"]), "{out}");
-    assert_eq!(out["get_dotdot"], serde_json::json!([400, "InvalidArgument"]), "{out}");
-    assert_eq!(out["too_large"], serde_json::json!([400, "EntityTooLarge"]), "{out}");
-    assert_eq!(out["too_large_head"], serde_json::json!([404, "404"]), "{out}");
-    assert_eq!(out["quota"], serde_json::json!([403, "QuotaExceeded"]), "{out}");
-    assert_eq!(out["no_function"], serde_json::json!([404, "NoSuchBucket"]), "{out}");
+    assert_eq!(
+        out["dotdot"],
+        serde_json::json!([400, "InvalidArgument"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["absolute"],
+        serde_json::json!([400, "InvalidArgument"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["no_bucket"],
+        serde_json::json!([400, "InvalidArgument"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["get_dotdot"],
+        serde_json::json!([400, "InvalidArgument"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["too_large"],
+        serde_json::json!([400, "EntityTooLarge"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["too_large_head"],
+        serde_json::json!([404, "404"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["quota"],
+        serde_json::json!([403, "QuotaExceeded"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["no_function"],
+        serde_json::json!([404, "NoSuchBucket"]),
+        "{out}"
+    );
     let root = w.root.path();
     assert!(!root.join("escape").exists() && !root.join("storage/escape").exists());
     assert!(!root.join("storage/fn/inputs/big").exists());
@@ -268,10 +318,26 @@ print(json.dumps({
 }))
 "#,
     );
-    assert_eq!(out["wrong_secret"], serde_json::json!([403, "SignatureDoesNotMatch"]), "{out}");
-    assert_eq!(out["wrong_secret_put"], serde_json::json!([403, "SignatureDoesNotMatch"]), "{out}");
-    assert_eq!(out["unknown_key"], serde_json::json!([403, "InvalidAccessKeyId"]), "{out}");
-    assert_eq!(out["unsigned"], serde_json::json!([403, "AccessDenied"]), "{out}");
+    assert_eq!(
+        out["wrong_secret"],
+        serde_json::json!([403, "SignatureDoesNotMatch"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["wrong_secret_put"],
+        serde_json::json!([403, "SignatureDoesNotMatch"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["unknown_key"],
+        serde_json::json!([403, "InvalidAccessKeyId"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["unsigned"],
+        serde_json::json!([403, "AccessDenied"]),
+        "{out}"
+    );
     assert!(!root.join("storage/fn/inputs/evil").exists());
     w.stop();
 }
@@ -279,7 +345,11 @@ print(json.dumps({
 #[test]
 fn s3_and_functions_share_one_quota() {
     let (w, port) = worker("[storage]\nmax_function_bytes = 1048576\n");
-    boto(port, SECRET_KEY, r#"s3.create_bucket(Bucket="filler"); print("{}")"#);
+    boto(
+        port,
+        SECRET_KEY,
+        r#"s3.create_bucket(Bucket="filler"); print("{}")"#,
+    );
     w.deploy_ok(
         "filler",
         &[(
@@ -293,7 +363,11 @@ fn s3_and_functions_share_one_quota() {
         SECRET_KEY,
         r#"print(json.dumps({"quota": error(lambda: s3.put_object(Bucket="filler", Key="b/s3", Body=b"s" * 600000))}))"#,
     );
-    assert_eq!(out["quota"], serde_json::json!([403, "QuotaExceeded"]), "{out}");
+    assert_eq!(
+        out["quota"],
+        serde_json::json!([403, "QuotaExceeded"]),
+        "{out}"
+    );
     assert!(!w.root.path().join("storage/filler/b/s3").exists());
     w.stop();
 }

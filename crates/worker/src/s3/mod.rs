@@ -31,19 +31,22 @@ mod uploads;
 mod tests;
 
 use crate::storage::quota::Quotas;
-use crate::storage::StorageBackend;
+use crate::storage::{StorageBackend, StorageConfig, StorageService};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use std::io;
 use std::net::SocketAddr;
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Settings of the S3 API (`[s3]`). It is off unless `listen` is set.
-#[derive(Clone, PartialEq, Deserialize)]
+/// Settings of the S3 API (`[s3]`). It is off unless `listen` is set, and then needs `[storage]`
+/// enabled (it serves the same objects) and both keys.
+#[derive(Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Config {
-    /// Address and port to serve the S3 API on, e.g. `"127.0.0.1:5001"`. Unset: no S3 API.
+    /// Address and port to serve the S3 API on, e.g. `"127.0.0.1:5001"` (an IP address, not a
+    /// host name). Unset: no S3 API. Plain HTTP: put a TLS proxy in front to reach it from other
+    /// machines.
     pub listen: Option<SocketAddr>,
     /// The access key clients sign with (letters, digits, `.`, `_`, `-`; 3 to 128).
     pub access_key: Option<String>,
@@ -153,6 +156,29 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Starts the S3 API `config` asks for over the storage service's backend and quotas (so an
+/// upload over S3 and a function's count against one quota); `None` when it is off.
+pub fn start_configured(
+    config: &S3Config,
+    storage: Option<&StorageService>,
+    storage_config: &StorageConfig,
+) -> Result<Option<S3Server>, StartError> {
+    if config.listen.is_none() {
+        return Ok(None);
+    }
+    let Some(storage) = storage else {
+        return Err(StartError::Config(
+            "s3.listen is set, but object storage ([storage]) is disabled".into(),
+        ));
+    };
+    let store = Store {
+        backend: storage.backend().clone(),
+        quotas: storage.quotas().clone(),
+        max_object_bytes: storage_config.max_object_bytes,
+    };
+    S3Server::start(config, store)
 }
 
 /// The running S3 API: a thread with its own tokio runtime serving connections (so that S3

@@ -5,10 +5,10 @@
 
 use super::names::Location;
 use crate::storage::{Space, UploadId};
+use parking_lot::Mutex;
 use s3s::{s3_error, S3Result};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 /// S3's highest part number.
