@@ -60,8 +60,10 @@ pub struct S3Config {
     pub max_uploads: usize,
     /// A multipart upload with no part stored for this long is aborted and its parts removed.
     pub upload_expiry_secs: u64,
-    /// A request body that sends nothing for this long fails (nothing of it is stored), and a
-    /// connection waiting this long for its next request is closed.
+    /// A request body that sends nothing for this long fails (nothing of it is stored), a
+    /// connection waiting this long for its next request is closed, and so is one whose client
+    /// takes none of a response for this long. (A request head must be complete 10 s after its
+    /// first byte.)
     pub idle_timeout_secs: u64,
 }
 
@@ -280,20 +282,30 @@ fn build_service(api: objects::ObjectApi, config: &S3Config) -> s3s::service::S3
     builder.build()
 }
 
-/// What bounds connections.
+/// What bounds connections: caps as the worker's API has them, and the same deadlines (a
+/// request head must be complete [`HEADER_TIMEOUT`] after its first byte; waiting for a
+/// request, and a response the client takes none of, `idle_timeout_secs`).
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     max_connections: usize,
     max_per_client: usize,
-    idle: Duration,
+    connection: crate::http::Limits,
 }
+
+/// How long a request head may take from its first byte.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Limits {
     fn of(config: &S3Config) -> Self {
+        let idle = Duration::from_secs(config.idle_timeout_secs.max(1));
         Self {
             max_connections: config.max_connections.max(1),
             max_per_client: config.max_connections_per_client.max(1),
-            idle: Duration::from_secs(config.idle_timeout_secs.max(1)),
+            connection: crate::http::Limits {
+                idle,
+                header: HEADER_TIMEOUT.min(idle),
+                write: idle,
+            },
         }
     }
 }
@@ -303,7 +315,8 @@ const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r
 Content-Type: application/xml\r\nRetry-After: 1\r\nContent-Length: 96\r\n\r\n\
 <Error><Code>SlowDown</Code><Message>Too many connections; try again shortly.</Message></Error>\n";
 
-/// Accepts connections within the caps until `stop`, each served by hyper.
+/// Accepts connections within the caps until `stop`, each served as the worker's API serves
+/// its own ([`crate::http::serve_connection`]).
 async fn serve(
     listener: std::net::TcpListener,
     service: s3s::service::S3Service,
@@ -318,10 +331,6 @@ async fn serve(
         }
     };
     let connections = crate::http::Connections::new(limits.max_connections, limits.max_per_client);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.idle);
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
@@ -335,22 +344,76 @@ async fn serve(
             },
         };
         let Some(admission) = connections.admit(peer.ip()) else {
-            // What the client already sent is taken first: closing with unread data resets
-            // the connection, and the client might miss the reply.
-            let mut buf = [0u8; 4096];
-            let _ = stream.try_read(&mut buf);
-            let _ = stream.try_write(REFUSED);
+            crate::http::refuse(&stream, REFUSED);
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let (service, builder) = (service.clone(), builder.clone());
+        let service = service.clone();
         tokio::spawn(async move {
-            let _admission = admission;
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = builder.serve_connection(io, service).await {
+            let handle = move |req| call(service.clone(), req);
+            let served =
+                crate::http::serve_connection(stream, admission, limits.connection, handle).await;
+            if let Err(e) = served {
                 tracing::debug!("S3 connection ended: {e}");
             }
         });
+    }
+}
+
+/// One request. A reply sent before the request's body was read (a refusal) closes the
+/// connection, and says so: the client may not have sent the body (it waits for
+/// `100 Continue`, which then never comes) or may still be sending it, and a client that reused
+/// the connection would read its next reply out of step (boto3 then reports the previous
+/// reply's status).
+async fn call(
+    service: s3s::service::S3Service,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<s3s::HttpResponse, s3s::HttpError> {
+    use hyper::body::Body as _;
+    let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let has_body = !req.body().is_end_stream();
+    let req = req.map(|body| {
+        s3s::Body::http_body(Watched {
+            inner: body,
+            read: read.clone(),
+        })
+    });
+    let mut reply = service.call(req).await?;
+    if has_body && !read.load(std::sync::atomic::Ordering::SeqCst) {
+        reply.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(reply)
+}
+
+/// A request body that records when it has been read to its end.
+struct Watched {
+    inner: hyper::body::Incoming,
+    read: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl hyper::body::Body for Watched {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

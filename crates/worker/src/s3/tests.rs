@@ -968,6 +968,32 @@ fn the_server_listens_caps_connections_and_stops() {
     std::thread::sleep(Duration::from_millis(200));
     let reply = request(&mut std::net::TcpStream::connect(addr).unwrap());
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    // A refusal before the body was read (here: unsigned) closes the connection, and says so,
+    // whether the client waits for `100 Continue` or sends its body at once; a request without
+    // a body keeps it open.
+    for expect in ["Expect: 100-continue\r\n", ""] {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let head = format!("PUT /fn/b/k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n{expect}\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
+    }
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(
+        reply.starts_with("http/1.1 403") && !reply.contains("connection: close"),
+        "{reply}"
+    );
+    drop(s);
     // A second server on the same address is refused.
     let again = S3Config {
         listen: Some(addr),
@@ -979,4 +1005,27 @@ fn the_server_listens_caps_connections_and_stops() {
     ));
     server.stop();
     assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn slow_clients_are_cut_off_as_by_the_api() {
+    use std::io::{Read as _, Write as _};
+    let config = S3Config {
+        idle_timeout_secs: 1,
+        ..config(true)
+    };
+    let fixture = Fixture::open();
+    let server = S3Server::start(&config, fixture.store.clone())
+        .unwrap()
+        .unwrap();
+    let t = std::time::Instant::now();
+    // Half a request head, then nothing: closed at the deadline.
+    let mut s = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    server.stop();
 }
