@@ -271,6 +271,62 @@ fn part_charge(size: u64) -> u64 {
     charge(size).saturating_add(2 * BLOCK)
 }
 
+/// What a listing asks (ListObjectsV2's and ListObjects' inputs name it alike).
+struct ListRequest<'a> {
+    bucket: &'a str,
+    prefix: Option<&'a str>,
+    delimiter: Option<&'a str>,
+    /// The key to list after.
+    after: Option<String>,
+    max_keys: Option<i32>,
+    encoding: Option<&'a dto::EncodingType>,
+}
+
+/// The [`ListRequest`] of a listing input, resuming after `after`.
+macro_rules! listing_of {
+    ($input:expr, $after:expr) => {
+        ListRequest {
+            bucket: &$input.bucket,
+            prefix: $input.prefix.as_deref(),
+            delimiter: $input.delimiter.as_deref(),
+            after: $after,
+            max_keys: $input.max_keys,
+            encoding: $input.encoding_type.as_ref(),
+        }
+    };
+}
+
+/// A page of a listing as both versions' replies carry it, names encoded as asked.
+struct Listed {
+    page: Page,
+    contents: Vec<dto::Object>,
+    common_prefixes: Vec<dto::CommonPrefix>,
+    prefix: String,
+    delimiter: Option<String>,
+    max: i32,
+    encoding: Encoding,
+}
+
+/// A listing reply of type `$reply` for S3 bucket `$bucket`: what both versions carry from
+/// `$listed`, and the fields given.
+macro_rules! listing_reply {
+    ($reply:path, $bucket:expr, $listed:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
+        let listed: Listed = $listed;
+        $reply {
+            name: Some($bucket),
+            prefix: Some(listed.prefix),
+            delimiter: listed.delimiter,
+            max_keys: Some(listed.max),
+            is_truncated: Some(listed.page.truncated),
+            contents: Some(listed.contents),
+            common_prefixes: Some(listed.common_prefixes),
+            encoding_type: listed.encoding.dto(),
+            $($field: $value,)*
+            ..Default::default()
+        }
+    }};
+}
+
 #[async_trait::async_trait]
 impl S3 for ObjectApi {
     async fn create_bucket(
@@ -559,36 +615,26 @@ impl S3 for ObjectApi {
             ),
             None => input.start_after.clone(),
         };
-        let encoding = Encoding::of(input.encoding_type.as_ref());
-        let (page, contents, max) = self
-            .list(
-                &input.bucket,
-                input.prefix.as_deref(),
-                input.delimiter.as_deref(),
-                after,
-                input.max_keys,
-                encoding,
-            )
-            .await?;
-        let next = page
-            .truncated
-            .then(|| page.last.as_deref().map(listing::token))
+        let listed = self.list(listing_of!(input, after)).await?;
+        let next = (listed.page.truncated)
+            .then(|| listed.page.last.as_deref().map(listing::token))
             .flatten();
-        Ok(S3Response::new(dto::ListObjectsV2Output {
-            name: Some(input.bucket),
-            prefix: Some(encoding.apply(input.prefix.as_deref().unwrap_or(""))),
-            delimiter: input.delimiter.as_deref().map(|d| encoding.apply(d)),
-            start_after: input.start_after.as_deref().map(|s| encoding.apply(s)),
-            max_keys: Some(max),
-            key_count: i32::try_from(page.keys.len() + page.common_prefixes.len()).ok(),
-            continuation_token: input.continuation_token,
-            next_continuation_token: next,
-            is_truncated: Some(page.truncated),
-            contents: Some(contents),
-            common_prefixes: Some(common_prefixes(&page, encoding)),
-            encoding_type: encoding.dto(),
-            ..Default::default()
-        }))
+        let start_after = input
+            .start_after
+            .as_deref()
+            .map(|s| listed.encoding.apply(s));
+        let count = listed.page.keys.len() + listed.page.common_prefixes.len();
+        Ok(S3Response::new(listing_reply!(
+            dto::ListObjectsV2Output,
+            input.bucket,
+            listed,
+            {
+                start_after: start_after,
+                key_count: i32::try_from(count).ok(),
+                continuation_token: input.continuation_token,
+                next_continuation_token: next,
+            }
+        )))
     }
 
     async fn list_objects(
@@ -596,34 +642,18 @@ impl S3 for ObjectApi {
         req: S3Request<dto::ListObjectsInput>,
     ) -> S3Result<S3Response<dto::ListObjectsOutput>> {
         let input = req.input;
-        let encoding = Encoding::of(input.encoding_type.as_ref());
-        let (page, contents, max) = self
-            .list(
-                &input.bucket,
-                input.prefix.as_deref(),
-                input.delimiter.as_deref(),
-                input.marker.clone(),
-                input.max_keys,
-                encoding,
-            )
-            .await?;
-        let next_marker = page
-            .truncated
-            .then(|| page.last.as_deref().map(|k| encoding.apply(k)))
+        let listed = self.list(listing_of!(input, input.marker.clone())).await?;
+        let encoding = listed.encoding;
+        let next_marker = (listed.page.truncated)
+            .then(|| listed.page.last.as_deref().map(|k| encoding.apply(k)))
             .flatten();
-        Ok(S3Response::new(dto::ListObjectsOutput {
-            name: Some(input.bucket),
-            prefix: Some(encoding.apply(input.prefix.as_deref().unwrap_or(""))),
-            delimiter: input.delimiter.as_deref().map(|d| encoding.apply(d)),
-            marker: Some(encoding.apply(input.marker.as_deref().unwrap_or(""))),
-            next_marker,
-            max_keys: Some(max),
-            is_truncated: Some(page.truncated),
-            contents: Some(contents),
-            common_prefixes: Some(common_prefixes(&page, encoding)),
-            encoding_type: encoding.dto(),
-            ..Default::default()
-        }))
+        let marker = encoding.apply(input.marker.as_deref().unwrap_or(""));
+        Ok(S3Response::new(listing_reply!(
+            dto::ListObjectsOutput,
+            input.bucket,
+            listed,
+            { marker: Some(marker), next_marker: next_marker }
+        )))
     }
 
     async fn create_multipart_upload(
@@ -748,16 +778,17 @@ impl S3 for ObjectApi {
 }
 
 impl ObjectApi {
-    /// One page of a listing of S3 bucket `bucket`, and its objects as S3 lists them.
-    async fn list(
-        &self,
-        bucket: &str,
-        prefix: Option<&str>,
-        delimiter: Option<&str>,
-        after: Option<String>,
-        max_keys: Option<i32>,
-        encoding: Encoding,
-    ) -> S3Result<(Page, Vec<dto::Object>, i32)> {
+    /// One page of a listing, its objects and names as S3 lists them.
+    async fn list(&self, request: ListRequest<'_>) -> S3Result<Listed> {
+        let ListRequest {
+            bucket,
+            prefix,
+            delimiter,
+            after,
+            max_keys,
+            encoding,
+        } = request;
+        let encoding = Encoding::of(encoding);
         let space = names::space(bucket)?;
         self.existing(&space).await?;
         let max = match max_keys {
@@ -766,8 +797,14 @@ impl ObjectApi {
                 .map_err(|_| s3_error!(InvalidArgument, "max-keys {n} is negative"))?
                 .min(listing::MAX_KEYS),
         };
-        let prefix = prefix.unwrap_or("").to_string();
-        let delimiter = delimiter.map(str::to_string);
+        let (prefix, delimiter) = (
+            prefix.unwrap_or("").to_string(),
+            delimiter.map(str::to_string),
+        );
+        let (shown_prefix, shown_delimiter) = (
+            encoding.apply(&prefix),
+            delimiter.as_deref().map(|d| encoding.apply(d)),
+        );
         let s = space.clone();
         let (page, infos) = self
             .blocking(move |b| {
@@ -802,7 +839,22 @@ impl ObjectApi {
                 ..Default::default()
             })
             .collect();
-        Ok((page, contents, i32::try_from(max).unwrap_or(i32::MAX)))
+        let common_prefixes = page
+            .common_prefixes
+            .iter()
+            .map(|p| dto::CommonPrefix {
+                prefix: Some(encoding.apply(p)),
+            })
+            .collect();
+        Ok(Listed {
+            page,
+            contents,
+            common_prefixes,
+            prefix: shown_prefix,
+            delimiter: shown_delimiter,
+            max: i32::try_from(max).unwrap_or(i32::MAX),
+            encoding,
+        })
     }
 
     /// Checks the parts a CompleteMultipartUpload names against those stored, and joins them
@@ -857,13 +909,4 @@ impl ObjectApi {
         reservation.commit(stored.added, stored.released);
         Ok(info)
     }
-}
-
-fn common_prefixes(page: &Page, encoding: Encoding) -> Vec<dto::CommonPrefix> {
-    page.common_prefixes
-        .iter()
-        .map(|p| dto::CommonPrefix {
-            prefix: Some(encoding.apply(p)),
-        })
-        .collect()
 }
