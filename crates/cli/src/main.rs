@@ -157,7 +157,9 @@ fn main() {
         kindling_sandbox::spawner::serve_stdin();
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("KINDLING_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // s3s logs every refused S3 request (a missing key, a bad signature) as an error; the
+        // S3 API logs the failures an operator must act on itself.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

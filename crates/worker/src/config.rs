@@ -11,6 +11,7 @@ use crate::network::NetworkConfig;
 use crate::nosql::NosqlConfig;
 use crate::packages::{InstallerLimits, InstallerSettings};
 use crate::pool::PoolConfig;
+use crate::s3::S3Config;
 use crate::storage::StorageConfig;
 use crate::zygote::ZygoteConfig;
 use serde::Deserialize;
@@ -120,6 +121,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// NoSQL tables for functions (`[nosql]`).
     pub nosql: NosqlConfig,
+    /// The S3 API over functions' object storage (`[s3]`; off unless `listen` is set).
+    pub s3: S3Config,
     /// Uid of installer jobs that only fetch wheels (no third-party code runs); owns uv's
     /// shared cache. Pick an id nothing else on the host uses.
     pub installer_uid: u32,
@@ -216,6 +219,7 @@ impl Default for Config {
             zygotes: ZygoteConfig::default(),
             storage: StorageConfig::default(),
             nosql: NosqlConfig::default(),
+            s3: S3Config::default(),
             installer_uid: 65530,
             installer_gid: 65530,
             build_uid: 65531,
@@ -325,6 +329,10 @@ impl Config {
             return bad("nosql.dir must be an absolute path");
         }
         self.nosql.check().map_err(ConfigError::Invalid)?;
+        self.s3.check().map_err(ConfigError::Invalid)?;
+        if self.s3.listen.is_some() && !self.storage.enabled {
+            return bad("s3.listen is set, but storage.enabled is false: the S3 API serves it");
+        }
         if self.logs.dir.as_ref().is_some_and(|d| !d.is_absolute()) {
             return bad("logs.dir must be an absolute path");
         }
@@ -598,6 +606,23 @@ mod tests {
         assert_eq!(cfg.network.nameservers.len(), 2);
         assert!(toml::from_str::<Config>("[network]\nnameservers = [\"2001:db8::53\"]\n").is_err());
         assert!(toml::from_str::<Config>("[network]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn s3_keys() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert_eq!(cfg.s3.listen, None);
+        let on = "[s3]\nlisten = \"127.0.0.1:5001\"\naccess_key = \"kindling\"\n\
+                  secret_key = \"s3cret-key\"\n";
+        let cfg: Config = toml::from_str(on).unwrap();
+        assert!(cfg.validate().is_ok());
+        for bad in [
+            "[s3]\nlisten = \"127.0.0.1:5001\"\n".to_string(),
+            format!("{on}[storage]\nenabled = false\n"),
+        ] {
+            let cfg: Config = toml::from_str(&bad).unwrap();
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub enum StartupError {
     Storage(#[from] crate::storage::ServiceError),
     #[error("NoSQL")]
     Nosql(#[from] crate::nosql::service::ServiceError),
+    #[error("S3 API")]
+    S3(#[from] crate::s3::StartError),
     #[error("function logs")]
     Logs(#[from] crate::logs::LogError),
     #[error("sandbox networks")]
@@ -81,6 +83,8 @@ pub struct Worker {
     pub storage: Option<crate::storage::StorageService>,
     /// NoSQL tables for functions (None when disabled).
     pub nosql: Option<crate::nosql::NosqlService>,
+    /// The S3 API over it (None unless `[s3] listen` is set).
+    pub s3: Option<crate::s3::S3Server>,
     /// What instances write to stdout and stderr, per function.
     pub logs: Arc<crate::logs::Logs>,
     /// The admin token callers of admin routes present, and who needs it.
@@ -198,6 +202,7 @@ impl Worker {
             callers.clone(),
         )?;
         let nosql = crate::nosql::NosqlService::start_configured(&config.nosql, &root, callers)?;
+        let s3 = crate::s3::start_configured(&config.s3, storage.as_ref(), &config.storage)?;
         let instances = Arc::new(Instances {
             sandboxes,
             runtime_dir,
@@ -258,6 +263,7 @@ impl Worker {
             started: Instant::now(),
             storage,
             nosql,
+            s3,
             logs,
             auth: crate::auth::Policy {
                 run_requires_token: config.run_requires_token,
@@ -459,6 +465,9 @@ impl Worker {
     pub fn shutdown(&self) {
         self.pool.shutdown();
         self.zygotes.shutdown();
+        if let Some(s) = &self.s3 {
+            s.stop();
+        }
         if let Some(s) = &self.storage {
             s.stop();
         }

@@ -1,6 +1,7 @@
 //! The API's server loop: accepts connections within a cap (worker-wide and per client) and
 //! serves each with hyper under timeouts, so that slow or silent clients cannot hold the worker's
-//! connections, memory or file descriptors (`[http]` in the config).
+//! connections, memory or file descriptors (`[http]` in the config). The S3 API serves its
+//! connections the same way ([`serve_connection`]).
 //!
 //! - A connection waiting for a request (its first, or the next on keep-alive) is closed after
 //!   `idle_timeout_secs`: hyper's header-read timer, which runs from the moment it waits.
@@ -121,15 +122,10 @@ pub async fn serve(
 ) {
     let cfg = worker.config.http.clone();
     let limits = Limits {
+        idle: Duration::from_secs_f64(cfg.idle_timeout_secs),
         header: Duration::from_secs_f64(cfg.header_read_timeout_secs),
         write: Duration::from_secs_f64(cfg.write_timeout_secs),
     };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    // hyper's header timer starts when the connection begins to wait for a request: it is the
-    // idle timeout. The head's own deadline, from its first byte, is Guarded's.
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs_f64(cfg.idle_timeout_secs));
     tokio::pin!(shutdown);
     worker.state.advance(kindling_api::WorkerState::Ready);
     loop {
@@ -150,32 +146,55 @@ pub async fn serve(
         };
         let Some(admission) = worker.connections.admit(peer.ip()) else {
             worker.metrics.add("http.refused", 1);
-            refuse(&stream);
+            refuse(&stream, REFUSED);
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let (w, builder) = (worker.clone(), builder.clone());
+        let w = worker.clone();
         tokio::spawn(async move {
-            let state = Arc::new(ConnState::default());
-            let mut guarded = Guarded::new(stream, state.clone(), limits);
-            guarded.admission = Some(admission);
-            let io = hyper_util::rt::TokioIo::new(guarded);
             let metrics = w.metrics.clone();
-            let service = hyper::service::service_fn(move |req| {
-                state.request_started();
-                let (w, state) = (w.clone(), state.clone());
-                async move {
-                    let reply = crate::api::handle(w, req).await?;
-                    Ok::<_, std::convert::Infallible>(
-                        reply.map(|body| Tracked { inner: body, state }),
-                    )
-                }
-            });
-            if let Err(e) = builder.serve_connection(io, service).await {
+            let handle = move |req| crate::api::handle(w.clone(), req);
+            if let Err(e) = serve_connection(stream, admission, limits, handle).await {
                 count_error(&metrics, &e);
             }
         });
     }
+}
+
+/// Serves one admitted connection with hyper under `limits`, `handle` answering each request.
+pub async fn serve_connection<H, F, B, E>(
+    stream: TcpStream,
+    admission: Admission,
+    limits: Limits,
+    handle: H,
+) -> Result<(), hyper::Error>
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Send + 'static,
+    F: Future<Output = Result<hyper::Response<B>, E>> + Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = stream.set_nodelay(true);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // hyper's header timer starts when the connection begins to wait for a request: it is the
+    // idle timeout. The head's own deadline, from its first byte, is Guarded's.
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.idle);
+    let state = Arc::new(ConnState::default());
+    let mut guarded = Guarded::new(stream, state.clone(), limits);
+    guarded.admission = Some(admission);
+    let io = hyper_util::rt::TokioIo::new(guarded);
+    let service = hyper::service::service_fn(move |req| {
+        state.request_started();
+        let (reply, state) = (handle(req), state.clone());
+        async move {
+            let reply = reply.await?;
+            Ok::<_, E>(reply.map(|body| Tracked { inner: body, state }))
+        }
+    });
+    builder.serve_connection(io, service).await
 }
 
 /// Counts connections ended by a timeout.
@@ -188,19 +207,25 @@ fn count_error(metrics: &Metrics, e: &hyper::Error) {
     }
 }
 
-/// Answers a connection over the cap with 503 and closes it, never waiting on it.
-fn refuse(stream: &TcpStream) {
+/// Answers a connection over the cap with `reply` (a whole HTTP response) and closes it, never
+/// waiting on it.
+pub fn refuse(stream: &TcpStream, reply: &[u8]) {
     // What the client already sent is taken first: closing a socket with unread data resets
     // the connection, and the client might not see the reply.
     let mut buf = [0u8; 4096];
     let _ = stream.try_read(&mut buf);
-    let _ = stream.try_write(REFUSED);
+    let _ = stream.try_write(reply);
 }
 
+/// A connection's deadlines.
 #[derive(Debug, Clone, Copy)]
-struct Limits {
-    header: Duration,
-    write: Duration,
+pub struct Limits {
+    /// Waiting for a request (its first, or the next on keep-alive).
+    pub idle: Duration,
+    /// A request head, from its first byte.
+    pub header: Duration,
+    /// A write the client takes none of.
+    pub write: Duration,
 }
 
 /// What the service tells the connection's IO: how many request heads were complete, and
@@ -452,6 +477,7 @@ mod tests {
     }
 
     const LIMITS: Limits = Limits {
+        idle: Duration::from_secs(60),
         header: Duration::from_millis(200),
         write: Duration::from_millis(200),
     };

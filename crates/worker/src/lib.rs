@@ -28,6 +28,7 @@ pub mod packages;
 pub mod pool;
 pub mod registry;
 pub mod runtime;
+pub mod s3;
 pub mod sandboxes;
 pub mod spares;
 pub mod starts;

@@ -76,7 +76,7 @@ const ECHO_BYTES: usize = 256;
 const RECOUNT_AFTER: Duration = Duration::from_secs(60);
 
 /// At most [`ECHO_BYTES`] of `s` (on a character boundary), for error messages.
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     if s.len() <= ECHO_BYTES {
         return s.to_string();
     }
@@ -172,7 +172,7 @@ impl StorageError {
     }
 
     /// The message for function code: host paths stay on the host.
-    fn client_message(&self) -> String {
+    pub(crate) fn client_message(&self) -> String {
         match self {
             Self::Io { source, .. } => format!("storage backend failed: {source}"),
             other => other.to_string(),
@@ -456,6 +456,122 @@ pub trait StorageBackend: Send + Sync {
     fn local_dir(&self) -> Option<&Path> {
         None
     }
+
+    // What the S3 API needs beyond SeBS's calls ([`crate::s3`]).
+
+    /// An object's size and modification time.
+    fn stat(&self, space: &Space, bucket: &Bucket, key: &Key) -> Result<ObjectInfo, StorageError>;
+
+    /// Opens an object at byte `offset`: its size and modification time, and a reader of its
+    /// bytes from `offset` on (none if `offset` is past its end).
+    fn open_at(
+        &self,
+        space: &Space,
+        bucket: &Bucket,
+        key: &Key,
+        offset: u64,
+    ) -> Result<(ObjectInfo, Box<dyn Read + Send>), StorageError>;
+
+    /// Removes an object, and the directories of its key that this leaves empty (never the
+    /// bucket). Returns what that freed, as quotas count it; a missing object frees nothing.
+    fn delete(&self, space: &Space, bucket: &Bucket, key: &Key) -> Result<u64, StorageError>;
+
+    /// The buckets of `space`, sorted by name (none if the space does not exist).
+    fn buckets(&self, space: &Space) -> Result<Vec<Bucket>, StorageError>;
+
+    /// When `space` was created, or `None` if it does not exist.
+    fn space_created(&self, space: &Space) -> Result<Option<std::time::SystemTime>, StorageError>;
+
+    /// Creates `space` with no buckets; false if it existed already.
+    fn create_space(&self, space: &Space) -> Result<bool, StorageError>;
+
+    /// Stores exactly `size` bytes from `data` as part `part` of multipart upload `upload`,
+    /// replacing an earlier part of that number. Parts are kept in `space` (so its quota counts
+    /// them) but outside every bucket, where no listing sees them.
+    fn put_part(
+        &self,
+        space: &Space,
+        upload: &UploadId,
+        part: u32,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> Result<(ObjectInfo, Stored), StorageError>;
+
+    /// Stores the concatenation of `parts` of `upload` as `key`, as [`StorageBackend::put`]
+    /// does (the object appears whole or not at all). The parts stay until discarded.
+    fn complete_upload(
+        &self,
+        space: &Space,
+        upload: &UploadId,
+        parts: &[u32],
+        bucket: &Bucket,
+        key: &Key,
+    ) -> Result<Stored, StorageError>;
+
+    /// Removes every part of `upload`; returns what that freed, as quotas count it.
+    fn discard_upload(&self, space: &Space, upload: &UploadId) -> Result<u64, StorageError>;
+
+    /// The uploads with parts in `space`, each with when a part was last stored.
+    fn uploads(
+        &self,
+        space: &Space,
+    ) -> Result<Vec<(UploadId, std::time::SystemTime)>, StorageError>;
+}
+
+/// An object's size and when it was last written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
+/// A multipart upload's name: 16 to 64 lower-case hexadecimal digits, so that it is a safe
+/// file name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UploadId(String);
+
+impl UploadId {
+    pub fn parse(id: &str) -> Option<Self> {
+        let ok = (16..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ok.then(|| Self(id.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What an upload of `size` bytes as `key` may add at most: the object, its bucket's directory
+/// and one directory per `/` of its key.
+pub fn upload_charge(key: &Key, size: u64) -> u64 {
+    let dirs = 1 + key.0.matches('/').count() as u64;
+    charge(size).saturating_add(dirs * BLOCK)
+}
+
+/// Reserves `most` bytes in `space` for an upload of `size` bytes, or says which quota refuses
+/// it.
+pub fn reserve<'q>(
+    quotas: &'q Quotas,
+    backend: &dyn StorageBackend,
+    space: &Space,
+    size: u64,
+    most: u64,
+) -> Result<quota::Reservation<'q>, StorageError> {
+    let usage = BackendUsage(backend);
+    quotas
+        .reserve(space.as_str(), most, &usage)
+        .map_err(|over| match over {
+            Exceeded::Function { would, limit } => StorageError::Quota {
+                function: space.0.clone(),
+                size,
+                would,
+                limit,
+            },
+            Exceeded::Store { would, limit } => StorageError::StoreFull { size, would, limit },
+        })
 }
 
 /// A backend as the quotas see it.
@@ -564,6 +680,10 @@ impl DirectoryBackend {
     /// Renames the finished upload onto `target`; returns the charge of the object replaced.
     fn replace(&self, tmp: &Path, target: &Path) -> Result<u64, StorageError> {
         let _one_at_a_time = self.replacing.lock();
+        // A delete may have pruned the (then empty) directory meanwhile.
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io_at(parent))?;
+        }
         let replaced = std::fs::symlink_metadata(target)
             .ok()
             .filter(|m| m.is_file())
@@ -655,35 +775,8 @@ impl StorageBackend for DirectoryBackend {
         bucket: &Bucket,
         key: &Key,
     ) -> Result<(u64, Box<dyn Read + Send>), StorageError> {
-        let bucket_dir = self.bucket_dir(space, bucket);
-        let path = bucket_dir.join(&key.0);
-        let missing = || {
-            if bucket_dir.is_dir() {
-                StorageError::NoSuchObject {
-                    bucket: bucket.0.clone(),
-                    key: key.0.clone(),
-                }
-            } else {
-                StorageError::NoSuchBucket(bucket.0.clone())
-            }
-        };
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Err(missing())
-            }
-            Err(e) => return Err(io_at(&path)(e)),
-        };
-        let meta = file.metadata().map_err(io_at(&path))?;
-        if !meta.is_file() {
-            return Err(missing());
-        }
-        Ok((meta.len(), Box::new(file.take(meta.len()))))
+        let (info, data) = self.open_at(space, bucket, key, 0)?;
+        Ok((info.size, data))
     }
 
     fn list(
@@ -762,6 +855,269 @@ impl StorageBackend for DirectoryBackend {
 
     fn local_dir(&self) -> Option<&Path> {
         Some(&self.dir)
+    }
+
+    fn stat(&self, space: &Space, bucket: &Bucket, key: &Key) -> Result<ObjectInfo, StorageError> {
+        self.open_object(space, bucket, key).map(|(_, info)| info)
+    }
+
+    fn open_at(
+        &self,
+        space: &Space,
+        bucket: &Bucket,
+        key: &Key,
+        offset: u64,
+    ) -> Result<(ObjectInfo, Box<dyn Read + Send>), StorageError> {
+        use std::io::Seek;
+        let (mut file, info) = self.open_object(space, bucket, key)?;
+        let offset = offset.min(info.size);
+        if offset > 0 {
+            let path = self.bucket_dir(space, bucket).join(&key.0);
+            file.seek(io::SeekFrom::Start(offset))
+                .map_err(io_at(&path))?;
+        }
+        Ok((info, Box::new(file.take(info.size - offset))))
+    }
+
+    fn delete(&self, space: &Space, bucket: &Bucket, key: &Key) -> Result<u64, StorageError> {
+        let bucket_dir = self.bucket_dir(space, bucket);
+        let path = bucket_dir.join(&key.0);
+        // Under the lock uploads take to rename into place, so that none lands in a directory
+        // being pruned.
+        let _one_at_a_time = self.replacing.lock();
+        let freed = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => return Ok(0),
+            Ok(m) => match std::fs::remove_file(&path) {
+                Ok(()) if m.is_file() => charge(m.len()),
+                Ok(()) => BLOCK,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(io_at(&path)(e)),
+            },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(0)
+            }
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        let mut pruned = 0u64;
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| *d != bucket_dir && d.starts_with(&bucket_dir)) {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+            pruned += 1;
+            dir = d.parent();
+        }
+        Ok(freed + pruned * BLOCK)
+    }
+
+    fn buckets(&self, space: &Space) -> Result<Vec<Bucket>, StorageError> {
+        let dir = self.dir.join(&space.0);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_at(&dir)(e)),
+        };
+        let mut buckets: Vec<Bucket> = entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| Bucket::parse(e.file_name().to_str()?).ok())
+            .collect();
+        buckets.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(buckets)
+    }
+
+    fn space_created(&self, space: &Space) -> Result<Option<std::time::SystemTime>, StorageError> {
+        let dir = self.dir.join(&space.0);
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => Ok(m.created().or_else(|_| m.modified()).ok()),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_at(&dir)(e)),
+        }
+    }
+
+    fn create_space(&self, space: &Space) -> Result<bool, StorageError> {
+        make_dir(&self.dir.join(&space.0))
+    }
+
+    fn put_part(
+        &self,
+        space: &Space,
+        upload: &UploadId,
+        part: u32,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> Result<(ObjectInfo, Stored), StorageError> {
+        let space_dir = self.dir.join(&space.0);
+        make_dir(&space_dir)?;
+        let uploads = space_dir.join(UPLOADS_DIR);
+        let dir = uploads.join(&upload.0);
+        let made = u64::from(make_dir(&uploads)?) + u64::from(make_dir(&dir)?);
+        let target = dir.join(format!("{part:05}"));
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{}-{n}", std::process::id()));
+        let written = self
+            .write_tmp(&tmp, size, data)
+            .and_then(|()| self.replace(&tmp, &target));
+        let released = written.inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+        let meta = std::fs::metadata(&target).map_err(io_at(&target))?;
+        let info = ObjectInfo {
+            size: meta.len(),
+            modified: meta.modified().map_err(io_at(&target))?,
+        };
+        let stored = Stored {
+            added: charge(size) + made * BLOCK,
+            released,
+        };
+        Ok((info, stored))
+    }
+
+    fn complete_upload(
+        &self,
+        space: &Space,
+        upload: &UploadId,
+        parts: &[u32],
+        bucket: &Bucket,
+        key: &Key,
+    ) -> Result<Stored, StorageError> {
+        let dir = self.dir.join(&space.0).join(UPLOADS_DIR).join(&upload.0);
+        let mut files = Vec::with_capacity(parts.len());
+        let mut total = 0u64;
+        for part in parts {
+            let path = dir.join(format!("{part:05}"));
+            let file = std::fs::File::open(&path).map_err(io_at(&path))?;
+            let len = file.metadata().map_err(io_at(&path))?.len();
+            total = total.saturating_add(len);
+            files.push(file.take(len));
+        }
+        let mut joined = Concat {
+            current: None,
+            rest: files.into_iter(),
+        };
+        self.put(space, bucket, key, total, &mut joined)
+    }
+
+    fn discard_upload(&self, space: &Space, upload: &UploadId) -> Result<u64, StorageError> {
+        let uploads = self.dir.join(&space.0).join(UPLOADS_DIR);
+        let dir = uploads.join(&upload.0);
+        // Under the lock parts take to rename into place, so that none lands meanwhile.
+        let _one_at_a_time = self.replacing.lock();
+        let held = tree_usage(&dir).map_err(io_at(&dir))?;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_at(&dir)(e)),
+        }
+        let emptied = std::fs::remove_dir(&uploads).is_ok();
+        Ok(held + BLOCK + u64::from(emptied) * BLOCK)
+    }
+
+    fn uploads(
+        &self,
+        space: &Space,
+    ) -> Result<Vec<(UploadId, std::time::SystemTime)>, StorageError> {
+        let dir = self.dir.join(&space.0).join(UPLOADS_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_at(&dir)(e)),
+        };
+        Ok(entries
+            .flatten()
+            .filter_map(|e| {
+                let id = UploadId::parse(e.file_name().to_str()?)?;
+                let modified = e.metadata().and_then(|m| m.modified()).ok()?;
+                Some((id, modified))
+            })
+            .collect())
+    }
+}
+
+/// Where the directory backend keeps the parts of multipart uploads, in each space: a name no
+/// bucket can have.
+const UPLOADS_DIR: &str = ".uploads";
+
+/// Creates directory `path` if missing; whether it did.
+fn make_dir(path: &Path) -> Result<bool, StorageError> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(false),
+        Err(e) => Err(io_at(path)(e)),
+    }
+}
+
+/// The parts of an upload read one after the other.
+struct Concat {
+    current: Option<io::Take<std::fs::File>>,
+    rest: std::vec::IntoIter<io::Take<std::fs::File>>,
+}
+
+impl Read for Concat {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(part) = &mut self.current {
+                let n = part.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+            }
+            match self.rest.next() {
+                Some(next) => self.current = Some(next),
+                None => return Ok(0),
+            }
+        }
+    }
+}
+
+impl DirectoryBackend {
+    /// Opens an object's file: the file, and the object's size and modification time.
+    fn open_object(
+        &self,
+        space: &Space,
+        bucket: &Bucket,
+        key: &Key,
+    ) -> Result<(std::fs::File, ObjectInfo), StorageError> {
+        let bucket_dir = self.bucket_dir(space, bucket);
+        let path = bucket_dir.join(&key.0);
+        let missing = || {
+            if bucket_dir.is_dir() {
+                StorageError::NoSuchObject {
+                    bucket: bucket.0.clone(),
+                    key: key.0.clone(),
+                }
+            } else {
+                StorageError::NoSuchBucket(bucket.0.clone())
+            }
+        };
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Err(missing())
+            }
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        let meta = file.metadata().map_err(io_at(&path))?;
+        if !meta.is_file() {
+            return Err(missing());
+        }
+        let modified = meta.modified().map_err(io_at(&path))?;
+        let info = ObjectInfo {
+            size: meta.len(),
+            modified,
+        };
+        Ok((file, info))
     }
 }
 
@@ -892,7 +1248,7 @@ struct Server {
     backend: Arc<dyn StorageBackend>,
     callers: Arc<dyn Callers>,
     scopes: Scopes,
-    quotas: Quotas,
+    quotas: Arc<Quotas>,
     max_object_bytes: u64,
     per_function: usize,
     /// Open connections by function.
@@ -953,23 +1309,8 @@ impl Server {
                         limit: self.max_object_bytes,
                     });
                 }
-                // At most: the object, its bucket's directory and one per `/` of its key.
-                let dirs = 1 + key.0.matches('/').count() as u64;
-                let most = charge(size).saturating_add(dirs * BLOCK);
-                let usage = BackendUsage(self.backend.as_ref());
-                let reservation = self.quotas.reserve(space.as_str(), most, &usage).map_err(
-                    |over| match over {
-                        Exceeded::Function { would, limit } => StorageError::Quota {
-                            function: space.0.clone(),
-                            size,
-                            would,
-                            limit,
-                        },
-                        Exceeded::Store { would, limit } => {
-                            StorageError::StoreFull { size, would, limit }
-                        }
-                    },
-                )?;
+                let most = upload_charge(&key, size);
+                let reservation = reserve(&self.quotas, self.backend.as_ref(), &space, size, most)?;
                 let stored = self.backend.put(&space, &bucket, &key, size, stream)?;
                 reservation.commit(stored.added, stored.released);
                 Ok(Reply::Header(
@@ -1084,6 +1425,7 @@ async fn refuse(mut stream: tokio::net::UnixStream, e: &StorageError) {
 /// starts before the API's runtime exists, and storage I/O then never delays the API.
 pub struct StorageService {
     backend: Arc<dyn StorageBackend>,
+    quotas: Arc<Quotas>,
     socket: PathBuf,
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -1129,17 +1471,17 @@ impl StorageService {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(listen_err(&socket)(e)),
             _ => {}
         }
-        let quotas = Quotas::new(
+        let quotas = Arc::new(Quotas::new(
             policy.max_function_bytes,
             policy.max_total_bytes,
             RECOUNT_AFTER,
             &BackendUsage(backend.as_ref()),
-        );
+        ));
         let server = Arc::new(Server {
             backend: backend.clone(),
             callers,
             scopes: Scopes::new(&policy.grants)?,
-            quotas,
+            quotas: quotas.clone(),
             max_object_bytes: policy.max_object_bytes,
             per_function: policy.max_connections_per_function.max(1),
             open: Mutex::new(HashMap::new()),
@@ -1169,6 +1511,7 @@ impl StorageService {
             .map_err(listen_err(&socket))?;
         Ok(Self {
             backend,
+            quotas,
             socket,
             stop: Mutex::new(Some(stop_tx)),
             thread: Mutex::new(Some(thread)),
@@ -1182,6 +1525,11 @@ impl StorageService {
 
     pub fn backend(&self) -> &Arc<dyn StorageBackend> {
         &self.backend
+    }
+
+    /// The quotas uploads are checked against, to share with other ways in (the S3 API).
+    pub fn quotas(&self) -> &Arc<Quotas> {
+        &self.quotas
     }
 
     /// Stops accepting calls, waits a little for calls in progress, removes the socket.
@@ -1826,5 +2174,76 @@ mod tests {
         assert!(check_grants(&[g("a", "b", "x"), g("a", "c", "x")]).is_err());
         assert!(check_grants(&[g("a", "../b", "x")]).is_err());
         assert!(check_grants(&[g("a", "b", ".tmp")]).is_err());
+    }
+
+    #[test]
+    fn directory_backend_serves_what_the_s3_api_needs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = DirectoryBackend::open(tmp.path()).unwrap();
+        let other = Space::parse("other").unwrap();
+        assert_eq!(backend.space_created(&sp()).unwrap(), None);
+        assert!(backend.create_space(&sp()).unwrap());
+        assert!(!backend.create_space(&sp()).unwrap());
+        assert!(backend.space_created(&sp()).unwrap().is_some());
+        assert!(backend.buckets(&other).unwrap().is_empty());
+        put(&backend, "zeta", "a/b/c", b"0123456789");
+        put(&backend, "alpha", "x", b"");
+        assert_eq!(backend.buckets(&sp()).unwrap(), [b("alpha"), b("zeta")]);
+        // Stat and reads from an offset.
+        let info = backend.stat(&sp(), &b("zeta"), &k("a/b/c")).unwrap();
+        assert_eq!(info.size, 10);
+        let (at, mut r) = backend.open_at(&sp(), &b("zeta"), &k("a/b/c"), 4).unwrap();
+        assert_eq!(at, info);
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"456789");
+        let (_, mut r) = backend.open_at(&sp(), &b("zeta"), &k("a/b/c"), 99).unwrap();
+        assert_eq!(r.read(&mut [0u8; 4]).unwrap(), 0);
+        assert!(matches!(
+            backend.stat(&sp(), &b("zeta"), &k("a/b")),
+            Err(StorageError::NoSuchObject { .. })
+        ));
+        // Delete frees the object and the directories it leaves empty, as usage counts them.
+        let before = backend.usage(&sp()).unwrap();
+        let freed = backend.delete(&sp(), &b("zeta"), &k("a/b/c")).unwrap();
+        assert_eq!(freed, BLOCK + 2 * BLOCK);
+        assert_eq!(backend.usage(&sp()).unwrap(), before - freed);
+        assert!(tmp.path().join("fn/zeta").is_dir());
+        assert_eq!(backend.delete(&sp(), &b("zeta"), &k("a/b/c")).unwrap(), 0);
+        assert_eq!(backend.delete(&sp(), &b("nob"), &k("x")).unwrap(), 0);
+        // A directory is no object to delete.
+        put(&backend, "zeta", "d/e", b"e");
+        assert_eq!(backend.delete(&sp(), &b("zeta"), &k("d")).unwrap(), 0);
+
+        // Multipart: parts counted in the space, in no bucket, joined in the order given.
+        let up = UploadId::parse("0123456789abcdef").unwrap();
+        assert!(UploadId::parse("0123456789abcde").is_none());
+        assert!(UploadId::parse("../0123456789abcdef").is_none());
+        assert!(UploadId::parse("0123456789ABCDEF").is_none());
+        let before = backend.usage(&sp()).unwrap();
+        let (i1, s1) = backend
+            .put_part(&sp(), &up, 1, 3, &mut &b"one"[..])
+            .unwrap();
+        assert_eq!((i1.size, s1.added, s1.released), (3, 3 * BLOCK, 0));
+        let (_, s2) = backend
+            .put_part(&sp(), &up, 2, 3, &mut &b"two"[..])
+            .unwrap();
+        assert_eq!(s2.added, BLOCK);
+        let (_, again) = backend
+            .put_part(&sp(), &up, 2, 3, &mut &b"TWO"[..])
+            .unwrap();
+        assert_eq!(again.released, BLOCK);
+        assert_eq!(backend.usage(&sp()).unwrap(), before + 4 * BLOCK);
+        assert_eq!(backend.buckets(&sp()).unwrap(), [b("alpha"), b("zeta")]);
+        assert_eq!(backend.uploads(&sp()).unwrap()[0].0, up);
+        let stored = backend
+            .complete_upload(&sp(), &up, &[2, 1], &b("alpha"), &k("joined"))
+            .unwrap();
+        assert_eq!(stored.added, BLOCK);
+        assert_eq!(get(&backend, "alpha", "joined").unwrap(), b"TWOone");
+        assert_eq!(backend.discard_upload(&sp(), &up).unwrap(), 4 * BLOCK);
+        assert!(backend.uploads(&sp()).unwrap().is_empty());
+        assert_eq!(backend.discard_upload(&sp(), &up).unwrap(), 0);
+        assert_eq!(backend.usage(&sp()).unwrap(), before + BLOCK);
     }
 }

@@ -12,6 +12,7 @@ mod network;
 mod nosql;
 mod package_security;
 mod packages;
+mod s3;
 mod sebs;
 mod storage;
 mod tenancy;

@@ -85,6 +85,13 @@ impl Quotas {
         self.lock().used.get(space).copied().unwrap_or(0)
     }
 
+    /// `space` holds `bytes` less than counted: objects were removed.
+    pub fn release(&self, space: &str, bytes: u64) {
+        let mut st = self.lock();
+        let now = st.used.get(space).copied().unwrap_or(0);
+        st.set_used(space, now.saturating_sub(bytes));
+    }
+
     /// Reserves `bytes` for an upload into `space`, or says which quota it would exceed.
     pub fn reserve(
         &self,
@@ -287,6 +294,11 @@ mod tests {
         // Another function is not affected by a's quota.
         q.reserve("b", 10_000, &usage).unwrap().commit(10_000, 0);
         assert_eq!(q.used("b"), 10_000);
+        // Removing objects frees their bytes, never below nothing.
+        q.release("b", 4000);
+        assert_eq!(q.used("b"), 6000);
+        q.release("b", 10_000);
+        assert_eq!(q.used("b"), 0);
     }
 
     #[test]
