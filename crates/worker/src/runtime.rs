@@ -1,6 +1,7 @@
 //! The in-sandbox runtime (Python), shipped inside the binary and installed under
 //! `<root>/runtime/<base>/`, bound read-only at `/kindling` in every sandbox: the runtime
-//! itself, the `storage` module function code imports for object storage, and an empty file
+//! itself, the web adapters it imports for WSGI and ASGI apps only (`kindling_web`), the
+//! `storage` module function code imports for object storage, and an empty file
 //! `storage-socket/storage.sock`, the mount point of the storage socket.
 //!
 //! It is byte-compiled once per base by the base's own interpreter (in a job sandbox), because
@@ -21,8 +22,15 @@ pub const SOURCE: &str = include_str!("../runtime/kindling_runtime.py");
 /// The object storage client's source (`import storage`).
 pub const STORAGE_SOURCE: &str = include_str!("../runtime/storage.py");
 
+/// The WSGI and ASGI adapters' source, imported by web functions only.
+pub const WEB_SOURCE: &str = include_str!("../runtime/kindling_web.py");
+
 /// Module name and source of each file installed.
-const MODULES: &[(&str, &str)] = &[("kindling_runtime", SOURCE), ("storage", STORAGE_SOURCE)];
+const MODULES: &[(&str, &str)] = &[
+    ("kindling_runtime", SOURCE),
+    ("kindling_web", WEB_SOURCE),
+    ("storage", STORAGE_SOURCE),
+];
 
 /// Errors installing the runtime.
 #[derive(Debug, thiserror::Error)]

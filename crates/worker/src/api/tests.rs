@@ -13,10 +13,16 @@ fn route(method: &str, path: &'static str) -> Result<Route<'static>, NoRoute> {
 
 #[test]
 fn routes() {
-    assert_eq!(route("POST", "/run/hello"), Ok(Route::Run("hello")));
-    assert_eq!(route("GET", "/run/hello/"), Ok(Route::Run("hello")));
-    assert_eq!(route("POST", "/run/a/b"), Err(NoRoute::RunPath));
+    assert_eq!(route("POST", "/run/hello"), Ok(Route::Run("hello", "")));
+    assert_eq!(route("GET", "/run/hello/"), Ok(Route::Run("hello", "/")));
+    assert_eq!(route("POST", "/run/a/b"), Ok(Route::Run("a", "/b")));
+    assert_eq!(
+        route("PUT", "/run/a/b/%20c/"),
+        Ok(Route::Run("a", "/b/%20c/"))
+    );
     assert_eq!(route("POST", "/run"), Err(NoRoute::RunPath));
+    assert_eq!(route("POST", "/run/"), Err(NoRoute::RunPath));
+    assert_eq!(route("POST", "/run//a"), Err(NoRoute::RunPath));
     assert_eq!(route("GET", "/registry"), Ok(Route::Functions));
     assert_eq!(route("PUT", "/registry/f"), Ok(Route::Deploy("f")));
     assert_eq!(route("POST", "/registry/f"), Ok(Route::Deploy("f")));
@@ -54,6 +60,7 @@ fn no_route_errors() {
 fn route_access() {
     let table = [
         ("POST", "/run/f", Access::Invoke),
+        ("DELETE", "/run/f/a/b", Access::Invoke),
         ("GET", "/status", Access::Public),
         ("GET", "/registry", Access::Admin),
         ("POST", "/registry/f", Access::Admin),
@@ -136,7 +143,8 @@ fn package_keys() {
 /// method the OpenAPI description gives it.
 fn every_route() -> Vec<(&'static str, &'static str, Route<'static>)> {
     let all = [
-        ("POST", "/run/f", Route::Run("f")),
+        ("POST", "/run/f", Route::Run("f", "")),
+        ("POST", "/run/f/a/b", Route::Run("f", "/a/b")),
         ("GET", "/registry", Route::Functions),
         ("POST", "/registry/f", Route::Deploy("f")),
         ("PUT", "/registry/f", Route::Deploy("f")),
@@ -156,7 +164,7 @@ fn every_route() -> Vec<(&'static str, &'static str, Route<'static>)> {
     ];
     for (_, _, r) in &all {
         match r {
-            Route::Run(_)
+            Route::Run(..)
             | Route::Functions
             | Route::Deploy(_)
             | Route::Function(_)
@@ -211,6 +219,7 @@ fn openapi_matches_the_routes() {
     for (method, template) in &ops {
         let concrete = template
             .replace("{name}", "f")
+            .replace("{path}", "a/b")
             .replace("{package}", "six==1.16.0");
         let concrete: &'static str = Box::leak(concrete.into_boxed_str());
         let r = route(method, concrete).unwrap_or_else(|e| panic!("{method} {template}: {e:?}"));
