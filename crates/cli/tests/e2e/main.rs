@@ -13,6 +13,7 @@ mod package_security;
 mod packages;
 mod storage;
 mod tenancy;
+mod web;
 mod zygote_security;
 mod zygotes;
 
