@@ -636,8 +636,46 @@ fn imports_of(output: &str) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod precompile_tests {
-    use super::imports_of;
+    use super::{entry_of, imports_of, Entry, Format, FunctionVersion};
+
+    fn version(format: Format, env: &[(&str, &str)]) -> FunctionVersion {
+        let mut config = crate::function_config::FunctionConfig::default();
+        for (k, v) in env {
+            config.environment.insert(k.to_string(), v.to_string());
+        }
+        FunctionVersion {
+            name: "f".into(),
+            hash: "h".into(),
+            format,
+            dir: "/x".into(),
+            config,
+            lock: Default::default(),
+            imports: Vec::new(),
+            entry: Entry::default(),
+        }
+    }
+
+    /// The entry comes from the job's last marked line; without one, from the environment.
+    #[test]
+    fn entries_come_from_the_last_marked_line() {
+        let ol = version(Format::OpenLambda, &[]);
+        let out = "kindling-entry {\"entry\": \"event\"}\nkindling-entry {\"entry\": \"http\"}\n";
+        assert_eq!(entry_of(out, &ol), Ok(Entry::Http));
+        let out = "kindling-entry {\"error\": \"OL_WSGI_ENTRY names `x`, which main.py does not define\"}";
+        assert!(entry_of(out, &ol).unwrap_err().contains("`x`"));
+        assert_eq!(entry_of("", &ol), Ok(Entry::Event));
+        assert_eq!(entry_of("kindling-entry junk", &ol), Ok(Entry::Event));
+        let wsgi = version(Format::OpenLambda, &[("OL_WSGI_ENTRY", "app")]);
+        assert_eq!(entry_of("", &wsgi), Ok(Entry::Http));
+        let sebs = version(Format::Sebs, &[]);
+        assert_eq!(
+            entry_of(out, &sebs),
+            Ok(Entry::Event),
+            "SeBS functions take events"
+        );
+    }
 
     #[test]
     fn imports_come_from_the_last_marked_line_and_are_checked() {

@@ -16,10 +16,11 @@ use crate::instance::{latin1, percent_decode, HttpRequest};
 use crate::pool::StartPolicy;
 use crate::registry::FunctionVersion;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
-use hyper::{Request, StatusCode};
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode, Uri};
 use kindling_api::types::{self as api, headers};
 use kindling_api::{ApiError, ErrorKind};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// `X-Kindling-Start`: absent, empty, `any` or `warm` is the default policy.
@@ -111,7 +112,15 @@ async fn parse_run(
         });
     }
     let policy = parse_start(req.headers().get(headers::START))?;
-    let http = (function.entry == Entry::Http).then(|| http_request(worker, target, &req));
+    let http = (function.entry == Entry::Http).then(|| {
+        http_request(
+            target,
+            req.method(),
+            req.uri(),
+            req.headers(),
+            worker.config.listen,
+        )
+    });
     let body = read_body(req, worker.config.max_body_bytes, body_stall(worker)).await?;
     let input = match http {
         Some(http) => Bytes::from(http.input(&body)),
@@ -126,29 +135,31 @@ async fn parse_run(
 
 /// The request as a web function sees it. The admin token never reaches a function: an
 /// `Authorization` that carries it is left out.
-fn http_request(worker: &Worker, target: &Target<'_>, req: &Request<Incoming>) -> HttpRequest {
+pub(super) fn http_request(
+    target: &Target<'_>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    listen: SocketAddr,
+) -> HttpRequest {
     let raw_path = if target.sub_path.is_empty() {
         "/"
     } else {
         target.sub_path
     };
-    let headers = req
-        .headers()
+    let headers = headers
         .iter()
         .filter(|(k, _)| !(*k == AUTHORIZATION && target.caller == Caller::Admin))
         .map(|(k, v)| (k.as_str().to_string(), latin1(v.as_bytes())))
         .collect();
     HttpRequest {
-        method: req.method().as_str().to_string(),
+        method: method.as_str().to_string(),
         path: latin1(&percent_decode(raw_path)),
         raw_path: raw_path.to_string(),
-        query: req.uri().query().unwrap_or("").to_string(),
+        query: uri.query().unwrap_or("").to_string(),
         root: format!("/run/{}", target.name),
         headers,
-        server: (
-            worker.config.listen.ip().to_string(),
-            worker.config.listen.port(),
-        ),
+        server: (listen.ip().to_string(), listen.port()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The route table, its parse functions, and its agreement with `docs/api/openapi.yaml`.
 
 use super::logs::parse_logs_query;
-use super::run::{parse_event, parse_start};
+use super::run::{http_request, parse_event, parse_start, Target};
 use super::*;
 use crate::pool::StartPolicy;
 use hyper::body::Bytes;
@@ -115,6 +115,53 @@ fn events() {
     assert_eq!(
         (e.kind, e.status()),
         (ErrorKind::MalformedJson, StatusCode::BAD_REQUEST)
+    );
+}
+
+/// A web function's view of a request: the sub-path below its root, decoded; the query as sent;
+/// headers by lower-case name, values one character per byte; never the admin's token.
+#[test]
+fn web_requests() {
+    let uri: hyper::Uri = "/run/app/a%2Fb/%C3%A9?x=1&y=%26".parse().unwrap();
+    let mut headers = hyper::HeaderMap::new();
+    headers.insert("X-Latin", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+    headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer secret"));
+    let listen = "127.0.0.1:5000".parse().unwrap();
+    for (caller, sees_authorization) in [(Caller::Admin, false), (Caller::Invalid, true)] {
+        let target = Target {
+            name: "app",
+            sub_path: "/a%2Fb/%C3%A9",
+            caller,
+        };
+        let r = http_request(&target, &Method::PATCH, &uri, &headers, listen);
+        assert_eq!(r.method, "PATCH");
+        assert_eq!(r.root, "/run/app");
+        assert_eq!(r.path, "/a/b/\u{c3}\u{a9}");
+        assert_eq!(r.raw_path, "/a%2Fb/%C3%A9");
+        assert_eq!(r.query, "x=1&y=%26");
+        assert_eq!(r.server, ("127.0.0.1".to_string(), 5000));
+        assert!(r.headers.contains(&("x-latin".into(), "caf\u{e9}".into())));
+        assert_eq!(
+            r.headers.iter().any(|(k, _)| k == "authorization"),
+            sees_authorization,
+            "{caller:?}"
+        );
+    }
+    let root = Target {
+        name: "app",
+        sub_path: "",
+        caller: Caller::Anonymous,
+    };
+    let r = http_request(
+        &root,
+        &Method::GET,
+        &"/run/app".parse().unwrap(),
+        &hyper::HeaderMap::new(),
+        listen,
+    );
+    assert_eq!(
+        (r.path.as_str(), r.raw_path.as_str(), r.query.as_str()),
+        ("/", "/", "")
     );
 }
 
