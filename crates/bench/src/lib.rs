@@ -1,8 +1,8 @@
 //! `kindling bench`: Kindling's benchmarks, as a library the `kindling` binary calls.
 //!
 //! The commands, one module each: [`startup`] (start methods against the chroot and runc
-//! baselines of [`baseline`]), [`fork`], [`packages`], [`run`] (SeBS's perf-cost experiment)
-//! and [`report`]. They share one results model ([`results`]), one statistics module
+//! baselines of [`baseline`]), [`fork`], [`packages`], [`run`] (SeBS's perf-cost experiment),
+//! [`web`] (a Flask app against a plain function) and [`report`]. They share one results model ([`results`]), one statistics module
 //! ([`stats`]: one percentile definition for every command), the benchmark suite
 //! ([`suite`]: discovery, packing, `input.py`) and the driver of a worker ([`driver`]).
 
@@ -17,6 +17,7 @@ pub mod run;
 pub mod startup;
 pub mod stats;
 pub mod suite;
+pub mod web;
 
 use anyhow::Result;
 use std::net::SocketAddr;
@@ -38,6 +39,9 @@ pub enum BenchCommand {
     Run(run::RunArgs),
     /// Markdown report with tables and SVG/PNG plots of the results of `bench run`.
     Report(report::ReportArgs),
+    /// A Flask app (WSGI) against a plain `f(event)` function in one run: warm latency,
+    /// requests per second from concurrent clients, and fork starts of the app.
+    Web(web::WebArgs),
 }
 
 /// Runs one `kindling bench` command against the worker at `addr` (`report` reads files only).
@@ -48,6 +52,7 @@ pub async fn run(addr: SocketAddr, command: BenchCommand) -> Result<()> {
         BenchCommand::Packages(args) => packages::run(addr, args).await,
         BenchCommand::Run(args) => run::run(addr, args).await,
         BenchCommand::Report(args) => report::run(args),
+        BenchCommand::Web(args) => web::run(addr, args).await,
     }
 }
 
@@ -90,5 +95,6 @@ mod tests {
         assert!(Bench::try_parse_from(["bench", "packages", "--requirements", "numpy"]).is_ok());
         assert!(Bench::try_parse_from(["bench", "startup", "gzip", "--size", "test"]).is_ok());
         assert!(Bench::try_parse_from(["bench", "report", "dir"]).is_ok());
+        assert!(Bench::try_parse_from(["bench", "web", "--clients", "8"]).is_ok());
     }
 }

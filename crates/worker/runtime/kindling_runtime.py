@@ -2,9 +2,12 @@
 
 The worker starts this module in a fresh interpreter (cold start) and talks to it over the
 stream socket on descriptor 3. Every message is a frame: a 4-byte big-endian length and a
-payload. A request payload is `<request id>\\n<event as JSON>`; a response payload is
-`<status> <handler ms>\\n<body>`, where status is `ok` (body: the JSON response) or `error`
-(body: the traceback text).
+payload. A request payload is `<request id>\\n<input>`, the input being an event as JSON, or
+for a web function an HTTP request (`HTTP <meta bytes>\\n<meta JSON><raw body>`, see
+`kindling_web`). A response payload is `<status> <handler ms>\\n<body>`, where status is `ok`
+(body: the JSON response) or `error` (body: the traceback text); a web function's is
+`http <handler ms> <HTTP status> <header bytes>\\n<headers JSON><raw body>`. Frames hold at
+most `MAX_RESPONSE` bytes; a larger response is an error.
 
 Start-up latency is the point of Kindling, so this module imports as little as it can: JSON goes
 through the C accelerator `_json` directly (the `json` package drags in `re` and `enum`, several
@@ -17,6 +20,8 @@ import sys
 import time
 
 _FD = 3
+# The largest response payload the worker reads (`MAX_RESPONSE` in `instance.rs`).
+MAX_RESPONSE = 64 * 1024 * 1024
 
 try:
     import _json
@@ -102,6 +107,25 @@ def _send(status, ms, body):
         data = data[n:]
 
 
+def _send_http(ms, status, meta, chunks):
+    """Writes a web function's reply (its headers already as JSON) without joining its body:
+    one frame, written gathered."""
+    _flush_output()
+    head = f"http {ms:.3f} {status} {len(meta)}\n".encode() + meta
+    size = len(head) + sum(len(c) for c in chunks)
+    if size > MAX_RESPONSE:
+        _send("error", ms, f"the response of {size} bytes exceeds the limit of {MAX_RESPONSE} bytes\n")
+        return
+    if len(chunks) > 64:
+        chunks = [b"".join(chunks)]
+    parts = [size.to_bytes(4, "big"), head, *chunks]
+    n = os.writev(_FD, parts)
+    if n < size + 4:
+        rest = b"".join(parts)[n:]
+        while rest:
+            rest = rest[os.write(_FD, rest) :]
+
+
 def _traceback():
     import traceback
 
@@ -128,10 +152,41 @@ def _load(kind):
         _package_path()
         if kind == "sebs":
             return _sebs_package().handler, None
-        module = __import__("f")
-        return module.f, None
+        return _load_ol(), None
     except BaseException:
         return None, _traceback()
+
+
+def _load_ol():
+    """OpenLambda's entry choice: the module `OL_ENTRY_FILE` names (default `f.py`), then its
+    `OL_WSGI_ENTRY` (a WSGI app), `OL_ASGI_ENTRY` (an ASGI app), `f` (a plain function), or
+    `app` (ASGI if its `__call__` is a coroutine function, else WSGI). A web app comes back as
+    a `_Web` server; a plain function as itself."""
+    module = __import__(os.environ.get("OL_ENTRY_FILE", "f.py")[:-3])
+    wsgi = os.environ.get("OL_WSGI_ENTRY")
+    asgi = os.environ.get("OL_ASGI_ENTRY")
+    if not wsgi and not asgi and hasattr(module, "f"):
+        return module.f
+    import kindling_web
+
+    if wsgi:
+        return _Web(kindling_web.wsgi(getattr(module, wsgi), loads))
+    if asgi:
+        return _Web(kindling_web.asgi(getattr(module, asgi), loads))
+    if not hasattr(module, "app"):
+        raise AttributeError(f"{module.__name__}.py defines neither `f` nor `app`")
+    app = module.app
+    serve = kindling_web.asgi if kindling_web.is_asgi(app) else kindling_web.wsgi
+    return _Web(serve(app, loads))
+
+
+class _Web:
+    """A web app's server (`kindling_web`): takes a request payload and where its input starts."""
+
+    __slots__ = ("serve",)
+
+    def __init__(self, serve):
+        self.serve = serve
 
 
 # --- SeBS -------------------------------------------------------------------------------
@@ -221,11 +276,15 @@ def main(forked=False):
     container_id = os.environ.get("KINDLING_SANDBOX", "")
     inherited = set(sys.modules) if forked else None
     fn, load_error = _load(kind)
+    web = fn.serve if type(fn) is _Web else None
     is_cold = True
     while True:
         payload = _recv()
         if payload is None:
             return
+        if web is not None:
+            inherited = _serve_http(web, payload, inherited)
+            continue
         request_id, _, event_text = payload.decode("utf-8", "surrogateescape").partition("\n")
         if fn is None:
             _send("error", 0.0, load_error)
@@ -245,11 +304,37 @@ def main(forked=False):
                 status, body = "error", _traceback()
         is_cold = False
         if inherited is not None:
-            # Once, before the first reply: what this forked instance imported beyond its
-            # zygote (the worker may have the zygote import the packages' part of it).
-            _send_frame(b"modules\n" + dumps(sorted(set(sys.modules) - inherited)).encode())
-            inherited = None
+            inherited = _report_modules(inherited)
         _send(status, (time.perf_counter() - start) * 1000.0, body)
+
+
+def _report_modules(inherited):
+    """Once, before the first reply: what this forked instance imported beyond its zygote (the
+    worker may have the zygote import the packages' part of it)."""
+    _send_frame(b"modules\n" + dumps(sorted(set(sys.modules) - inherited)).encode())
+    return None
+
+
+def _serve_http(serve, payload, inherited):
+    """One request to a web app: its reply, or the traceback of what it raised."""
+    start = time.perf_counter()
+    try:
+        status, headers, chunks = serve(payload, payload.index(b"\n") + 1)
+        reply = status, dumps(headers).encode(), chunks
+    except BaseException as exc:
+        reply = None
+        if isinstance(exc, SystemExit):
+            error = f"handler called exit({exc.code})\n"
+        else:
+            error = _traceback()
+    if inherited is not None:
+        inherited = _report_modules(inherited)
+    ms = (time.perf_counter() - start) * 1000.0
+    if reply is None:
+        _send("error", ms, error)
+    else:
+        _send_http(ms, *reply)
+    return inherited
 
 
 # --- zygotes ----------------------------------------------------------------------------

@@ -494,6 +494,7 @@ mod tests {
             config: Default::default(),
             lock: Default::default(),
             imports: vec!["numpy".into()],
+            entry: Default::default(),
         };
         f.config.memory_mb = Some(128);
         f.config.environment.insert("SECRET".into(), "value".into());

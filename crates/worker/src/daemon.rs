@@ -4,6 +4,7 @@
 use crate::base::{self, Base};
 use crate::bounds;
 use crate::config::Config;
+use crate::function_config::{Entry, Format};
 use crate::instance::Instances;
 use crate::layout;
 use crate::lock::Lock;
@@ -300,7 +301,15 @@ impl Worker {
                 EnsureStats::default(),
             ));
         }
-        staged.version.imports = self.precompile(&staged.version.dir);
+        let code = self.precompile(&staged.version);
+        staged.version.imports = code.imports;
+        staged.version.entry = match code.entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                self.registry.discard(staged);
+                return Err(RegistryError::InvalidFunction(e).into());
+            }
+        };
         let started = Instant::now();
         let resolved = (|| {
             let Some(reqs) = staged.requirements.as_deref() else {
@@ -373,10 +382,18 @@ impl Worker {
     }
 
     /// Byte-compiles a staged function's code with the base's interpreter, so that instances
-    /// (which see it read-only) import bytecode instead of compiling at every start, and returns
-    /// the modules the code imports (parsed, never run). A syntax error is not a deploy error:
-    /// the invocation reports it with its traceback.
-    fn precompile(&self, dir: &Path) -> Vec<String> {
+    /// (which see it read-only) import bytecode instead of compiling at every start, and parses
+    /// it (never runs it): the modules it imports, and for an OpenLambda function its entry (a
+    /// plain `f` or a web app) or why that entry is missing or not callable. A syntax error is
+    /// not a deploy error: the invocation reports it with its traceback.
+    fn precompile(&self, version: &FunctionVersion) -> CodeFacts {
+        let mut env = vec![("PATH".to_string(), "/usr/bin:/bin".to_string())];
+        if version.format == Format::OpenLambda {
+            let (wsgi, asgi) = version.config.web_entries();
+            env.push(("ENTRY_FILE".into(), version.config.entry_file().into()));
+            env.extend(wsgi.map(|n| ("WSGI_ENTRY".to_string(), n.to_string())));
+            env.extend(asgi.map(|n| ("ASGI_ENTRY".to_string(), n.to_string())));
+        }
         let job = crate::sandboxes::Job {
             argv: vec![
                 self.base.info.python.clone(),
@@ -384,9 +401,9 @@ impl Worker {
                 "-c".into(),
                 PRECOMPILE.into(),
             ],
-            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            env,
             mounts: vec![kindling_sandbox::spec::MountSpec::Bind {
-                source: dir.to_path_buf(),
+                source: version.dir.clone(),
                 target: layout::HANDLER.into(),
                 writable: true,
             }],
@@ -402,17 +419,21 @@ impl Worker {
             timeout: Duration::from_secs(60),
             cwd: "/".into(),
         };
-        match self.instances.sandboxes.run_job(job) {
+        let output = match self.instances.sandboxes.run_job(job) {
             Ok(out) => {
                 if out.code != Some(0) {
                     tracing::debug!("precompiling function code: {}", out.output.trim());
                 }
-                imports_of(&out.output)
+                out.output
             }
             Err(e) => {
                 tracing::warn!("cannot precompile function code: {e}");
-                Vec::new()
+                String::new()
             }
+        };
+        CodeFacts {
+            imports: imports_of(&output),
+            entry: entry_of(&output, version),
         }
     }
 
@@ -483,12 +504,27 @@ impl Worker {
     }
 }
 
-/// The deploy-time job on a function's code (at /handler): byte-compile it, then list the
-/// modules it imports by absolute name, parsed with `ast` (nothing runs), on one marked line.
+/// What the deploy-time job found in a function's code.
+struct CodeFacts {
+    imports: Vec<String>,
+    /// The entry, or why it cannot serve (a deploy error naming it).
+    entry: Result<Entry, String>,
+}
+
+/// The deploy-time job on a function's code (at /handler): byte-compile it, list the modules it
+/// imports by absolute name, and (with `ENTRY_FILE` set: an OpenLambda function) find its entry
+/// as OpenLambda's runtime would choose it (`WSGI_ENTRY`, `ASGI_ENTRY`, else `f`, else `app`),
+/// all parsed with `ast` (nothing runs), each on one marked line. A name is bound when a
+/// module-level statement binds it (a def, a class, an import, an assignment, also inside a
+/// top-level `if`/`try`/`with`/`for`); bound only to literals it is not callable; a star import,
+/// `globals()`, `setattr` or a module `__getattr__` may bind anything (and a `global` statement
+/// binds its names), so then a missing name is
+/// not an error.
 const PRECOMPILE: &str = r#"
 import ast, compileall, json, os
 compileall.compile_dir("/handler", quiet=1)
 names = set()
+trees = {}
 for root, dirs, files in os.walk("/handler"):
     for f in files:
         if not f.endswith(".py"):
@@ -498,6 +534,7 @@ for root, dirs, files in os.walk("/handler"):
                 tree = ast.parse(src.read())
         except (SyntaxError, ValueError, OSError, RecursionError, MemoryError):
             continue
+        trees[os.path.join(root, f)] = tree
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names.update(a.name for a in node.names)
@@ -505,7 +542,127 @@ for root, dirs, files in os.walk("/handler"):
                 names.add(node.module)
                 names.update(node.module + "." + a.name for a in node.names if a.name != "*")
 print("\nkindling-imports " + json.dumps(sorted(names)[:2000]))
+
+LITERALS = (ast.Constant, ast.List, ast.Tuple, ast.Dict, ast.Set, ast.JoinedStr, ast.ListComp,
+            ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp)
+
+def bindings(tree, name):
+    """'callable', 'literal', 'unknown' (something may bind it dynamically) or 'missing'."""
+    kinds = set()
+    dynamic = False
+    def target(t, value):
+        if isinstance(t, ast.Name) and t.id == name:
+            kinds.add("literal" if isinstance(value, LITERALS) else "callable")
+        elif isinstance(t, (ast.Tuple, ast.List, ast.Starred)):
+            for e in ast.walk(t):
+                if isinstance(e, ast.Name) and e.id == name:
+                    kinds.add("callable")
+    def visit(body):
+        nonlocal dynamic
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if node.name == name:
+                    kinds.add("callable")
+                if node.name == "__getattr__":
+                    dynamic = True
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                for a in node.names:
+                    if a.name == "*":
+                        dynamic = True
+                    elif (a.asname or a.name.split(".")[0]) == name:
+                        kinds.add("callable")
+            elif isinstance(node, ast.Assign):
+                for t in node.targets:
+                    target(t, node.value)
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target(node.target, node.value)
+            elif isinstance(node, ast.AugAssign):
+                target(node.target, None)
+            elif isinstance(node, (ast.For, ast.AsyncFor)):
+                target(node.target, None)
+            elif isinstance(node, (ast.With, ast.AsyncWith)):
+                for item in node.items:
+                    if item.optional_vars is not None:
+                        target(item.optional_vars, None)
+            for field in ("body", "orelse", "finalbody"):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    visit(getattr(node, field, None) or [])
+            for h in getattr(node, "handlers", None) or []:
+                visit(h.body)
+            for c in getattr(node, "cases", None) or []:
+                visit(c.body)
+    visit(tree.body)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.NamedExpr):
+            target(node.target, None)
+        elif isinstance(node, ast.Global) and name in node.names:
+            kinds.add("callable")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("globals", "setattr", "vars", "exec"):
+            dynamic = True
+    if "callable" in kinds:
+        return "callable"
+    if kinds:
+        return "literal"
+    return "unknown" if dynamic else "missing"
+
+def entry():
+    file = os.environ["ENTRY_FILE"]
+    tree = trees.get("/handler/" + file)
+    wsgi, asgi = os.environ.get("WSGI_ENTRY"), os.environ.get("ASGI_ENTRY")
+    if tree is None:  # unparsable: the invocation reports why
+        return {"entry": "http" if wsgi or asgi else "event"}
+    for var, name in (("OL_WSGI_ENTRY", wsgi), ("OL_ASGI_ENTRY", asgi)):
+        if name:
+            found = bindings(tree, name)
+            if found == "missing":
+                return {"error": f"{var} names `{name}`, which {file} does not define"}
+            if found == "literal":
+                return {"error": f"{var} names `{name}`, which is not callable in {file}"}
+            return {"entry": "http"}
+    f, app = bindings(tree, "f"), bindings(tree, "app")
+    if f == "literal":
+        return {"error": f"`f` is not callable in {file}"}
+    if f != "missing":
+        return {"entry": "event"}
+    if app == "literal":
+        return {"error": f"`app` is not callable in {file}"}
+    if app == "callable":
+        return {"entry": "http"}
+    if app == "unknown":
+        return {"entry": "event"}
+    return {"error": f"{file} defines neither `f` (a function) nor `app` (a WSGI or ASGI app)"}
+
+if "ENTRY_FILE" in os.environ:
+    print("\nkindling-entry " + json.dumps(entry()))
 "#;
+
+/// The entry of the precompile job's output (its last marked line), or the deploy error it
+/// reports. Without one (the job failed), the environment decides: an app named → HTTP.
+fn entry_of(output: &str, version: &FunctionVersion) -> Result<Entry, String> {
+    #[derive(serde::Deserialize)]
+    struct Found {
+        entry: Option<Entry>,
+        error: Option<String>,
+    }
+    if version.format != Format::OpenLambda {
+        return Ok(Entry::Event);
+    }
+    let found = output
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("kindling-entry "))
+        .and_then(|json| serde_json::from_str::<Found>(json).ok());
+    match found {
+        Some(Found { error: Some(e), .. }) => Err(crate::echo::echo(&e).into_owned()),
+        Some(Found {
+            entry: Some(entry), ..
+        }) => Ok(entry),
+        _ => Ok(match version.config.web_entries() {
+            (None, None) => Entry::Event,
+            _ => Entry::Http,
+        }),
+    }
+}
 
 /// The module list of the precompile job's output (its last marked line).
 fn imports_of(output: &str) -> Vec<String> {
@@ -527,8 +684,46 @@ fn imports_of(output: &str) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod precompile_tests {
-    use super::imports_of;
+    use super::{entry_of, imports_of, Entry, Format, FunctionVersion};
+
+    fn version(format: Format, env: &[(&str, &str)]) -> FunctionVersion {
+        let mut config = crate::function_config::FunctionConfig::default();
+        for (k, v) in env {
+            config.environment.insert(k.to_string(), v.to_string());
+        }
+        FunctionVersion {
+            name: "f".into(),
+            hash: "h".into(),
+            format,
+            dir: "/x".into(),
+            config,
+            lock: Default::default(),
+            imports: Vec::new(),
+            entry: Entry::default(),
+        }
+    }
+
+    /// The entry comes from the job's last marked line; without one, from the environment.
+    #[test]
+    fn entries_come_from_the_last_marked_line() {
+        let ol = version(Format::OpenLambda, &[]);
+        let out = "kindling-entry {\"entry\": \"event\"}\nkindling-entry {\"entry\": \"http\"}\n";
+        assert_eq!(entry_of(out, &ol), Ok(Entry::Http));
+        let out = "kindling-entry {\"error\": \"OL_WSGI_ENTRY names `x`, which main.py does not define\"}";
+        assert!(entry_of(out, &ol).unwrap_err().contains("`x`"));
+        assert_eq!(entry_of("", &ol), Ok(Entry::Event));
+        assert_eq!(entry_of("kindling-entry junk", &ol), Ok(Entry::Event));
+        let wsgi = version(Format::OpenLambda, &[("OL_WSGI_ENTRY", "app")]);
+        assert_eq!(entry_of("", &wsgi), Ok(Entry::Http));
+        let sebs = version(Format::Sebs, &[]);
+        assert_eq!(
+            entry_of(out, &sebs),
+            Ok(Entry::Event),
+            "SeBS functions take events"
+        );
+    }
 
     #[test]
     fn imports_come_from_the_last_marked_line_and_are_checked() {

@@ -115,7 +115,7 @@ pub fn requirements(data: &[u8]) {
     let _ = crate::packages::parse_compiled(&text);
 }
 
-/// An instance's reply frame payload (`<status> <ms>\n<body>`).
+/// An instance's reply frame payload (`<status> <ms>\n<body>`, or a web function's `http ...`).
 pub fn instance_reply(data: &[u8]) {
     let _ = crate::instance::parse_reply(data.to_vec());
 }

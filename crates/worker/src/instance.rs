@@ -6,6 +6,12 @@
 //! Creating one is a cold start: a cgroup, a sandbox from the spawner, and a fresh interpreter
 //! running the runtime. The first request is written at once; the kernel buffers it until the
 //! interpreter has loaded the function and reads it.
+//!
+//! The protocol (frames of [`crate::frame`]): a request is `<request id>\n<input>`, the input an
+//! event (JSON) or, for a web function, an [`HttpRequest`] ([`HttpRequest::input`]). A reply is
+//! `ok <ms>\n<JSON>`, `error <ms>\n<traceback>`, or a web function's
+//! `http <ms> <status> <header bytes>\n<headers JSON><body>`. Replies are bounded by
+//! [`MAX_RESPONSE`]: web responses are buffered whole, never streamed.
 
 use crate::frame::{self, FrameError};
 use crate::layout;
@@ -13,6 +19,9 @@ use crate::logs::{InstanceOutput, Logs};
 use crate::registry::FunctionVersion;
 use crate::sandboxes::{FunctionLimits, Nesting, SandboxHandle, Sandboxes, StartError, ZYGOTE_LOG};
 use crate::tenants::{Assignment, Assignments};
+use hyper::body::Bytes;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::StatusCode;
 use kindling_sandbox::cgroup::Limits as CgroupLimits;
 use kindling_sandbox::spec::{InstanceSpec, MountSpec, Privilege};
 use kindling_sandbox::stdio::OutputPipes;
@@ -23,8 +32,11 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-/// Largest response an instance may send.
-const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+/// Largest response an instance may send (the runtime's `MAX_RESPONSE`, which refuses larger
+/// ones with an error reply).
+pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+/// Inputs larger than this are written after their frame's head rather than copied into it.
+const COPY_INPUT_BELOW: usize = 64 * 1024;
 /// Prefix of a forked instance's one report of the modules it imported (a JSON list follows).
 const MODULES_FRAME: &[u8] = b"modules\n";
 /// Largest such report.
@@ -36,6 +48,9 @@ pub enum InvokeError {
     /// The handler raised; the body is its traceback.
     #[error("{0}")]
     Handler(String),
+    /// A web function's response cannot be sent as HTTP (its status or a header).
+    #[error("the function's response is not valid HTTP: {0}")]
+    Response(String),
     #[error("function did not finish within its timeout of {0:.1} s")]
     Timeout(f64),
     #[error("function exceeded its memory limit of {0} MB and was killed")]
@@ -51,7 +66,7 @@ pub enum InvokeError {
 impl InvokeError {
     /// Whether the instance is unusable afterwards (the sandbox must go).
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, InvokeError::Handler(_))
+        !matches!(self, InvokeError::Handler(_) | InvokeError::Response(_))
     }
 }
 
@@ -317,10 +332,83 @@ impl InstanceLayout {
 /// Result of one invocation.
 #[derive(Debug)]
 pub struct Reply {
-    /// The JSON body.
-    pub body: Vec<u8>,
+    /// The JSON body, or a web function's body.
+    pub body: Bytes,
     /// Handler time measured inside the sandbox, in milliseconds.
     pub handler_ms: f64,
+    /// A web function's status and headers (None: a plain function's JSON reply).
+    pub http: Option<HttpHead>,
+}
+
+/// The status and headers of a web function's response.
+#[derive(Debug)]
+pub struct HttpHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+}
+
+/// An HTTP request to a web function, as the runtime's web adapters read it (`kindling_web`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HttpRequest {
+    pub method: String,
+    /// The path below the function's root, percent-decoded, one character per byte (WSGI's
+    /// `PATH_INFO`); `/` when empty.
+    pub path: String,
+    /// The same path as it was sent.
+    pub raw_path: String,
+    /// The query string as it was sent, without `?`.
+    pub query: String,
+    /// The function's root: `/run/<name>` (WSGI's `SCRIPT_NAME`, ASGI's `root_path`).
+    pub root: String,
+    /// Headers with lower-case names, values one character per byte (ISO-8859-1), in order.
+    pub headers: Vec<(String, String)>,
+    /// The worker's host and port as the request named them.
+    pub server: (String, u16),
+}
+
+impl HttpRequest {
+    /// The request as an instance's input: `HTTP <meta bytes>\n<meta JSON><body>`.
+    pub fn input(&self, body: &[u8]) -> Vec<u8> {
+        // Serializing strings and numbers cannot fail.
+        let meta = serde_json::to_vec(self).unwrap_or_default();
+        let head = format!("HTTP {}\n", meta.len());
+        let mut input = Vec::with_capacity(head.len() + meta.len() + body.len());
+        input.extend_from_slice(head.as_bytes());
+        input.extend_from_slice(&meta);
+        input.extend_from_slice(body);
+        input
+    }
+}
+
+/// A byte string as a string of one character per byte (ISO-8859-1), as WSGI passes them.
+pub fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| char::from(b)).collect()
+}
+
+/// `%XX` sequences of a path decoded into bytes (an invalid one stays as it is).
+pub fn percent_decode(path: &str) -> Vec<u8> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                // Two hex digits make at most 255.
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(u8::MAX));
+                i += 3;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// A running instance of one function version.
@@ -408,8 +496,16 @@ impl Instance {
         request_id: &str,
         event: &[u8],
     ) -> std::io::Result<Result<Reply, InvokeError>> {
-        let request = frame::encode_parts(&[request_id.as_bytes(), b"\n", event])?;
-        self.stream.write_all(&request).await?;
+        if event.len() < COPY_INPUT_BELOW {
+            let request = frame::encode_parts(&[request_id.as_bytes(), b"\n", event])?;
+            self.stream.write_all(&request).await?;
+        } else {
+            let len = request_id.len() + 1 + event.len();
+            let head = frame::encode_parts(&[&frame::head(len)?, request_id.as_bytes(), b"\n"])?;
+            // The head's own length prefix is not part of the frame.
+            self.stream.write_all(&head[frame::HEAD_BYTES..]).await?;
+            self.stream.write_all(event).await?;
+        }
         loop {
             let payload = match frame::read_async(&mut self.stream, MAX_RESPONSE).await {
                 Ok(p) => p,
@@ -493,23 +589,88 @@ fn post_mortem(sandbox: &SandboxHandle, memory_mb: u64) -> Option<InvokeError> {
     sandbox.setup_error().map(InvokeError::Setup)
 }
 
-/// Parses `<status> <ms>\n<body>`.
+/// Parses `<status> <ms>\n<body>`, or a web function's `http <ms> <status> <header bytes>\n
+/// <headers JSON><body>`.
 pub(crate) fn parse_reply(payload: Vec<u8>) -> Result<Reply, InvokeError> {
     let nl = payload
         .iter()
         .position(|&b| b == b'\n')
         .ok_or(InvokeError::Protocol)?;
+    let payload = Bytes::from(payload);
+    let body = payload.slice(nl + 1..);
     let head = std::str::from_utf8(&payload[..nl]).map_err(|_| InvokeError::Protocol)?;
-    let (status, ms) = head.split_once(' ').ok_or(InvokeError::Protocol)?;
+    let mut fields = head.split(' ');
+    let (Some(status), Some(ms)) = (fields.next(), fields.next()) else {
+        return Err(InvokeError::Protocol);
+    };
     let handler_ms: f64 = ms.parse().map_err(|_| InvokeError::Protocol)?;
-    let body = payload[nl + 1..].to_vec();
-    match status {
-        "ok" => Ok(Reply { body, handler_ms }),
-        "error" => Err(InvokeError::Handler(
+    match (status, fields.next(), fields.next(), fields.next()) {
+        ("ok", None, ..) => Ok(Reply {
+            body,
+            handler_ms,
+            http: None,
+        }),
+        ("error", None, ..) => Err(InvokeError::Handler(
             String::from_utf8_lossy(&body).into_owned(),
         )),
+        ("http", Some(code), Some(meta), None) => {
+            let meta: usize = meta.parse().map_err(|_| InvokeError::Protocol)?;
+            if meta > body.len() {
+                return Err(InvokeError::Protocol);
+            }
+            let http = http_head(code, &body[..meta])?;
+            Ok(Reply {
+                body: body.slice(meta..),
+                handler_ms,
+                http: Some(http),
+            })
+        }
         _ => Err(InvokeError::Protocol),
     }
+}
+
+/// A web function's status and headers (`[name, value]` pairs, values one character per byte).
+fn http_head(code: &str, headers: &[u8]) -> Result<HttpHead, InvokeError> {
+    let bad = |what: String| InvokeError::Response(crate::echo::echo(&what).into_owned());
+    let status = code
+        .parse::<u16>()
+        .ok()
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| bad(format!("status {code}")))?;
+    let pairs: Vec<(String, String)> =
+        serde_json::from_slice(headers).map_err(|_| InvokeError::Protocol)?;
+    let mut map = HeaderMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| bad(format!("header name `{name}`")))?;
+        // Hop-by-hop headers and the body's length are the server's, not the app's.
+        if is_connection_header(&header) {
+            continue;
+        }
+        let bytes: Option<Vec<u8>> = value.chars().map(|c| u8::try_from(c).ok()).collect();
+        let value = bytes
+            .and_then(|b| HeaderValue::from_bytes(&b).ok())
+            .ok_or_else(|| bad(format!("value of header `{name}`")))?;
+        map.append(header, value);
+    }
+    Ok(HttpHead {
+        status,
+        headers: map,
+    })
+}
+
+fn is_connection_header(name: &HeaderName) -> bool {
+    use hyper::header::*;
+    [
+        CONNECTION,
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        TE,
+        TRAILER,
+        UPGRADE,
+    ]
+    .contains(name)
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
 #[cfg(test)]
@@ -520,7 +681,7 @@ mod tests {
     #[test]
     fn replies() {
         let r = parse_reply(b"ok 1.500\n{\"a\": 1}".to_vec()).unwrap();
-        assert_eq!(r.body, b"{\"a\": 1}");
+        assert_eq!(r.body, &b"{\"a\": 1}"[..]);
         assert_eq!(r.handler_ms, 1.5);
         match parse_reply(b"error 0.1\nTraceback".to_vec()) {
             Err(InvokeError::Handler(t)) => assert_eq!(t, "Traceback"),
@@ -534,5 +695,76 @@ mod tests {
             parse_reply(b"ok x\n".to_vec()),
             Err(InvokeError::Protocol)
         ));
+        assert!(matches!(
+            parse_reply(b"ok 1 2\n{}".to_vec()),
+            Err(InvokeError::Protocol)
+        ));
+    }
+
+    #[test]
+    fn web_replies() {
+        let headers = r#"[["X-Tea","pot"],["set-cookie","a=1"],["Set-Cookie","b=\u00e9"],["Content-Length","9"],["Connection","close"]]"#;
+        let mut bytes = format!("http 0.5 418 {}\n{headers}", headers.len()).into_bytes();
+        // The body is binary: not UTF-8.
+        bytes.extend_from_slice(b"\x00\xffbody");
+        let r = parse_reply(bytes).unwrap();
+        let http = r.http.unwrap();
+        assert_eq!(http.status.as_u16(), 418);
+        assert_eq!(http.headers["x-tea"], "pot");
+        let cookies: Vec<_> = http.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, [&b"a=1"[..], &b"b=\xe9"[..]]);
+        assert!(!http.headers.contains_key("content-length"));
+        assert!(!http.headers.contains_key("connection"));
+        assert_eq!(&r.body[..], b"\x00\xffbody");
+        for (code, headers) in [
+            ("1000", "[]"),
+            ("200", r#"[["bad name","x"]]"#),
+            ("200", r#"[["x","\n"]]"#),
+            ("200", r#"[["x","\u0100"]]"#),
+        ] {
+            let p = format!("http 1 {code} {}\n{headers}", headers.len());
+            assert!(
+                matches!(parse_reply(p.into_bytes()), Err(InvokeError::Response(_))),
+                "{code} {headers}"
+            );
+        }
+        for bad in ["http 1 200 99\n[]", "http 1 200 2\n{}", "http 1 200\n"] {
+            assert!(
+                matches!(
+                    parse_reply(bad.as_bytes().to_vec()),
+                    Err(InvokeError::Protocol)
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_inputs() {
+        let req = HttpRequest {
+            method: "POST".into(),
+            path: latin1(&percent_decode("/a%20b/%C3%A9%zz%4")),
+            raw_path: "/a%20b/%C3%A9%zz%4".into(),
+            query: "q=1".into(),
+            root: "/run/f".into(),
+            headers: vec![("x".into(), latin1(b"\xe9"))],
+            server: ("localhost".into(), 5000),
+        };
+        assert_eq!(req.path, "/a b/\u{c3}\u{a9}%zz%4");
+        let input = req.input(b"\x00\x01");
+        let nl = input.iter().position(|&b| b == b'\n').unwrap();
+        let len: usize = std::str::from_utf8(&input[5..nl]).unwrap().parse().unwrap();
+        assert!(input.starts_with(b"HTTP "));
+        let meta: serde_json::Value = serde_json::from_slice(&input[nl + 1..nl + 1 + len]).unwrap();
+        assert_eq!(meta["headers"][0][1], "\u{e9}");
+        assert_eq!(meta["server"], serde_json::json!(["localhost", 5000]));
+        assert_eq!(&input[nl + 1 + len..], b"\x00\x01");
+    }
+
+    /// The runtime refuses what the worker would not read.
+    #[test]
+    fn the_runtime_knows_the_response_bound() {
+        assert!(crate::runtime::SOURCE.contains("MAX_RESPONSE = 64 * 1024 * 1024\n"));
+        assert_eq!(MAX_RESPONSE, 64 * 1024 * 1024);
     }
 }

@@ -643,7 +643,8 @@ mod tests {
                 b"die" => Err(InvokeError::Died("fake".into())),
                 b"raise" => Err(InvokeError::Handler("Traceback".into())),
                 _ => Ok(Reply {
-                    body: event.to_vec(),
+                    body: event.to_vec().into(),
+                    http: None,
                     handler_ms: 0.1,
                 }),
             }
@@ -738,6 +739,7 @@ mod tests {
             config: FunctionConfig::default(),
             lock: Lock::default(),
             imports: Vec::new(),
+            entry: Default::default(),
         })
     }
 
@@ -794,7 +796,7 @@ mod tests {
         let f = function("f", "v1");
         let first = run(&p, &f, "{}", StartPolicy::Any).await.unwrap();
         assert_eq!(first.start, StartMethod::Cold);
-        assert_eq!(first.result.unwrap().body, b"{}");
+        assert_eq!(first.result.unwrap().body, &b"{}"[..]);
         let second = run(&p, &f, "{}", StartPolicy::Any).await.unwrap();
         assert_eq!(second.start, StartMethod::Warm);
         assert_eq!(second.instance_id, first.instance_id);

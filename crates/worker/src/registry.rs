@@ -6,7 +6,7 @@
 
 use crate::archive::{self, ArchiveError, ArchiveLimits};
 use crate::bounds::Bounds;
-use crate::function_config::{ol_config, sebs_config, Format, FunctionConfig};
+use crate::function_config::{ol_config, sebs_config, Entry, Format, FunctionConfig};
 use crate::lock::Lock;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
@@ -60,6 +60,9 @@ pub struct FunctionVersion {
     /// packages.
     #[serde(default)]
     pub imports: Vec<String>,
+    /// How `/run` hands it requests (event or HTTP), found by parsing its code at deploy.
+    #[serde(skip)]
+    pub entry: Entry,
 }
 
 /// The outcome of a deploy.
@@ -121,6 +124,7 @@ impl Registry {
                 Ok(mut v) => {
                     v.lock = read_json(&fdir.join(format!("{hash}.lock.json")));
                     v.imports = read_json(&fdir.join(format!("{hash}.imports.json")));
+                    v.entry = read_json(&fdir.join(format!("{hash}.entry.json")));
                     current.insert(name, Arc::new(v));
                 }
                 Err(e) => tracing::warn!(function = %name, "skipping unloadable function: {e}"),
@@ -209,6 +213,10 @@ impl Registry {
         let text = serde_json::to_string(&version.imports)
             .map_err(|e| io_at(&imports_path)(io::Error::other(e)))?;
         std::fs::write(&imports_path, text).map_err(io_at(&imports_path))?;
+        let entry_path = fdir.join(format!("{hash}.entry.json"));
+        let text = serde_json::to_string(&version.entry)
+            .map_err(|e| io_at(&entry_path)(io::Error::other(e)))?;
+        std::fs::write(&entry_path, text).map_err(io_at(&entry_path))?;
         let vdir = fdir.join(&hash);
         if vdir.exists() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -228,6 +236,7 @@ impl Registry {
             let _ = std::fs::remove_dir_all(&old.dir);
             let _ = std::fs::remove_file(fdir.join(format!("{}.lock.json", old.hash)));
             let _ = std::fs::remove_file(fdir.join(format!("{}.imports.json", old.hash)));
+            let _ = std::fs::remove_file(fdir.join(format!("{}.entry.json", old.hash)));
         }
         Ok(Deployed {
             version,
@@ -292,11 +301,16 @@ fn load_version(name: &str, hash: &str, dir: &Path) -> Result<FunctionVersion, R
             Format::Sebs,
             sebs_config(&dir.join("config.json")).map_err(invalid)?,
         )
-    } else if dir.join("f.py").is_file() {
-        (
-            Format::OpenLambda,
-            ol_config(&dir.join("ol.yaml")).map_err(invalid)?,
-        )
+    } else if dir.join("f.py").is_file() || dir.join("ol.yaml").is_file() {
+        let config = ol_config(&dir.join("ol.yaml")).map_err(invalid)?;
+        config.check_entry().map_err(invalid)?;
+        let file = config.entry_file();
+        if !dir.join(file).is_file() {
+            return Err(invalid(format!(
+                "the entry file `{file}` does not exist at the archive's top level"
+            )));
+        }
+        (Format::OpenLambda, config)
     } else {
         return Err(invalid(
             "archive has neither f.py (OpenLambda format) nor function.py (SeBS format) at its top level".into(),
@@ -331,6 +345,7 @@ fn load_version(name: &str, hash: &str, dir: &Path) -> Result<FunctionVersion, R
         config,
         lock: Lock::default(),
         imports: Vec::new(),
+        entry: Entry::default(),
     })
 }
 
@@ -408,6 +423,23 @@ mod tests {
             load_version("x", "h", d.path()),
             Err(RegistryError::InvalidFunction(_))
         ));
+        // OpenLambda's entry file: main.py, named in ol.yaml, without an f.py.
+        write(
+            d.path(),
+            &[(
+                "ol.yaml",
+                "environment:\n  OL_ENTRY_FILE: main.py\n  OL_WSGI_ENTRY: app\n",
+            )],
+        );
+        let v = load_version("x", "h", d.path()).unwrap();
+        assert_eq!(v.format, Format::OpenLambda);
+        // ... which must exist.
+        write(
+            d.path(),
+            &[("ol.yaml", "environment:\n  OL_ENTRY_FILE: other.py\n")],
+        );
+        let e = load_version("x", "h", d.path()).unwrap_err().to_string();
+        assert!(e.contains("`other.py` does not exist"), "{e}");
     }
 
     #[test]

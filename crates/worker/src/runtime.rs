@@ -1,8 +1,9 @@
 //! The in-sandbox runtime (Python), shipped inside the binary and installed under
 //! `<root>/runtime/<base>/`, bound read-only at `/kindling` in every sandbox: the runtime
-//! itself, the `storage` and `nosql` modules function code imports for object storage and NoSQL,
-//! and empty files `storage-socket/storage.sock` and `nosql-socket/nosql.sock`, the mount
-//! points of their sockets.
+//! itself, the web adapters it imports for WSGI and ASGI apps only (`kindling_web`), the
+//! `storage` and `nosql` modules function code imports for object storage and NoSQL, and
+//! empty files `storage-socket/storage.sock` and `nosql-socket/nosql.sock`, the mount points
+//! of their sockets.
 //!
 //! It is byte-compiled once per base by the base's own interpreter (in a job sandbox), because
 //! compiling it at every cold start would cost milliseconds.
@@ -25,9 +26,14 @@ pub const STORAGE_SOURCE: &str = include_str!("../runtime/storage.py");
 /// The NoSQL client's source (`import nosql`).
 pub const NOSQL_SOURCE: &str = include_str!("../runtime/nosql.py");
 
+/// The WSGI and ASGI adapters' source, imported by web functions only.
+pub const WEB_SOURCE: &str = include_str!("../runtime/kindling_web.py");
+
 /// Module name and source of each file installed.
 const MODULES: &[(&str, &str)] = &[
     ("kindling_runtime", SOURCE),
+    ("kindling_runtime", SOURCE),
+    ("kindling_web", WEB_SOURCE),
     ("storage", STORAGE_SOURCE),
     ("nosql", NOSQL_SOURCE),
 ];

@@ -16,6 +16,7 @@ mod s3;
 mod sebs;
 mod storage;
 mod tenancy;
+mod web;
 mod zygote_security;
 mod zygotes;
 

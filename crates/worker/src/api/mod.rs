@@ -1,6 +1,6 @@
 //! The HTTP API: routes only. Each request is parsed ([`Route::parse`], then a parse function per
 //! route), handed to a command of the worker (`crate::commands`), and its result written as a
-//! reply ([`reply`]). OpenLambda-compatible paths (`/run/<name>`, `/registry/<name>`, `/status`,
+//! reply ([`reply`]). OpenLambda-compatible paths (`/run/<name>[/<path>]`, `/registry/<name>`, `/status`,
 //! `/stats`) plus `/metrics`, `/packages` and `/logs`. Every route, its OpenAPI path and who may
 //! call it is in one table, [`Route`]; `docs/api/openapi.yaml` describes the same routes (a test
 //! keeps them in step). The connections themselves are `crate::http`'s.
@@ -29,8 +29,9 @@ use std::sync::Arc;
 /// added without saying who may call it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route<'a> {
-    /// `/run/<name>`, any method (the function's config may restrict them).
-    Run(&'a str),
+    /// `/run/<name>` and `/run/<name>/<path>` (the path below the name, as sent, with its
+    /// leading `/`), any method (the function's config may restrict them).
+    Run(&'a str, &'a str),
     /// `GET /registry`
     Functions,
     /// `POST|PUT /registry/<name>`
@@ -68,7 +69,7 @@ enum Route<'a> {
 /// Why a request matches no route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NoRoute {
-    /// `/run` without exactly one name.
+    /// `/run` without a name.
     RunPath,
     /// A known path, a method it does not take.
     Method,
@@ -78,7 +79,7 @@ enum NoRoute {
 impl NoRoute {
     fn error(self, method: &Method, path: &str) -> ApiError {
         match self {
-            NoRoute::RunPath => ApiError::new(ErrorKind::InvalidName, "use /run/<name>"),
+            NoRoute::RunPath => ApiError::new(ErrorKind::InvalidName, "use /run/<name>[/<path>]"),
             NoRoute::Method => ApiError::new(
                 ErrorKind::Method,
                 format!("{method} is not allowed on {}", echo(path)),
@@ -93,9 +94,15 @@ impl NoRoute {
 
 impl<'a> Route<'a> {
     fn parse(method: &Method, path: &'a str) -> Result<Route<'a>, NoRoute> {
+        if let Some(rest) = path.strip_prefix("/run/") {
+            let (name, sub_path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            if name.is_empty() {
+                return Err(NoRoute::RunPath);
+            }
+            return Ok(Route::Run(name, sub_path));
+        }
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         Ok(match (segments.as_slice(), method) {
-            (["run", name], _) => Route::Run(name),
             (["run", ..], _) => return Err(NoRoute::RunPath),
             (["registry"], &Method::GET) => Route::Functions,
             (["registry", name], &Method::POST | &Method::PUT) => Route::Deploy(name),
@@ -125,7 +132,8 @@ impl<'a> Route<'a> {
     #[cfg(test)]
     fn template(self) -> &'static str {
         match self {
-            Route::Run(_) => "/run/{name}",
+            Route::Run(_, "") => "/run/{name}",
+            Route::Run(..) => "/run/{name}/{path}",
             Route::Functions => "/registry",
             Route::Deploy(_) | Route::Function(_) | Route::Remove(_) => "/registry/{name}",
             Route::Status => "/status",
@@ -146,7 +154,7 @@ impl<'a> Route<'a> {
     /// anyone, with host paths and names only for the admin.
     fn access(self) -> Access {
         match self {
-            Route::Run(_) => Access::Invoke,
+            Route::Run(..) => Access::Invoke,
             Route::Status => Access::Public,
             Route::Functions
             | Route::Deploy(_)
@@ -192,7 +200,7 @@ pub async fn handle(
     if state == WorkerState::Draining && route != Route::Status {
         let e = ApiError::new(ErrorKind::ShuttingDown, "the worker is shutting down");
         let mut r = reply::error(&e);
-        if matches!(route, Route::Run(_)) {
+        if matches!(route, Route::Run(..)) {
             worker.metrics.add(&api::stats::errors(e.kind), 1);
             r.headers_mut()
                 .insert(headers::START, HeaderValue::from_static(headers::NO_START));
@@ -200,7 +208,14 @@ pub async fn handle(
         return Ok(r);
     }
     let reply = match route {
-        Route::Run(name) => run::run(&worker, name, req).await,
+        Route::Run(name, sub_path) => {
+            let target = run::Target {
+                name,
+                sub_path,
+                caller,
+            };
+            run::run(&worker, target, req).await
+        }
         Route::Functions => reply::json(StatusCode::OK, &worker.functions()),
         Route::Deploy(name) => deploy::deploy(&worker, name, req).await,
         Route::Function(name) => result(worker.function_detail(name)),

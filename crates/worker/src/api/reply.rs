@@ -113,7 +113,7 @@ impl From<&PoolError> for ErrorKind {
 impl From<&InvokeError> for ErrorKind {
     fn from(e: &InvokeError) -> Self {
         match e {
-            InvokeError::Handler(_) => ErrorKind::Exception,
+            InvokeError::Handler(_) | InvokeError::Response(_) => ErrorKind::Exception,
             InvokeError::Timeout(_) => ErrorKind::Timeout,
             InvokeError::OutOfMemory(_) => ErrorKind::OutOfMemory,
             InvokeError::Setup(_) => ErrorKind::Sandbox,

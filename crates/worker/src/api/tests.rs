@@ -1,7 +1,7 @@
 //! The route table, its parse functions, and its agreement with `docs/api/openapi.yaml`.
 
 use super::logs::parse_logs_query;
-use super::run::{parse_event, parse_start};
+use super::run::{http_request, parse_event, parse_start, Target};
 use super::*;
 use crate::pool::StartPolicy;
 use hyper::body::Bytes;
@@ -13,10 +13,16 @@ fn route(method: &str, path: &'static str) -> Result<Route<'static>, NoRoute> {
 
 #[test]
 fn routes() {
-    assert_eq!(route("POST", "/run/hello"), Ok(Route::Run("hello")));
-    assert_eq!(route("GET", "/run/hello/"), Ok(Route::Run("hello")));
-    assert_eq!(route("POST", "/run/a/b"), Err(NoRoute::RunPath));
+    assert_eq!(route("POST", "/run/hello"), Ok(Route::Run("hello", "")));
+    assert_eq!(route("GET", "/run/hello/"), Ok(Route::Run("hello", "/")));
+    assert_eq!(route("POST", "/run/a/b"), Ok(Route::Run("a", "/b")));
+    assert_eq!(
+        route("PUT", "/run/a/b/%20c/"),
+        Ok(Route::Run("a", "/b/%20c/"))
+    );
     assert_eq!(route("POST", "/run"), Err(NoRoute::RunPath));
+    assert_eq!(route("POST", "/run/"), Err(NoRoute::RunPath));
+    assert_eq!(route("POST", "/run//a"), Err(NoRoute::RunPath));
     assert_eq!(route("GET", "/registry"), Ok(Route::Functions));
     assert_eq!(route("PUT", "/registry/f"), Ok(Route::Deploy("f")));
     assert_eq!(route("POST", "/registry/f"), Ok(Route::Deploy("f")));
@@ -89,6 +95,7 @@ fn no_route_errors() {
 fn route_access() {
     let table = [
         ("POST", "/run/f", Access::Invoke),
+        ("DELETE", "/run/f/a/b", Access::Invoke),
         ("GET", "/status", Access::Public),
         ("GET", "/registry", Access::Admin),
         ("POST", "/registry/f", Access::Admin),
@@ -146,6 +153,53 @@ fn events() {
     );
 }
 
+/// A web function's view of a request: the sub-path below its root, decoded; the query as sent;
+/// headers by lower-case name, values one character per byte; never the admin's token.
+#[test]
+fn web_requests() {
+    let uri: hyper::Uri = "/run/app/a%2Fb/%C3%A9?x=1&y=%26".parse().unwrap();
+    let mut headers = hyper::HeaderMap::new();
+    headers.insert("X-Latin", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+    headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer secret"));
+    let listen = "127.0.0.1:5000".parse().unwrap();
+    for (caller, sees_authorization) in [(Caller::Admin, false), (Caller::Invalid, true)] {
+        let target = Target {
+            name: "app",
+            sub_path: "/a%2Fb/%C3%A9",
+            caller,
+        };
+        let r = http_request(&target, &Method::PATCH, &uri, &headers, listen);
+        assert_eq!(r.method, "PATCH");
+        assert_eq!(r.root, "/run/app");
+        assert_eq!(r.path, "/a/b/\u{c3}\u{a9}");
+        assert_eq!(r.raw_path, "/a%2Fb/%C3%A9");
+        assert_eq!(r.query, "x=1&y=%26");
+        assert_eq!(r.server, ("127.0.0.1".to_string(), 5000));
+        assert!(r.headers.contains(&("x-latin".into(), "caf\u{e9}".into())));
+        assert_eq!(
+            r.headers.iter().any(|(k, _)| k == "authorization"),
+            sees_authorization,
+            "{caller:?}"
+        );
+    }
+    let root = Target {
+        name: "app",
+        sub_path: "",
+        caller: Caller::Anonymous,
+    };
+    let r = http_request(
+        &root,
+        &Method::GET,
+        &"/run/app".parse().unwrap(),
+        &hyper::HeaderMap::new(),
+        listen,
+    );
+    assert_eq!(
+        (r.path.as_str(), r.raw_path.as_str(), r.query.as_str()),
+        ("/", "/", "")
+    );
+}
+
 #[test]
 fn logs_query() {
     assert_eq!(parse_logs_query(None), Ok((100, false)));
@@ -171,7 +225,8 @@ fn package_keys() {
 /// method the OpenAPI description gives it.
 fn every_route() -> Vec<(&'static str, &'static str, Route<'static>)> {
     let all = [
-        ("POST", "/run/f", Route::Run("f")),
+        ("POST", "/run/f", Route::Run("f", "")),
+        ("POST", "/run/f/a/b", Route::Run("f", "/a/b")),
         ("GET", "/registry", Route::Functions),
         ("POST", "/registry/f", Route::Deploy("f")),
         ("PUT", "/registry/f", Route::Deploy("f")),
@@ -196,7 +251,7 @@ fn every_route() -> Vec<(&'static str, &'static str, Route<'static>)> {
     ];
     for (_, _, r) in &all {
         match r {
-            Route::Run(_)
+            Route::Run(..)
             | Route::Functions
             | Route::Deploy(_)
             | Route::Function(_)
@@ -256,6 +311,7 @@ fn openapi_matches_the_routes() {
     for (method, template) in &ops {
         let concrete = template
             .replace("{name}", "f")
+            .replace("{path}", "a/b")
             .replace("{package}", "six==1.16.0")
             .replace("{table}", "t");
         let concrete: &'static str = Box::leak(concrete.into_boxed_str());

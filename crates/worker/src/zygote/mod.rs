@@ -94,6 +94,10 @@ impl Default for ZygoteConfig {
                 vec!["numpy".into()],
                 vec!["numpy".into(), "pandas".into()],
                 vec!["requests".into()],
+                // Web frameworks: OpenLambda's WSGI and ASGI apps.
+                vec!["flask".into()],
+                vec!["starlette".into()],
+                vec!["fastapi".into()],
             ],
             memory_mb: 2048,
             idle_pause_secs: 60,

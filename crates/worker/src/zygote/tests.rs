@@ -223,6 +223,7 @@ fn function(name: &str, packages: &[&str]) -> Arc<FunctionVersion> {
             ..Lock::default()
         },
         imports: vec!["numpy.linalg".into(), "json".into()],
+        entry: Default::default(),
     })
 }
 
