@@ -1,9 +1,10 @@
 //! `kindling bench`: Kindling's benchmarks, as a library the `kindling` binary calls.
 //!
 //! The commands, one module each: [`startup`] (start methods against the chroot and runc
-//! baselines of [`baseline`]), [`fork`], [`packages`], [`run`] (SeBS's perf-cost experiment)
-//! and [`report`]. They share one results model ([`results`]), one statistics module
-//! ([`stats`]: one percentile definition for every command), the benchmark suite
+//! baselines of [`baseline`]), [`fork`], [`packages`], [`run`] (SeBS's perf-cost experiment),
+//! [`trace`] (trace workloads against a fresh worker per start policy) and [`report`]. They
+//! share one results model ([`results`]), one statistics module ([`stats`]: one percentile
+//! definition for every command), the benchmark suite
 //! ([`suite`]: discovery, packing, `input.py`) and the driver of a worker ([`driver`]).
 
 pub mod baseline;
@@ -17,6 +18,7 @@ pub mod run;
 pub mod startup;
 pub mod stats;
 pub mod suite;
+pub mod trace;
 
 use anyhow::Result;
 use std::net::SocketAddr;
@@ -36,8 +38,12 @@ pub enum BenchCommand {
     /// SeBS's perf-cost experiment: deploy benchmarks of benchmarks/, invoke each N times from
     /// C clients with a start method, validate the outputs, write JSON and CSV results.
     Run(run::RunArgs),
-    /// Markdown report with tables and SVG/PNG plots of the results of `bench run`.
+    /// Markdown report with tables and SVG/PNG plots of the results of `bench run` (and of
+    /// `bench trace`).
     Report(report::ReportArgs),
+    /// Replay TrEnv's W1/W2 or an Azure/Huawei trace against a fresh worker per start policy
+    /// (full, keepalive, nofork, noswitch) and compare latency and memory in one run.
+    Trace(trace::TraceArgs),
 }
 
 /// Runs one `kindling bench` command against the worker at `addr` (`report` reads files only).
@@ -48,6 +54,8 @@ pub async fn run(addr: SocketAddr, command: BenchCommand) -> Result<()> {
         BenchCommand::Packages(args) => packages::run(addr, args).await,
         BenchCommand::Run(args) => run::run(addr, args).await,
         BenchCommand::Report(args) => report::run(args),
+        // Every policy gets a worker of its own; the worker at `addr` is not used.
+        BenchCommand::Trace(args) => trace::run(args).await,
     }
 }
 
