@@ -121,7 +121,7 @@ impl FreshWorker {
         if let Err(e) =
             kindling_worker::config::Config::load(&config).and_then(|c| c.validate().map(|_| c))
         {
-            let msg = e.to_string();
+            let msg = format!("{:#}", anyhow::Error::from(e));
             if !(msg.contains("start_order") || msg.contains("memory_budget_mb")) {
                 bail!("the {} worker's config: {msg}", policy.as_str());
             }
