@@ -20,7 +20,7 @@ use crate::stats::{fmt_ms, Samples};
 use crate::suite::{check_benchmarks, generate_event, pack_benchmark_with_memory, validate};
 use anyhow::{bail, Context, Result};
 use hyper::body::Bytes;
-use record::{FunctionInfo, Phase, TraceFile};
+use record::{FunctionInfo, TraceFile};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -463,10 +463,7 @@ async fn run_policy(
         kindling_version: env!("CARGO_PKG_VERSION").into(),
         begin,
         end,
-        requests: requests
-            .into_iter()
-            .filter(|r| r.phase == Phase::Test || r.phase == Phase::Warmup)
-            .collect(),
+        requests,
         samples,
     })
 }

@@ -99,7 +99,7 @@ fn count(cell: &str) -> Option<u32> {
         return Some(n);
     }
     let v: f64 = cell.parse().ok()?;
-    (v.is_finite() && v >= 0.0 && v < f64::from(u32::MAX)).then(|| (v + 1e-3) as u32)
+    (v.is_finite() && v >= 0.0 && v < f64::from(u32::MAX)).then_some((v + 1e-3) as u32)
 }
 
 /// Reads the functions of an Azure 2019 invocations file: `HashOwner, HashApp, HashFunction,
