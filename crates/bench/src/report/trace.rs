@@ -118,7 +118,7 @@ pub fn write_report(dir: &Path, traces: &[TraceFile]) -> Result<(PathBuf, Vec<Pa
         let _ = writeln!(md, "| {} | {} |", t.policy, cells.join(" | "));
     }
 
-    let _ = writeln!(md, "\n## Per function: p50 | p90 | p99 (ms)\n");
+    let _ = writeln!(md, "\n## Per function (ms)\n");
     let mut functions: Vec<&str> = first.measured().map(|r| r.function.as_str()).collect();
     functions.sort();
     functions.dedup();
@@ -127,10 +127,10 @@ pub fn write_report(dir: &Path, traces: &[TraceFile]) -> Result<(PathBuf, Vec<Pa
         "| function | {} |\n|---|{}",
         traces
             .iter()
-            .map(|t| t.policy.as_str())
+            .map(|t| format!("{0} p50 | {0} p90 | {0} p99", t.policy))
             .collect::<Vec<_>>()
             .join(" | "),
-        "---|".repeat(traces.len())
+        "---:|".repeat(3 * traces.len())
     );
     for f in &functions {
         let cells: Vec<String> = traces

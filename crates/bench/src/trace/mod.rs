@@ -437,15 +437,6 @@ async fn run_policy(
             r.invocation.output = serde_json::Value::Null;
         }
     }
-    let mut notes = w.notes.clone();
-    if !worker.policy_keys {
-        notes.push(format!(
-            "this worker has no start_order/memory_budget_mb: policy {} ran with zygotes {} and keep_alive_secs {} only",
-            policy.as_str(),
-            if policy.zygotes() { "on" } else { "off" },
-            shared.keep_alive_secs
-        ));
-    }
     let _ = std::fs::remove_dir_all(&worker.root);
     Ok(TraceFile {
         workload: w.name.clone(),
@@ -458,7 +449,7 @@ async fn run_policy(
         zygotes: policy.zygotes(),
         start_order: policy.start_order().iter().map(|s| s.to_string()).collect(),
         policy_applied: worker.policy_keys,
-        notes,
+        notes: w.notes.clone(),
         functions,
         kindling_version: env!("CARGO_PKG_VERSION").into(),
         begin,

@@ -54,8 +54,11 @@ pub struct Sample {
     pub t: f64,
     pub phase: Phase,
     /// Memory of every cgroup under the worker's cgroup_parent (sandboxes, zygotes, seeds),
-    /// in bytes; None when it could not be read.
+    /// page cache included, in bytes; None when it could not be read.
     pub memory_bytes: Option<u64>,
+    /// Their anonymous memory alone, in bytes.
+    #[serde(default)]
+    pub anon_bytes: Option<u64>,
     /// Cgroups under the parent.
     pub cgroups: u64,
     /// The worker's `sandboxes.*` gauges from `/stats` (live, zygote, pooled, seeded, ...).
@@ -135,6 +138,12 @@ pub fn write(dir: &Path, file: &TraceFile) -> Result<PathBuf> {
     Ok(path)
 }
 
+fn mb(bytes: Option<u64>) -> String {
+    bytes
+        .map(|b| format!("{:.1}", b as f64 / 1048576.0))
+        .unwrap_or_default()
+}
+
 const TIMING_KEYS: [&str; 5] = ["queue", "sandbox", "instance", "handler", "total"];
 
 fn write_csvs(dir: &Path, traces: &[TraceFile]) -> Result<()> {
@@ -192,7 +201,7 @@ fn write_csvs(dir: &Path, traces: &[TraceFile]) -> Result<()> {
     keys.sort();
     keys.dedup();
     let mut w = csv::Writer::from_path(dir.join("memory.csv"))?;
-    let mut header = vec!["policy", "t", "phase", "memory_mb", "cgroups"];
+    let mut header = vec!["policy", "t", "phase", "memory_mb", "anon_mb", "cgroups"];
     header.extend(&keys);
     w.write_record(&header)?;
     for t in traces {
@@ -201,9 +210,8 @@ fn write_csvs(dir: &Path, traces: &[TraceFile]) -> Result<()> {
                 t.policy.clone(),
                 format!("{:.1}", s.t),
                 s.phase.as_str().into(),
-                s.memory_bytes
-                    .map(|b| format!("{:.1}", b as f64 / 1048576.0))
-                    .unwrap_or_default(),
+                mb(s.memory_bytes),
+                mb(s.anon_bytes),
                 s.cgroups.to_string(),
             ];
             row.extend(
@@ -267,6 +275,7 @@ pub(crate) mod tests {
                     t: t as f64,
                     phase: Phase::Test,
                     memory_bytes: Some(m << 20),
+                    anon_bytes: Some(m << 19),
                     cgroups: 2,
                     sandboxes: BTreeMap::from([("sandboxes.live".to_string(), 2)]),
                 })
@@ -295,7 +304,7 @@ pub(crate) mod tests {
         let mem = std::fs::read_to_string(dir.path().join("memory.csv")).expect("csv");
         assert_eq!(
             mem.lines().next(),
-            Some("policy,t,phase,memory_mb,cgroups,sandboxes.live")
+            Some("policy,t,phase,memory_mb,anon_mb,cgroups,sandboxes.live")
         );
         assert_eq!(mem.lines().count(), 4, "{mem}");
     }

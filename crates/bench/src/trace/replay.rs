@@ -121,20 +121,43 @@ async fn send(
     }
 }
 
-/// The memory of the worker's cgroups: the parent's own counter (hierarchical), in the v1
-/// memory controller or v2; else the sum of its children's.
-pub fn cgroup_memory(cgroup_root: &Path, parent: &str) -> (Option<u64>, u64) {
-    let candidates: [(PathBuf, &str); 3] = [
+/// Memory of the worker's cgroups (sandboxes, zygotes, seeds: the children of its
+/// cgroup_parent), in the v1 memory controller or v2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CgroupMemory {
+    /// Σ usage (v1 `memory.usage_in_bytes`, v2 `memory.current`): page cache included.
+    pub usage: Option<u64>,
+    /// Σ anonymous memory (v1 `total_rss` of `memory.stat`, v2 `anon`).
+    pub anon: Option<u64>,
+    /// Child cgroups.
+    pub cgroups: u64,
+}
+
+/// Sums the children of `parent` under `cgroup_root` (`/sys/fs/cgroup`). Not the parent's own
+/// counter: it keeps charges of cgroups gone, such as the page cache of package installs.
+pub fn cgroup_memory(cgroup_root: &Path, parent: &str) -> CgroupMemory {
+    let candidates: [(PathBuf, &str, &str); 3] = [
         (
             cgroup_root.join("memory").join(parent),
             "memory.usage_in_bytes",
+            "total_rss",
         ),
-        (cgroup_root.join("unified").join(parent), "memory.current"),
-        (cgroup_root.join(parent), "memory.current"),
+        (
+            cgroup_root.join("unified").join(parent),
+            "memory.current",
+            "anon",
+        ),
+        (cgroup_root.join(parent), "memory.current", "anon"),
     ];
     let read = |p: &Path| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
-    for (dir, file) in candidates {
-        if !dir.is_dir() {
+    let stat = |p: &Path, key: &str| -> Option<u64> {
+        let text = std::fs::read_to_string(p).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    for (dir, usage_file, anon_key) in candidates {
+        // The hierarchy that accounts memory for this parent (its own counter exists there).
+        if !dir.join(usage_file).is_file() {
             continue;
         }
         let children: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -145,16 +168,21 @@ pub fn cgroup_memory(cgroup_root: &Path, parent: &str) -> (Option<u64>, u64) {
                     .collect()
             })
             .unwrap_or_default();
-        let own = read(&dir.join(file));
-        let sum = || {
-            children
-                .iter()
-                .filter_map(|c| read(&c.join(file)))
-                .sum::<u64>()
+        let usage = children
+            .iter()
+            .filter_map(|c| read(&c.join(usage_file)))
+            .sum();
+        let anon = children
+            .iter()
+            .filter_map(|c| stat(&c.join("memory.stat"), anon_key))
+            .sum();
+        return CgroupMemory {
+            usage: Some(usage),
+            anon: Some(anon),
+            cgroups: children.len() as u64,
         };
-        return (own.or_else(|| Some(sum())), children.len() as u64);
     }
-    (None, 0)
+    CgroupMemory::default()
 }
 
 /// Samples the worker every second until `stop` is set.
@@ -174,7 +202,7 @@ async fn sample(
             _ = stop.notified() => return out,
             _ = tick.tick() => {}
         }
-        let (memory_bytes, cgroups) = cgroup_memory(Path::new("/sys/fs/cgroup"), &cgroup_parent);
+        let m = cgroup_memory(Path::new("/sys/fs/cgroup"), &cgroup_parent);
         let mut sandboxes = BTreeMap::new();
         match tokio::time::timeout(Duration::from_secs(1), c.stats()).await {
             Ok(Ok(stats)) => {
@@ -189,8 +217,9 @@ async fn sample(
         out.push(Sample {
             t: start.elapsed().as_secs_f64(),
             phase: phase.get(),
-            memory_bytes,
-            cgroups,
+            memory_bytes: m.usage,
+            anon_bytes: m.anon,
+            cgroups: m.cgroups,
             sandboxes,
         });
     }
@@ -344,21 +373,30 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_memory_reads_v1_v2_or_sums_children() {
+    fn cgroup_memory_sums_the_children_in_v1_or_v2() {
         let dir = tempfile::tempdir().expect("tmp");
         let v1 = dir.path().join("memory/kp");
         std::fs::create_dir_all(v1.join("sb1")).expect("mkdir");
         std::fs::create_dir_all(v1.join("sb2")).expect("mkdir");
-        std::fs::write(v1.join("memory.usage_in_bytes"), "300\n").expect("write");
-        assert_eq!(cgroup_memory(dir.path(), "kp"), (Some(300), 2));
-        std::fs::remove_file(v1.join("memory.usage_in_bytes")).expect("rm");
+        // The parent's own counter (leftover charges) is not counted.
+        std::fs::write(v1.join("memory.usage_in_bytes"), "9000\n").expect("write");
         std::fs::write(v1.join("sb1/memory.usage_in_bytes"), "100\n").expect("write");
         std::fs::write(v1.join("sb2/memory.usage_in_bytes"), "50\n").expect("write");
-        assert_eq!(cgroup_memory(dir.path(), "kp"), (Some(150), 2));
+        std::fs::write(v1.join("sb1/memory.stat"), "cache 5\nrss 7\ntotal_rss 60\n")
+            .expect("write");
+        std::fs::write(v1.join("sb2/memory.stat"), "total_rss 20\n").expect("write");
+        let m = cgroup_memory(dir.path(), "kp");
+        assert_eq!((m.usage, m.anon, m.cgroups), (Some(150), Some(80), 2));
         let v2 = dir.path().join("other");
-        std::fs::create_dir_all(&v2).expect("mkdir");
-        std::fs::write(v2.join("memory.current"), "7").expect("write");
-        assert_eq!(cgroup_memory(dir.path(), "other"), (Some(7), 0));
-        assert_eq!(cgroup_memory(dir.path(), "none"), (None, 0));
+        std::fs::create_dir_all(v2.join("a")).expect("mkdir");
+        std::fs::write(v2.join("memory.current"), "7000").expect("write");
+        std::fs::write(v2.join("a/memory.current"), "7").expect("write");
+        std::fs::write(v2.join("a/memory.stat"), "anon 3\nfile 4\n").expect("write");
+        let m = cgroup_memory(dir.path(), "other");
+        assert_eq!((m.usage, m.anon, m.cgroups), (Some(7), Some(3), 1));
+        std::fs::create_dir_all(dir.path().join("memory/empty")).expect("mkdir");
+        std::fs::write(dir.path().join("memory/empty/memory.usage_in_bytes"), "5").expect("write");
+        assert_eq!(cgroup_memory(dir.path(), "empty").usage, Some(0));
+        assert_eq!(cgroup_memory(dir.path(), "none"), CgroupMemory::default());
     }
 }
