@@ -7,8 +7,9 @@
 
 For each benchmark: pack python/ (plus config.json) as a .tar.gz, POST it to
 /registry/<prefix><name>?progress and wait for the final JSON line, build the event with
-input.py's generate_input(size), POST it to /run/<prefix><name>, take `result.output` from
-the SeBS envelope and run input.py's validate(event, output). Each benchmark is reported as
+input.py's generate_input(size), POST it to /run/<prefix><name>, take `result` from the SeBS
+envelope (the handler's own dict) and run input.py's validate(event, result), which reads
+`result["result"]` as SeBS's validators do. Each benchmark is reported as
 `ok`, `incorrect` (validate() said no), `error` (deploy or invocation failed) or `skipped`.
 The exit code is 0 only if every benchmark that ran is `ok`.
 
@@ -195,8 +196,7 @@ def run_one(worker, name, args):
         return "error", detail
     try:
         envelope = json.loads(raw)
-        result = envelope["result"]
-        output = result["output"]
+        result = envelope["result"]  # what the handler returned
     except (ValueError, KeyError, TypeError):
         detail["reason"] = f"invoke: not a SeBS envelope: {raw[:500]!r}"
         return "error", detail
@@ -207,16 +207,17 @@ def run_one(worker, name, args):
                                            * 1000, 1)
         except (TypeError, ValueError):
             pass
-    compute = (result.get("measurement") or {}).get("compute_time")
+    measurement = result.get("measurement") if isinstance(result, dict) else None
+    compute = (measurement or {}).get("compute_time")
     if isinstance(compute, (int, float)):
         detail["compute_ms"] = round(compute / 1000, 1)
     try:
-        ok = bool(inp.validate(event, output))
+        ok = bool(inp.validate(event, result))
     except Exception as e:  # a validator bug must not pass as success
         detail["reason"] = f"validate() raised {type(e).__name__}: {e}"
         return "incorrect", detail
     if not ok:
-        detail["output"] = json.dumps(output)[:800]
+        detail["output"] = json.dumps(result)[:800]
     return ("ok" if ok else "incorrect"), detail
 
 

@@ -43,9 +43,10 @@ def expected_html(rows, cols):
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         html = expected_html(event["rows"], event["cols"])
-        return (output["cells"] == event["rows"] * event["cols"]
-                and output["length"] == len(html)
-                and output["sha256"] == hashlib.sha256(html.encode()).hexdigest())
+        return (result["cells"] == event["rows"] * event["cols"]
+                and result["length"] == len(html)
+                and result["sha256"] == hashlib.sha256(html.encode()).hexdigest())
     except (KeyError, TypeError):
         return False

@@ -31,14 +31,15 @@ def generate_input(data_dir=None, size=None, benchmarks_bucket=None, input_paths
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         b = event["batch"]
-        return (output["shape"] == [b, CLASSES]
-                and len(output["row_sums"]) == b
-                and all(abs(s - 1.0) < 1e-4 for s in output["row_sums"])
-                and 0.0 <= output["min"] <= output["max"] <= 1.0
-                and len(output["top5"]) == b
+        return (result["shape"] == [b, CLASSES]
+                and len(result["row_sums"]) == b
+                and all(abs(s - 1.0) < 1e-4 for s in result["row_sums"])
+                and 0.0 <= result["min"] <= result["max"] <= 1.0
+                and len(result["top5"]) == b
                 and all(len(t) == 5 and len(set(t)) == 5 and all(0 <= c < CLASSES for c in t)
-                        for t in output["top5"])
-                and all(0.0 < p <= 1.0 for p in output["top1_probability"]))
+                        for t in result["top5"])
+                and all(0.0 < p <= 1.0 for p in result["top1_probability"]))
     except (KeyError, TypeError):
         return False

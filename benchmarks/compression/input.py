@@ -75,13 +75,14 @@ def generate_input(data_dir=None, size=None, benchmarks_bucket=None, input_paths
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         files = _files(event["size"])
         want = {name: [len(d), hashlib.sha256(d).hexdigest()] for name, d in files.items()}
-        return (output["manifest"] == want
-                and output["input_bytes"] == sum(len(d) for d in files.values())
-                and output["archive_bytes"] > 0
-                and output["bucket"] == event["bucket"]["bucket"]
-                and output["key"].startswith(f"{event['bucket']['output']}/{event['object']['key']}")
-                and output["key"].endswith(".zip"))
+        return (result["manifest"] == want
+                and result["input_bytes"] == sum(len(d) for d in files.values())
+                and result["archive_bytes"] > 0
+                and result["bucket"] == event["bucket"]["bucket"]
+                and result["key"].startswith(f"{event['bucket']['output']}/{event['object']['key']}")
+                and result["key"].endswith(".zip"))
     except (KeyError, TypeError):
         return False

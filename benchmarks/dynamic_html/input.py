@@ -45,12 +45,13 @@ def expected_html(event):
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         page, numbers = expected_html(event)
-        if "html" in output:
-            got = [int(x) for x in re.findall(r"<li>(\d+)</li>", output["html"])]
-            if got != numbers or "&lt;kindling&gt; &amp; co" not in output["html"]:
+        if "html" in result:
+            got = [int(x) for x in re.findall(r"<li>(\d+)</li>", result["html"])]
+            if got != numbers or "&lt;kindling&gt; &amp; co" not in result["html"]:
                 return False
-        return (output["length"] == len(page)
-                and output["sha256"] == hashlib.sha256(page.encode()).hexdigest())
+        return (result["length"] == len(page)
+                and result["sha256"] == hashlib.sha256(page.encode()).hexdigest())
     except (KeyError, TypeError, ValueError):
         return False

@@ -39,9 +39,10 @@ def generate_input(data_dir=None, size=None, benchmarks_bucket=None, input_paths
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         w, h, t = event["width"], event["height"], event["tile"]
-        faces = output["faces"]
-        if output["image_size"] != [w, h] or not isinstance(faces, list):
+        faces = result["faces"]
+        if result["image_size"] != [w, h] or not isinstance(faces, list):
             return False
         for x, y, fw, fh in faces:
             if x < 0 or y < 0 or fw <= 0 or fh <= 0 or x + fw > w or y + fh > h:

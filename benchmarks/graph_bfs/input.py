@@ -55,12 +55,13 @@ def layer_sizes(n, edges, root):
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         n, k = event["vertices"], event["unreachable"]
         edges, _ = synth.graph_edges(n, event["edges_per_vertex"], event["seed"])
         edges += [(n + i, n + i + 1) for i in range(k - 1)]
         sizes = layer_sizes(n + k, edges, event["root"])
-        return (output["vertices"] == n + k
-                and output["visited"] == output["distinct_visited"] == sum(sizes) == n
-                and output["layer_sizes"] == sizes)
+        return (result["vertices"] == n + k
+                and result["visited"] == result["distinct_visited"] == sum(sizes) == n
+                and result["layer_sizes"] == sizes)
     except (KeyError, TypeError):
         return False

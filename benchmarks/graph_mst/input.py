@@ -50,11 +50,12 @@ def kruskal_weight(n, edges, weights):
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         n = event["vertices"]
         edges, weights = synth.graph_edges(n, event["edges_per_vertex"], event["seed"])
-        return (output["vertices"] == n and output["edges"] == len(edges)
-                and output["tree_vertices"] == n and output["tree_edges"] == n - 1
-                and output["tree_connected"] is True
-                and output["tree_weight"] == kruskal_weight(n, edges, weights))
+        return (result["vertices"] == n and result["edges"] == len(edges)
+                and result["tree_vertices"] == n and result["tree_edges"] == n - 1
+                and result["tree_connected"] is True
+                and result["tree_weight"] == kruskal_weight(n, edges, weights))
     except (KeyError, TypeError):
         return False

@@ -49,15 +49,16 @@ def power_iteration(n, edges, d, iterations=100):
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         n = event["vertices"]
         edges, _ = synth.graph_edges(n, event["edges_per_vertex"], event["seed"])
-        top = output["top"]
-        ok = (output["vertices"] == n and output["edges"] == len(edges)
-              and abs(output["sum"] - 1.0) < 1e-6
-              and 0.0 < output["min"] <= output["max"] < 1.0
+        top = result["top"]
+        ok = (result["vertices"] == n and result["edges"] == len(edges)
+              and abs(result["sum"] - 1.0) < 1e-6
+              and 0.0 < result["min"] <= result["max"] < 1.0
               and len(top) == min(10, n)
               and all(top[i][1] >= top[i + 1][1] for i in range(len(top) - 1))
-              and abs(top[0][1] - output["max"]) < 1e-12)
+              and abs(top[0][1] - result["max"]) < 1e-12)
         if ok and len(edges) <= 200_000:
             ref = power_iteration(n, edges, event["damping"])
             ok = all(abs(ref[v] - r) <= 1e-4 * r for v, r in top)

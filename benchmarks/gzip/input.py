@@ -26,11 +26,12 @@ def generate_input(data_dir=None, size=None, benchmarks_bucket=None, input_paths
 def validate(event, output):
     """The original's digest is recomputed here; the round trip must restore it exactly."""
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         data = synth.text_bytes(event["size_bytes"], event["seed"])
         digest = hashlib.sha256(data).hexdigest()
-        return (output["original_sha256"] == digest
-                and output["roundtrip_sha256"] == digest
-                and output["original_size"] == len(data)
-                and 0 < output["compressed_size"] < len(data))
+        return (result["original_sha256"] == digest
+                and result["roundtrip_sha256"] == digest
+                and result["original_size"] == len(data)
+                and 0 < result["compressed_size"] < len(data))
     except (KeyError, TypeError):
         return False

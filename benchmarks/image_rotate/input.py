@@ -35,19 +35,20 @@ def generate_input(data_dir=None, size=None, benchmarks_bucket=None, input_paths
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         w, h = event["width"], event["height"]
-        s = output["sizes"]
+        s = result["sizes"]
         raw = synth.pattern_rgb(w, h, event["seed"])
         rotated = synth.rotate90_ccw(raw, w, h)
         a = math.radians(event["angle"])
         rw = abs(w * math.cos(a)) + abs(h * math.sin(a))
         rh = abs(w * math.sin(a)) + abs(h * math.cos(a))
-        return (output["input_size"] == [w, h]
+        return (result["input_size"] == [w, h]
                 and s["rotate90"] == [h, w]
                 and s["flip"] == [w, h] and s["blur"] == [w, h] and s["grey"] == [w, h]
                 and s["grey_mode"] == "L"
                 and s["resize"] == [max(1, w // 2), max(1, h // 2)]
                 and abs(s["rotate_angle"][0] - rw) <= 2 and abs(s["rotate_angle"][1] - rh) <= 2
-                and output["rotate90_raw_sha256"] == hashlib.sha256(rotated).hexdigest())
+                and result["rotate90_raw_sha256"] == hashlib.sha256(rotated).hexdigest())
     except (KeyError, TypeError, IndexError):
         return False

@@ -46,10 +46,11 @@ def generate_input(data_dir=None, size=None, benchmarks_bucket=None, input_paths
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         canonical = json.dumps(json.loads(event["document"]), sort_keys=True,
                                separators=(",", ":"), ensure_ascii=False)
-        return (output["sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
-                and output["records"] == len(json.loads(event["document"])["records"])
-                and output["repetitions"] == event["repetitions"])
+        return (result["sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+                and result["records"] == len(json.loads(event["document"])["records"])
+                and result["repetitions"] == event["repetitions"])
     except (KeyError, TypeError, ValueError):
         return False

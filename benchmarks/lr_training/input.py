@@ -59,12 +59,13 @@ def generate_input(data_dir=None, size=None, benchmarks_bucket=None, input_paths
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         rows = event["rows"]
-        return (output["samples"] == rows
-                and output["train_samples"] == int(rows * 0.8)
-                and output["classes"] == [0, 1]
-                and output["features"] > 0
-                and output["model_bytes"] > 0
-                and 0.85 <= output["test_accuracy"] <= 1.0)
+        return (result["samples"] == rows
+                and result["train_samples"] == int(rows * 0.8)
+                and result["classes"] == [0, 1]
+                and result["features"] > 0
+                and result["model_bytes"] > 0
+                and 0.85 <= result["test_accuracy"] <= 1.0)
     except (KeyError, TypeError):
         return False

@@ -58,10 +58,11 @@ def _close(x, y, rel=1e-9):
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         n, s = event["n"], event["seed"]
         total, entries = expected(n, s)
-        got = {(e[0], e[1]): e[2] for e in output["samples"]}
-        return (output["shape"] == [n, n] and _close(output["sum"], total)
+        got = {(e[0], e[1]): e[2] for e in result["samples"]}
+        return (result["shape"] == [n, n] and _close(result["sum"], total)
                 and set(got) == set(entries)
                 and all(_close(got[k], v) for k, v in entries.items()))
     except (KeyError, TypeError, IndexError):

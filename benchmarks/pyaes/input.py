@@ -38,10 +38,11 @@ def generate_input(data_dir=None, size=None, benchmarks_bucket=None, input_paths
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         known = KNOWN_CIPHERTEXT_SHA256.get((event["length"], event["seed"]))
-        return (output["roundtrip"] is True
-                and output["length"] == event["length"]
-                and output["fips197_c1"] == FIPS197_C1_CIPHERTEXT
-                and (known is None or output["ciphertext_sha256"] == known))
+        return (result["roundtrip"] is True
+                and result["length"] == event["length"]
+                and result["fips197_c1"] == FIPS197_C1_CIPHERTEXT
+                and (known is None or result["ciphertext_sha256"] == known))
     except (KeyError, TypeError):
         return False

@@ -31,13 +31,14 @@ def generate_input(data_dir=None, size=None, benchmarks_bucket=None, input_paths
 
 def validate(event, output):
     try:
-        g = output["generated"]
-        return (output["prompt"] == event["prompt"].lower()
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
+        g = result["generated"]
+        return (result["prompt"] == event["prompt"].lower()
                 and len(g) == event["length"]
                 and all(ch in ALPHABET for ch in g)
-                and output["probability_shape"] == [1, len(ALPHABET)]
-                and abs(output["min_probability_sum"] - 1.0) < 1e-4
-                and abs(output["max_probability_sum"] - 1.0) < 1e-4
-                and output["state_shape"] == [1, 1, 512])
+                and result["probability_shape"] == [1, len(ALPHABET)]
+                and abs(result["min_probability_sum"] - 1.0) < 1e-4
+                and abs(result["max_probability_sum"] - 1.0) < 1e-4
+                and result["state_shape"] == [1, 1, 512])
     except (KeyError, TypeError):
         return False

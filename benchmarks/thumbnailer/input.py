@@ -66,15 +66,16 @@ def generate_input(data_dir=None, size=None, benchmarks_bucket=None, input_paths
 
 def validate(event, output):
     try:
+        result = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         iw, ih = event["image_size"]
         bw, bh = event["object"]["width"], event["object"]["height"]
-        w, h = output["size"]
+        w, h = result["size"]
         fits = 0 < w <= bw and 0 < h <= bh and (w == bw or h == bh or (w, h) == (iw, ih))
         aspect = abs(w * ih - h * iw) <= max(iw, ih)
         base = event["object"]["key"].rsplit(".", 1)[0]
-        return (fits and aspect and output["format"] == "PNG" and output["bytes"] > 0
-                and output["bucket"] == event["bucket"]["bucket"]
-                and output["key"].startswith(f"{event['bucket']['output']}/{base}-thumb")
-                and output["key"].endswith(".png"))
+        return (fits and aspect and result["format"] == "PNG" and result["bytes"] > 0
+                and result["bucket"] == event["bucket"]["bucket"]
+                and result["key"].startswith(f"{event['bucket']['output']}/{base}-thumb")
+                and result["key"].endswith(".png"))
     except (KeyError, TypeError, ValueError):
         return False

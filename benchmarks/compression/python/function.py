@@ -9,7 +9,7 @@ import time
 import uuid
 import zipfile
 
-import storage
+from . import storage
 
 client = storage.storage.get_instance()
 

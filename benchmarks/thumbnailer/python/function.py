@@ -8,7 +8,7 @@ import time
 
 from PIL import Image
 
-import storage
+from . import storage
 
 Image.preinit()
 client = storage.storage.get_instance()

@@ -35,14 +35,15 @@ pub const RUNTIME_DIR: &str = "/kindling";
 /// runtime's own `_package_path`: the code directory first, then the closure from
 /// `KINDLING_PATH` (with `site.addsitedir` for the entries of `KINDLING_SITE`, packages
 /// shipping `.pth` files), then the runtime directory. It uses the runtime's JSON codec, as the runtime does, so that the baseline does not pay for
-/// importing `json`. For a SeBS function (`KINDLING_FORMAT=sebs`) it prints the envelope the
-/// runtime would send (`result.output` is what `validate()` checks); for an OpenLambda one,
-/// `f(event)`'s JSON.
+/// importing `json`. For a SeBS function (`KINDLING_FORMAT=sebs`) it loads the code as the
+/// package `function` and prints the envelope, both with the runtime's own functions, so its
+/// `result` (the handler's dict, what `validate()` checks) is the runtime's; for an OpenLambda
+/// one, `f(event)`'s JSON.
 pub fn driver(handler_dir: &str, runtime_dir: &str) -> String {
     // A JSON string is a valid Python string literal.
     let lit = |s: &str| Value::String(s.to_string()).to_string();
     format!(
-        r#"import os, sys, time
+        r#"import os, sys
 H, R = {handler}, {runtime}
 os.chdir(H)
 sys.path.insert(0, R)
@@ -51,20 +52,8 @@ from kindling_runtime import _package_path, dumps, loads
 _package_path()
 event = loads(sys.stdin.read())
 if os.environ.get("KINDLING_FORMAT") == "sebs":
-    from function import handler
-    if isinstance(event, dict):
-        event["request-id"] = "baseline"
-        event["income-timestamp"] = time.time()
-    begin = time.time()
-    ret = handler(event)
-    end = time.time()
-    result = {{"output": ret}}
-    if isinstance(ret, dict) and "result" in ret:
-        result = {{"output": ret["result"]}}
-        if "measurement" in ret:
-            result["measurement"] = ret["measurement"]
-    out = {{"begin": "%.6f" % begin, "end": "%.6f" % end, "is_cold": True, "result": result,
-           "request_id": "baseline", "container_id": "baseline"}}
+    from kindling_runtime import _sebs_envelope, _sebs_package
+    out = _sebs_envelope(_sebs_package(H).handler, event, "baseline", True, "baseline")
 else:
     from f import f
     out = f(event)
@@ -808,12 +797,14 @@ mod tests {
         std::fs::write(with_pth.join("extra/extramod.py"), "Y = 22\n").expect("w");
         std::fs::write(
             handler.join("function.py"),
-            "import os, sys, plainmod, extramod\n\n\
+            "import os, sys, plainmod, extramod\nfrom . import sibling\n\n\
              def handler(event):\n    \
              return {'result': {'sum': plainmod.X + extramod.Y + event['n'], 'path': sys.path[:4],\n    \
-             'cwd': os.getcwd(), 'rid': event['request-id']}, 'measurement': {'t': 1}}\n",
+             'cwd': os.getcwd(), 'rid': event['request-id'], 'sibling': sibling.NAME},\n    \
+             'measurement': {'t': 1}}\n",
         )
         .expect("w");
+        std::fs::write(handler.join("sibling.py"), "NAME = __name__\n").expect("w");
         std::fs::write(
             handler.join("f.py"),
             "def f(event):\n    return [event, 'ol']\n",
@@ -867,8 +858,12 @@ mod tests {
             0.0,
         );
         assert_eq!(inv.status, Status::Ok, "{:?}", inv.error);
-        let output = &inv.output["result"]["output"];
+        let output = &inv.output["result"]["result"];
         assert_eq!(output["sum"], 44);
+        assert_eq!(
+            output["sibling"], "function.sibling",
+            "loaded as SeBS's package"
+        );
         assert_eq!(output["rid"], "baseline");
         assert_eq!(output["cwd"], s(&handler));
         assert_eq!(
@@ -894,12 +889,12 @@ mod tests {
                 stderr: b"Traceback: ImportError".to_vec(),
             })
         };
-        let ok = r#"{"result": {"output": 1}}"#;
+        let ok = r#"{"result": {"result": 1}}"#;
         let status = |r| Invocation::from_baseline(r, Duration::ZERO, 0.0, 0.0).status;
         assert_eq!(status(out(0, ok)), Status::Ok);
         assert_eq!(status(out(1, ok)), Status::Error);
         assert_eq!(status(out(0, "not json")), Status::Error);
-        assert_eq!(status(out(0, r#"{"result": 1}"#)), Status::Error);
+        assert_eq!(status(out(0, r#"{"begin": "1.0"}"#)), Status::Error);
         assert_eq!(status(Err(anyhow!("no result within 90 s"))), Status::Error);
     }
 }

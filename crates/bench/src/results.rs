@@ -291,7 +291,7 @@ impl Invocation {
     }
 
     /// Builds the record of one run of a baseline (a process outside Kindling that printed
-    /// the SeBS envelope): `ok` when it exited 0 with an envelope holding `result.output`.
+    /// the SeBS envelope): `ok` when it exited 0 with an envelope holding `result`.
     pub fn from_baseline(
         run: Result<std::process::Output>,
         client: Duration,
@@ -322,7 +322,7 @@ impl Invocation {
     }
 
     /// Reads the SeBS envelope in `body` (the function's response) into this record; an
-    /// invocation whose body is not an envelope with `result.output` fails.
+    /// invocation whose body is not an envelope with `result` fails.
     fn with_envelope(mut self, body: &[u8]) -> Self {
         let envelope: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
@@ -353,19 +353,19 @@ impl Invocation {
                 .and_then(Value::as_str)
                 .map(str::to_string);
         }
-        let has_output = envelope
-            .get("result")
-            .is_some_and(|r| r.get("output").is_some());
+        let has_result = envelope.get("result").is_some();
         self.output = envelope;
-        if !has_output {
-            return self.fail("not a SeBS envelope: no result.output".into());
+        if !has_result {
+            return self.fail("not a SeBS envelope: no result".into());
         }
         self
     }
 
-    /// `result.output` of the envelope: what `validate()` checks.
+    /// `result` of the envelope, the handler's return value as it returned it (SeBS's
+    /// `{"result": ..., "measurement": {...}}`): what `validate()` checks, as SeBS's validators
+    /// read `output["result"]`.
     pub fn handler_output(&self) -> Option<&Value> {
-        self.output.get("result")?.get("output")
+        self.output.get("result")
     }
 }
 
@@ -534,7 +534,7 @@ pub(crate) mod tests {
     }
 
     const ENVELOPE: &str = r#"{"begin": "1795329595.721848", "end": "1795329595.722256", "is_cold": true,
-        "result": {"output": {"records": 20}, "measurement": {"compute_time": 323.6}},
+        "results_time": 0, "result": {"result": {"records": 20}, "measurement": {"compute_time": 323.6}},
         "request_id": "1fbecca7-2a", "container_id": "sb-1"}"#;
 
     #[test]
@@ -582,7 +582,10 @@ pub(crate) mod tests {
         assert_eq!(inv.request_id, "1fbecca7-2a");
         assert_eq!(
             inv.handler_output(),
-            Some(&serde_json::json!({"records": 20}))
+            Some(
+                &serde_json::json!({"result": {"records": 20}, "measurement": {"compute_time": 323.6}})
+            ),
+            "the handler's dict, as it returned it"
         );
     }
 
@@ -646,7 +649,7 @@ pub(crate) mod tests {
                 },
                 timing: parse_timing("queue=0.01;sandbox=1;instance=2;handler=0.3;total=3.31"),
                 container_id: Some("sb-1".into()),
-                output: serde_json::json!({"result": {"output": {"a, \"b\"": 1}}}),
+                output: serde_json::json!({"result": {"result": {"a, \"b\"": 1}}}),
             })
             .collect();
         RunFile {

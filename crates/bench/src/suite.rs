@@ -413,8 +413,8 @@ pub(crate) mod tests {
         std::fs::write(
             &input,
             "def generate_input(size):\n    return {'n': {'test': 1}[size]}\n\n\
-             def validate(event, output):\n    if output == 'boom':\n        raise ValueError('bad')\n    \
-             return output == event['n'] * 2\n",
+             def validate(event, output):\n    if output['result'] == 'boom':\n        raise ValueError('bad')\n    \
+             return output['result'] == event['n'] * 2\n",
         )
         .expect("write");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -427,7 +427,7 @@ pub(crate) mod tests {
                 .expect("gen");
             assert_eq!(event, serde_json::json!({"n": 1}));
             let mk = |out: Value| Invocation {
-                output: serde_json::json!({"result": {"output": out}}),
+                output: serde_json::json!({"result": {"result": out}}),
                 ..Invocation::failed(String::new(), 0.0, 0.0, Duration::ZERO)
             };
             let mut invs = vec![mk(2.into()), mk(3.into()), mk("boom".into()), mk(2.into())];

@@ -59,8 +59,8 @@ fn names_only<S: serde::Serializer>(
     serializer.collect_seq(env.keys())
 }
 
-/// SeBS `config.json`: `timeout` (s), `memory` (MB), `languages`; Kindling adds `network` and
-/// `environment`.
+/// SeBS `config.json`: `timeout` (s), `memory` (MB); Kindling adds `network` and `environment`.
+/// SeBS's other keys (`languages`, `modules`, ...) are accepted and ignored.
 pub(crate) fn sebs_config(path: &Path) -> Result<FunctionConfig, String> {
     #[derive(Deserialize)]
     struct SebsConfig {

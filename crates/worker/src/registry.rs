@@ -388,7 +388,9 @@ mod tests {
                 ("function.py", "def handler(e): return {}"),
                 (
                     "config.json",
-                    r#"{"timeout": 5, "memory": 128, "languages": ["python"]}"#,
+                    // SeBS's keys Kindling does not use are accepted, never refused.
+                    r#"{"timeout": 5, "memory": 128, "languages": ["python", "nodejs", "pypy"],
+                        "modules": ["nosql", "storage"], "architecture": {"x64": true}}"#,
                 ),
             ],
         );

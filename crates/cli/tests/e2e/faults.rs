@@ -637,10 +637,10 @@ fn sebs_format_envelope() {
         };
         assert!(num("end") >= num("begin"), "{v}");
         assert_eq!(v["is_cold"], cold, "{v}");
-        assert_eq!(v["result"]["output"]["double"], 2 * (21 + i), "{v}");
+        assert_eq!(v["result"]["result"]["double"], 2 * (21 + i), "{v}");
         let rid = v["request_id"].as_str().unwrap();
         assert!(!rid.is_empty());
-        assert_eq!(v["result"]["output"]["rid"], rid, "{v}");
+        assert_eq!(v["result"]["result"]["rid"], rid, "{v}");
         assert_eq!(r.header("x-kindling-request"), Some(rid));
         let cid = v["container_id"].as_str().unwrap().to_string();
         assert_eq!(r.header("x-kindling-sandbox"), Some(cid.as_str()));

@@ -88,7 +88,11 @@ fn names(v: &Value) -> Vec<String> {
 
 fn cannot_see_host_files(start: StartMethod) {
     let w = worker(start);
-    let marker = std::env::temp_dir().join(format!("kindling-host-marker-{}", std::process::id()));
+    // One per variant: the cold and fork variants run at once in this process.
+    let marker = std::env::temp_dir().join(format!(
+        "kindling-host-marker-{}-{start:?}",
+        std::process::id()
+    ));
     std::fs::write(&marker, "host only").unwrap();
     let root = w.root.path().display().to_string();
     let paths = vec![

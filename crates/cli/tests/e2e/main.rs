@@ -11,6 +11,7 @@ mod lifecycle;
 mod network;
 mod package_security;
 mod packages;
+mod sebs;
 mod storage;
 mod tenancy;
 mod zygote_security;

@@ -90,7 +90,7 @@ fn tenant_settings_over_the_operators_bounds_are_refused() {
         assert!(error_of(&r).contains(expected), "{}", r.text());
     }
     let r = w.run("sebs", "{}");
-    assert_eq!(r.json()["result"]["output"]["version"], 1, "{}", r.text());
+    assert_eq!(r.json()["result"]["version"], 1, "{}", r.text());
     // At the bounds is fine.
     w.deploy_ok(
         "ol",

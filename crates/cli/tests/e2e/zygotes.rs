@@ -1100,7 +1100,7 @@ fn sebs_forked_is_cold() {
     assert_eq!(r.json()["format"], "sebs");
     let (v, r) = fork_ok(&w, "sebs", &json!({"x": 21}));
     assert_eq!(v["is_cold"], true, "a forked instance's first call: {v}");
-    assert_eq!(v["result"]["output"]["double"], 42, "{v}");
+    assert_eq!(v["result"]["result"]["double"], 42, "{v}");
     let cid = v["container_id"].as_str().unwrap().to_string();
     assert_eq!(r.header("x-kindling-sandbox"), Some(cid.as_str()));
     assert_eq!(
