@@ -52,6 +52,7 @@ def _message_sha256(length, seed):
 
 def validate(event, output):
     try:
+        output = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         seed, length = event["seed"], event["length"]
         key = hashlib.pbkdf2_hmac("sha256", f"password-{seed}".encode(), f"salt-{seed}".encode(),
                                   event["kdf_rounds"], 32).hex()

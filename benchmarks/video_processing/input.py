@@ -38,6 +38,7 @@ def generate_input(data_dir=None, size=None, benchmarks_bucket=None, input_paths
 
 def validate(event, output):
     try:
+        output = output["result"]  # the handler's dict: SeBS's `result` and `measurement`
         w, h, fps, secs = event["width"], event["height"], event["fps"], event["seconds"]
         frames = fps * secs
         known = KNOWN_SOURCE_SHA256.get((w, h, fps, secs))
