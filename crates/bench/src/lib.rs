@@ -43,7 +43,7 @@ pub enum BenchCommand {
     Report(report::ReportArgs),
     /// Replay TrEnv's W1/W2 or an Azure/Huawei trace against a fresh worker per start policy
     /// (full, keepalive, nofork, noswitch) and compare latency and memory in one run.
-    Trace(trace::TraceArgs),
+    Trace(Box<trace::TraceArgs>),
 }
 
 /// Runs one `kindling bench` command against the worker at `addr` (`report` reads files only).
@@ -55,7 +55,7 @@ pub async fn run(addr: SocketAddr, command: BenchCommand) -> Result<()> {
         BenchCommand::Run(args) => run::run(addr, args).await,
         BenchCommand::Report(args) => report::run(args),
         // Every policy gets a worker of its own; the worker at `addr` is not used.
-        BenchCommand::Trace(args) => trace::run(args).await,
+        BenchCommand::Trace(args) => trace::run(*args).await,
     }
 }
 
@@ -98,5 +98,6 @@ mod tests {
         assert!(Bench::try_parse_from(["bench", "packages", "--requirements", "numpy"]).is_ok());
         assert!(Bench::try_parse_from(["bench", "startup", "gzip", "--size", "test"]).is_ok());
         assert!(Bench::try_parse_from(["bench", "report", "dir"]).is_ok());
+        assert!(Bench::try_parse_from(["bench", "trace", "--workload", "w2"]).is_ok());
     }
 }

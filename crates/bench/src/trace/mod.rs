@@ -536,6 +536,18 @@ mod tests {
         assert!(build_workload(&a).is_err());
     }
 
+    #[tokio::test]
+    async fn a_budget_below_the_largest_limit_is_refused_before_any_worker_starts() {
+        let a = parse(&["--workload", "w1", "--memory-budget-mb", "700", "--dry-run"]).expect("ok");
+        let err = run(a).await.expect_err("too small").to_string();
+        assert!(
+            err.contains("smaller than the largest function's limit (768 MB)"),
+            "{err}"
+        );
+        let a = parse(&["--workload", "w1", "--memory-budget-mb", "768", "--dry-run"]).expect("ok");
+        run(a).await.expect("a dry run");
+    }
+
     #[test]
     fn policies_map_onto_start_orders() {
         assert_eq!(Policy::Keepalive.start_order(), ["warm", "cold"]);
