@@ -6,7 +6,7 @@
 use super::plot::{palette, save, Plot, Series};
 use crate::results::Status;
 use crate::stats::{fmt_ms, percentile};
-use crate::trace::record::{Phase, TraceFile, TraceRequest};
+use crate::trace::record::{TraceFile, TraceRequest};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -29,16 +29,6 @@ fn pcts(sorted: &[f64]) -> String {
     [50.0, 90.0, 99.0]
         .map(|p| fmt_ms(percentile(sorted, p)))
         .join(" | ")
-}
-
-/// Peak memory (MB) of the measured phase, from the per-second samples.
-pub fn peak_mb(t: &TraceFile) -> Option<f64> {
-    t.samples
-        .iter()
-        .filter(|s| s.phase == Phase::Test)
-        .filter_map(|s| s.memory_bytes)
-        .max()
-        .map(|b| b as f64 / 1048576.0)
 }
 
 /// Writes `dir/trace-report.md` and its plots under `dir/plots`.
@@ -75,7 +65,7 @@ pub fn write_report(dir: &Path, traces: &[TraceFile]) -> Result<(PathBuf, Vec<Pa
     let _ = writeln!(md, "## Overall (ms)\n");
     let _ = writeln!(
         md,
-        "| policy | start order | requests | ok | failed | retries | p50 | p90 | p99 | peak memory (MB) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| policy | start order | requests | ok | failed | retries | p50 | p90 | p99 | peak memory (MB) | peak anonymous (MB) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for t in traces {
         let n = t.measured().count();
@@ -83,13 +73,14 @@ pub fn write_report(dir: &Path, traces: &[TraceFile]) -> Result<(PathBuf, Vec<Pa
         let retries: u64 = t.measured().map(|r| u64::from(r.retries)).sum();
         let _ = writeln!(
             md,
-            "| {} | {} | {n} | {} | {} | {retries} | {} | {} |",
+            "| {} | {} | {n} | {} | {} | {retries} | {} | {} | {} |",
             t.policy,
             t.start_order.join(" → "),
             lat.len(),
             n - lat.len(),
             pcts(&lat),
-            peak_mb(t).map_or("-".into(), |m| format!("{m:.0}"))
+            mb(t.peak_mb().0),
+            mb(t.peak_mb().1)
         );
     }
 
@@ -185,6 +176,10 @@ pub fn write_report(dir: &Path, traces: &[TraceFile]) -> Result<(PathBuf, Vec<Pa
     Ok((path, plots))
 }
 
+fn mb(v: Option<f64>) -> String {
+    v.map_or("-".into(), |m| format!("{m:.0}"))
+}
+
 fn method(r: &TraceRequest) -> &str {
     if r.invocation.status == Status::Error {
         return "failed";
@@ -213,7 +208,7 @@ mod tests {
         let (md, plots) = write_report(dir.path(), &[full, keep]).expect("report");
         let md = std::fs::read_to_string(md).expect("md");
         assert!(
-            md.contains("| full | warm → cold | 2 | 2 | 0 | 0 | 2.00 | 2.80 | 2.98 | 120 |"),
+            md.contains("| full | warm → cold | 2 | 2 | 0 | 0 | 2.00 | 2.80 | 2.98 | 120 | 60 |"),
             "{md}"
         );
         assert!(md.contains("| policy | cold | fork | warm |"), "{md}");

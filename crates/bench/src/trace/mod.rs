@@ -351,19 +351,15 @@ fn summarize(f: &TraceFile) -> String {
             .entry(r.invocation.start.as_deref().unwrap_or("-"))
             .or_default() += 1;
     }
-    let peak = f
-        .samples
-        .iter()
-        .filter_map(|s| s.memory_bytes)
-        .max()
-        .unwrap_or(0);
+    let (peak, anon) = f.peak_mb();
     let s = Samples(ok);
     format!(
-        "p50 {} ms, p90 {} ms, p99 {} ms, {failed} failed, starts {methods:?}, peak memory {:.0} MB",
+        "p50 {} ms, p90 {} ms, p99 {} ms, {failed} failed, starts {methods:?}, peak memory {:.0} MB ({:.0} MB anonymous)",
         fmt_ms(s.pct(50.0)),
         fmt_ms(s.pct(90.0)),
         fmt_ms(s.pct(99.0)),
-        peak as f64 / 1048576.0
+        peak.unwrap_or(f64::NAN),
+        anon.unwrap_or(f64::NAN)
     )
 }
 

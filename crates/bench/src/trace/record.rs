@@ -102,6 +102,20 @@ impl TraceFile {
     pub fn measured(&self) -> impl Iterator<Item = &TraceRequest> {
         self.requests.iter().filter(|r| r.phase == Phase::Test)
     }
+
+    /// Peak memory (MB) of the measured phase, from the per-second samples: usage (page cache
+    /// included) and anonymous memory.
+    pub fn peak_mb(&self) -> (Option<f64>, Option<f64>) {
+        let peak = |f: fn(&Sample) -> Option<u64>| {
+            self.samples
+                .iter()
+                .filter(|s| s.phase == Phase::Test)
+                .filter_map(f)
+                .max()
+                .map(|b| b as f64 / 1048576.0)
+        };
+        (peak(|s| s.memory_bytes), peak(|s| s.anon_bytes))
+    }
 }
 
 /// Reads every `<dir>/trace-*.json`, sorted by file name.
