@@ -349,6 +349,77 @@ impl Client {
         self.send_json(Method::POST, "/packages/gc").await
     }
 
+    /// A request with a JSON body whose 2xx reply is read as `T`.
+    async fn send_body_json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T> {
+        let body = serde_json::to_vec(body)?;
+        self.request(method, path, &[("content-type", "application/json")], body)
+            .await?
+            .ok()?
+            .json()
+    }
+
+    /// `GET /nosql/<function>`.
+    pub async fn nosql_tables(&mut self, function: &str) -> Result<types::NosqlTables> {
+        self.get_json(&format!("/nosql/{function}")).await
+    }
+
+    /// `PUT /nosql/<function>/<table>`.
+    pub async fn nosql_declare(
+        &mut self,
+        function: &str,
+        table: &str,
+        keys: &types::TableKeys,
+    ) -> Result<types::TableDeclared> {
+        self.send_body_json(Method::PUT, &format!("/nosql/{function}/{table}"), keys)
+            .await
+    }
+
+    /// `DELETE /nosql/<function>/<table>`.
+    pub async fn nosql_drop(&mut self, function: &str, table: &str) -> Result<types::TableDropped> {
+        self.send_json(Method::DELETE, &format!("/nosql/{function}/{table}"))
+            .await
+    }
+
+    /// `POST /nosql/<function>/<table>/items`: stores `items` (each with both key attributes),
+    /// all or none.
+    pub async fn nosql_load(
+        &mut self,
+        function: &str,
+        table: &str,
+        items: &[serde_json::Value],
+    ) -> Result<types::ItemsLoaded> {
+        let path = format!("/nosql/{function}/{table}/items");
+        self.send_body_json(Method::POST, &path, &items).await
+    }
+
+    /// `GET /nosql/<function>/<table>/items`: every item, or those whose primary key is
+    /// `primary` (a string or an integer).
+    pub async fn nosql_items(
+        &mut self,
+        function: &str,
+        table: &str,
+        primary: Option<&serde_json::Value>,
+    ) -> Result<types::NosqlItems> {
+        let mut path = format!("/nosql/{function}/{table}/items");
+        if let Some(value) = primary {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            match value {
+                serde_json::Value::String(s) => query.append_pair("primary", s),
+                serde_json::Value::Number(n) if n.is_i64() => {
+                    query.append_pair("primary_int", &n.to_string())
+                }
+                other => bail!("a primary key is a string or an integer, not {other}"),
+            };
+            path = format!("{path}?{}", query.finish());
+        }
+        self.get_json(&path).await
+    }
+
     /// `POST /registry/<name>?progress` with a `.tar.gz` body: hands each progress line to
     /// `on_progress`, and returns the deploy, or fails with the worker's message.
     pub async fn deploy(

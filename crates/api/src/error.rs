@@ -83,6 +83,18 @@ error_kinds! {
     Logs = (INTERNAL_SERVER_ERROR, "logs"),
     /// A `tail` that is not a number of lines within the bound.
     InvalidTail = (BAD_REQUEST, "invalid-tail"),
+    /// A NoSQL table name, key or item that is not valid, or key names not the table's.
+    NosqlInvalid = (BAD_REQUEST, "nosql-invalid"),
+    /// The function has no NoSQL table of that name.
+    NoSuchTable = (NOT_FOUND, "no-such-table"),
+    /// A NoSQL table declared with other keys that holds items.
+    NosqlConflict = (CONFLICT, "nosql-conflict"),
+    /// The function's (or the store's) NoSQL items, bytes or tables would pass their limit.
+    NosqlQuota = (INSUFFICIENT_STORAGE, "nosql-quota"),
+    /// NoSQL is off (`[nosql] enabled = false`).
+    NosqlDisabled = (SERVICE_UNAVAILABLE, "nosql-disabled"),
+    /// The NoSQL database failed.
+    Nosql = (INTERNAL_SERVER_ERROR, "nosql"),
     /// A reply the worker could not write (a bug).
     Internal = (INTERNAL_SERVER_ERROR, "internal"),
     /// A deploy refused for what was uploaded (archive, config, requirements); the reply is a

@@ -456,6 +456,73 @@ impl RunInfo {
     }
 }
 
+/// A NoSQL table's keys: the names of its primary (partition) and secondary (sort) key
+/// attributes. The body of `PUT /nosql/<function>/<table>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableKeys {
+    pub primary_key: String,
+    pub secondary_key: String,
+}
+
+/// One of a function's NoSQL tables, with what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NosqlTable {
+    pub table: String,
+    pub primary_key: String,
+    pub secondary_key: String,
+    pub items: u64,
+    /// The items' size, as JSON.
+    pub bytes: u64,
+}
+
+/// `GET /nosql/<function>`: the function's tables, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NosqlTables {
+    pub function: String,
+    pub tables: Vec<NosqlTable>,
+}
+
+/// What declaring a table did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Declared {
+    Created,
+    /// Declared before with the same keys.
+    Unchanged,
+    /// Declared before with other keys and empty: keyed anew.
+    Rekeyed,
+}
+
+/// `PUT /nosql/<function>/<table>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDeclared {
+    pub function: String,
+    pub table: String,
+    pub declared: Declared,
+}
+
+/// `DELETE /nosql/<function>/<table>`: the table dropped, with how many items it held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDropped {
+    pub table: String,
+    pub items: u64,
+}
+
+/// `POST /nosql/<function>/<table>/items` (body: a JSON list of items, each with both key
+/// attributes): how many were stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemsLoaded {
+    pub loaded: usize,
+}
+
+/// `GET /nosql/<function>/<table>/items[?primary=<string>|?primary_int=<integer>]`: the
+/// table's items (those of one primary key value), in key order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NosqlItems {
+    pub items: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

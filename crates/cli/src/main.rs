@@ -1,6 +1,7 @@
 //! `kindling`: the worker daemon, its command-line client, and the benchmarks (`kindling-bench`).
 
 mod examples;
+mod nosql;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -92,6 +93,11 @@ enum Command {
     Pkg {
         #[command(subcommand)]
         command: PkgCommand,
+    },
+    /// Functions' NoSQL tables: declare, list, drop; load and read items.
+    Nosql {
+        #[command(subcommand)]
+        command: nosql::NosqlCommand,
     },
     /// Benchmarks.
     Bench {
@@ -448,6 +454,7 @@ async fn client_command(addr: SocketAddr, command: Command) -> Result<()> {
                 bail!("{status}");
             }
         }
+        Command::Nosql { command } => nosql::run(&mut c, command).await?,
         Command::Status => {
             let status = c.status().await?;
             let stats = c.stats().await?;

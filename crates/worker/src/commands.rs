@@ -7,6 +7,9 @@
 use crate::daemon::{DeployError, Worker};
 use crate::instance::InstanceLayout;
 use crate::logs::{LogError, Tail};
+use crate::nosql::store::{Declared, Item};
+use crate::nosql::table::{Declaration, KeyValue, Owner, TableName, TableSpec};
+use crate::nosql::NosqlError;
 use crate::packages::{EnsureStats, PackageError, PackageRef};
 use crate::pool::{Outcome, PoolError, StartPolicy};
 use crate::registry::{Deployed, FunctionVersion, RegistryError};
@@ -124,6 +127,93 @@ impl Worker {
                 Err(e)
             }
         }
+    }
+
+    /// The NoSQL store, if NoSQL is on.
+    fn nosql_store(&self) -> Result<&crate::nosql::Store, NosqlError> {
+        self.nosql
+            .as_ref()
+            .map(|s| s.store().as_ref())
+            .ok_or(NosqlError::Disabled)
+    }
+
+    /// A function's NoSQL tables with what each holds (blocking).
+    pub fn nosql_tables(&self, function: &str) -> Result<api::NosqlTables, NosqlError> {
+        let owner = Owner::parse(function)?;
+        let tables = self.nosql_store()?.table_usage(&owner)?;
+        Ok(api::NosqlTables {
+            function: function.to_string(),
+            tables: tables
+                .into_iter()
+                .map(|(d, used)| api::NosqlTable {
+                    table: d.table.as_str().to_string(),
+                    primary_key: d.spec.primary_key.as_str().to_string(),
+                    secondary_key: d.spec.secondary_key.as_str().to_string(),
+                    items: used.items,
+                    bytes: used.bytes,
+                })
+                .collect(),
+        })
+    }
+
+    /// Declares a function's NoSQL table (blocking); the function need not be deployed.
+    pub fn nosql_declare(
+        &self,
+        function: &str,
+        table: &str,
+        keys: &api::TableKeys,
+    ) -> Result<api::TableDeclared, NosqlError> {
+        let owner = Owner::parse(function)?;
+        let decl = Declaration {
+            table: TableName::parse(table)?,
+            spec: TableSpec::new(&keys.primary_key, &keys.secondary_key)?,
+        };
+        let declared = match self.nosql_store()?.declare(&owner, &decl)? {
+            Declared::Created => api::Declared::Created,
+            Declared::Unchanged => api::Declared::Unchanged,
+            Declared::Rekeyed => api::Declared::Rekeyed,
+        };
+        tracing::info!(function, table, ?declared, "NoSQL table declared");
+        Ok(api::TableDeclared {
+            function: function.to_string(),
+            table: table.to_string(),
+            declared,
+        })
+    }
+
+    /// Drops a function's NoSQL table and its items (blocking).
+    pub fn nosql_drop(&self, function: &str, table: &str) -> Result<api::TableDropped, NosqlError> {
+        let owner = Owner::parse(function)?;
+        let items = self.nosql_store()?.drop_table(&owner, table)?;
+        tracing::info!(function, table, items, "NoSQL table dropped");
+        Ok(api::TableDropped {
+            table: table.to_string(),
+            items,
+        })
+    }
+
+    /// Stores items in a function's NoSQL table, all or none (blocking).
+    pub fn nosql_load(
+        &self,
+        function: &str,
+        table: &str,
+        items: Vec<Item>,
+    ) -> Result<api::ItemsLoaded, NosqlError> {
+        let owner = Owner::parse(function)?;
+        let loaded = self.nosql_store()?.load(&owner, table, items)?;
+        Ok(api::ItemsLoaded { loaded })
+    }
+
+    /// The items of a function's NoSQL table, or those of one primary key value (blocking).
+    pub fn nosql_items(
+        &self,
+        function: &str,
+        table: &str,
+        primary: Option<&KeyValue>,
+    ) -> Result<api::NosqlItems, NosqlError> {
+        let owner = Owner::parse(function)?;
+        let items = self.nosql_store()?.read(&owner, table, primary)?;
+        Ok(api::NosqlItems { items })
     }
 
     /// Removes a function; its idle instances go.

@@ -8,6 +8,7 @@ use crate::archive::ArchiveLimits;
 use crate::bounds::{Bounds, Limits};
 use crate::logs::LogConfig;
 use crate::network::NetworkConfig;
+use crate::nosql::NosqlConfig;
 use crate::packages::{InstallerLimits, InstallerSettings};
 use crate::pool::PoolConfig;
 use crate::storage::StorageConfig;
@@ -117,6 +118,8 @@ pub struct Config {
     pub zygotes: ZygoteConfig,
     /// Object storage for functions (`[storage]`).
     pub storage: StorageConfig,
+    /// NoSQL tables for functions (`[nosql]`).
+    pub nosql: NosqlConfig,
     /// Uid of installer jobs that only fetch wheels (no third-party code runs); owns uv's
     /// shared cache. Pick an id nothing else on the host uses.
     pub installer_uid: u32,
@@ -212,6 +215,7 @@ impl Default for Config {
             installer_limits: Default::default(),
             zygotes: ZygoteConfig::default(),
             storage: StorageConfig::default(),
+            nosql: NosqlConfig::default(),
             installer_uid: 65530,
             installer_gid: 65530,
             build_uid: 65531,
@@ -317,6 +321,10 @@ impl Config {
             return bad("storage.max_connections_per_function must be at least 1");
         }
         crate::storage::check_grants(&self.storage.grants).map_err(ConfigError::Invalid)?;
+        if self.nosql.dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return bad("nosql.dir must be an absolute path");
+        }
+        self.nosql.check().map_err(ConfigError::Invalid)?;
         if self.logs.dir.as_ref().is_some_and(|d| !d.is_absolute()) {
             return bad("logs.dir must be an absolute path");
         }

@@ -43,6 +43,8 @@ pub enum StartupError {
     Packages(#[from] PackageError),
     #[error("object storage")]
     Storage(#[from] crate::storage::ServiceError),
+    #[error("NoSQL")]
+    Nosql(#[from] crate::nosql::service::ServiceError),
     #[error("function logs")]
     Logs(#[from] crate::logs::LogError),
     #[error("sandbox networks")]
@@ -58,6 +60,8 @@ pub enum DeployError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Packages(#[from] PackageError),
+    #[error("NoSQL tables of config")]
+    Nosql(#[from] crate::nosql::NosqlError),
 }
 
 /// A running worker: everything the API needs.
@@ -75,6 +79,8 @@ pub struct Worker {
     pub started: Instant,
     /// Object storage for functions (None when disabled).
     pub storage: Option<crate::storage::StorageService>,
+    /// NoSQL tables for functions (None when disabled).
+    pub nosql: Option<crate::nosql::NosqlService>,
     /// What instances write to stdout and stderr, per function.
     pub logs: Arc<crate::logs::Logs>,
     /// The admin token callers of admin routes present, and who needs it.
@@ -189,13 +195,15 @@ impl Worker {
             &config.storage,
             &config.storage_dir(),
             &root,
-            callers,
+            callers.clone(),
         )?;
+        let nosql = crate::nosql::NosqlService::start_configured(&config.nosql, &root, callers)?;
         let instances = Arc::new(Instances {
             sandboxes,
             runtime_dir,
             packages_dir: packages.dir.clone(),
             storage_socket: storage.as_ref().map(|s| s.socket().to_path_buf()),
+            nosql_socket: nosql.as_ref().map(|s| s.socket().to_path_buf()),
             assignments,
             logs: Some(logs.clone()),
         });
@@ -249,6 +257,7 @@ impl Worker {
             base,
             started: Instant::now(),
             storage,
+            nosql,
             logs,
             auth: crate::auth::Policy {
                 run_requires_token: config.run_requires_token,
@@ -273,6 +282,12 @@ impl Worker {
         progress: &(dyn Fn(String) + Sync),
     ) -> Result<(Deployed, EnsureStats), DeployError> {
         let mut staged = self.registry.stage(name, tar_gz)?;
+        // Tables first (all or none): a declaration the store refuses refuses the deploy. They
+        // outlive the version, as buckets do, so a deploy failing later leaves them declared.
+        if let Err(e) = self.declare_tables(name, &staged.version.config) {
+            self.registry.discard(staged);
+            return Err(e.into());
+        }
         if staged.unchanged.is_some() {
             return Ok((
                 self.registry.commit(staged, Default::default())?,
@@ -325,6 +340,30 @@ impl Worker {
                 Err(e.into())
             }
         }
+    }
+
+    /// Declares the NoSQL tables a function's config lists (nothing when NoSQL is off).
+    fn declare_tables(
+        &self,
+        name: &str,
+        config: &crate::function_config::FunctionConfig,
+    ) -> Result<(), crate::nosql::NosqlError> {
+        let Some(nosql) = &self.nosql else {
+            return Ok(());
+        };
+        if config.nosql_tables.is_empty() {
+            return Ok(());
+        }
+        let owner = crate::nosql::table::Owner::parse(name)?;
+        for (table, declared) in nosql.store().declare_all(&owner, &config.nosql_tables)? {
+            tracing::debug!(
+                function = name,
+                table = table.as_str(),
+                ?declared,
+                "NoSQL table"
+            );
+        }
+        Ok(())
     }
 
     /// Byte-compiles a staged function's code with the base's interpreter, so that instances

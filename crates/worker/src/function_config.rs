@@ -1,5 +1,5 @@
 //! A function's own configuration, as its files state it: SeBS `config.json` or OpenLambda
-//! `ol.yaml` (memory, timeout, network, environment, HTTP methods), and which format a version
+//! `ol.yaml` (memory, timeout, network, environment, HTTP methods, NoSQL tables), and which format a version
 //! uses. The registry reads it at deploy; the operator's bounds (`bounds.rs`) hold it in check.
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,22 @@ pub struct FunctionConfig {
     pub environment: BTreeMap<String, String>,
     /// HTTP methods `/run/<name>` accepts; empty means any.
     pub methods: Vec<String>,
+    /// NoSQL tables the function declares (`"nosql"` in config.json, `nosql:` in ol.yaml, in
+    /// the shape of SeBS's `allocate_nosql()`), declared in the store at deploy.
+    #[serde(skip)]
+    pub nosql_tables: Vec<crate::nosql::table::Declaration>,
+}
+
+/// The NoSQL tables a config declares; an error names the file and the table.
+fn nosql_tables(
+    file: &str,
+    value: Option<serde_json::Value>,
+) -> Result<Vec<crate::nosql::table::Declaration>, String> {
+    value
+        .map(|v| crate::nosql::table::parse_declarations(&v))
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(|e| format!("{file}: nosql: {e}"))
 }
 
 fn names_only<S: serde::Serializer>(
@@ -69,6 +85,7 @@ pub(crate) fn sebs_config(path: &Path) -> Result<FunctionConfig, String> {
         network: Option<bool>,
         #[serde(default)]
         environment: BTreeMap<String, String>,
+        nosql: Option<serde_json::Value>,
     }
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -83,6 +100,7 @@ pub(crate) fn sebs_config(path: &Path) -> Result<FunctionConfig, String> {
         network: c.network,
         environment: c.environment,
         methods: Vec::new(),
+        nosql_tables: nosql_tables("config.json", c.nosql)?,
     })
 }
 
@@ -107,6 +125,7 @@ pub(crate) fn ol_config(path: &Path) -> Result<FunctionConfig, String> {
         memory_mb: Option<u64>,
         timeout_secs: Option<f64>,
         network: Option<bool>,
+        nosql: Option<serde_json::Value>,
     }
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -146,5 +165,6 @@ pub(crate) fn ol_config(path: &Path) -> Result<FunctionConfig, String> {
         network: c.network,
         environment,
         methods,
+        nosql_tables: nosql_tables("ol.yaml", c.nosql)?,
     })
 }

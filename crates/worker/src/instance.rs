@@ -66,6 +66,8 @@ pub struct Instances {
     /// The object storage socket, bound read-only into function sandboxes (None: storage is
     /// off).
     pub storage_socket: Option<PathBuf>,
+    /// The NoSQL socket, bound read-only into function sandboxes (None: NoSQL is off).
+    pub nosql_socket: Option<PathBuf>,
     /// Which function each sandbox serves (object storage checks its callers against it).
     pub assignments: Arc<Assignments>,
     /// Where instances' output goes (None: they inherit the worker's).
@@ -74,7 +76,7 @@ pub struct Instances {
 
 impl Instances {
     /// The mounts of a function's sandbox: its code, the runtime, the package store, /tmp,
-    /// /proc, /dev and the object storage socket.
+    /// /proc, /dev and the sockets of object storage and NoSQL.
     pub(crate) fn function_mounts(
         &self,
         function: &FunctionVersion,
@@ -92,7 +94,7 @@ impl Instances {
         mounts.extend(Sandboxes::base_mounts(
             limits.tmp_mb.saturating_mul(1024 * 1024),
         ));
-        mounts.extend(self.storage_mount());
+        mounts.extend(self.service_mounts());
         if limits.network {
             mounts.extend(self.sandboxes.resolv_conf_mount());
         }
@@ -118,15 +120,24 @@ impl Instances {
         }
     }
 
-    /// The storage socket at /kindling/storage-socket/storage.sock (after the /kindling bind,
-    /// whose runtime directory provides the mount point): the socket alone, not the root-only
-    /// directory holding it on the host.
-    pub(crate) fn storage_mount(&self) -> Option<MountSpec> {
-        self.storage_socket.as_ref().map(|socket| MountSpec::Bind {
-            source: socket.clone(),
-            target: layout::STORAGE_SOCKET.into(),
-            writable: false,
+    /// The sockets of the services function code calls, object storage at
+    /// /kindling/storage-socket/storage.sock and NoSQL at /kindling/nosql-socket/nosql.sock
+    /// (after the /kindling bind, whose runtime directory provides the mount points): each socket
+    /// alone, not the root-only directory holding it on the host.
+    pub(crate) fn service_mounts(&self) -> Vec<MountSpec> {
+        [
+            (&self.storage_socket, layout::STORAGE_SOCKET),
+            (&self.nosql_socket, layout::NOSQL_SOCKET),
+        ]
+        .into_iter()
+        .filter_map(|(socket, target)| {
+            socket.as_ref().map(|socket| MountSpec::Bind {
+                source: socket.clone(),
+                target: target.into(),
+                writable: false,
+            })
         })
+        .collect()
     }
 
     /// Records that sandbox `id` serves `function`, for as long as the returned assignment

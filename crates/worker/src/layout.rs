@@ -25,6 +25,13 @@ pub const STORAGE_SOCKET_DIR: &str = "storage-socket";
 pub const STORAGE_SOCKET_NAME: &str = "storage.sock";
 /// The object storage socket inside a sandbox.
 pub const STORAGE_SOCKET: &str = "/kindling/storage-socket/storage.sock";
+/// Directory of the NoSQL socket, under [`RUNTIME`] inside a sandbox and under the worker root
+/// on the host.
+pub const NOSQL_SOCKET_DIR: &str = "nosql-socket";
+/// File name of the NoSQL socket.
+pub const NOSQL_SOCKET_NAME: &str = "nosql.sock";
+/// The NoSQL socket inside a sandbox.
+pub const NOSQL_SOCKET: &str = "/kindling/nosql-socket/nosql.sock";
 /// The Python statement every interpreter Kindling starts runs first (`-c`), before calling
 /// `kindling_runtime.<entry>()`.
 pub const RUNTIME_IMPORT: &str =
@@ -45,10 +52,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_storage_socket_lies_in_the_runtime_directory() {
+    fn the_service_sockets_lie_in_the_runtime_directory() {
         assert_eq!(
             STORAGE_SOCKET,
             format!("{RUNTIME}/{STORAGE_SOCKET_DIR}/{STORAGE_SOCKET_NAME}")
+        );
+        assert_eq!(
+            NOSQL_SOCKET,
+            format!("{RUNTIME}/{NOSQL_SOCKET_DIR}/{NOSQL_SOCKET_NAME}")
         );
         assert_eq!(package_files("six==1.16.0"), "/packages/six==1.16.0/files");
     }

@@ -23,6 +23,7 @@ pub mod lock;
 pub mod logs;
 pub mod metrics;
 pub mod network;
+pub mod nosql;
 pub mod packages;
 pub mod pool;
 pub mod registry;

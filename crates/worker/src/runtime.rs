@@ -1,7 +1,8 @@
 //! The in-sandbox runtime (Python), shipped inside the binary and installed under
 //! `<root>/runtime/<base>/`, bound read-only at `/kindling` in every sandbox: the runtime
-//! itself, the `storage` module function code imports for object storage, and an empty file
-//! `storage-socket/storage.sock`, the mount point of the storage socket.
+//! itself, the `storage` and `nosql` modules function code imports for object storage and NoSQL,
+//! and empty files `storage-socket/storage.sock` and `nosql-socket/nosql.sock`, the mount
+//! points of their sockets.
 //!
 //! It is byte-compiled once per base by the base's own interpreter (in a job sandbox), because
 //! compiling it at every cold start would cost milliseconds.
@@ -21,8 +22,15 @@ pub const SOURCE: &str = include_str!("../runtime/kindling_runtime.py");
 /// The object storage client's source (`import storage`).
 pub const STORAGE_SOURCE: &str = include_str!("../runtime/storage.py");
 
+/// The NoSQL client's source (`import nosql`).
+pub const NOSQL_SOURCE: &str = include_str!("../runtime/nosql.py");
+
 /// Module name and source of each file installed.
-const MODULES: &[(&str, &str)] = &[("kindling_runtime", SOURCE), ("storage", STORAGE_SOURCE)];
+const MODULES: &[(&str, &str)] = &[
+    ("kindling_runtime", SOURCE),
+    ("storage", STORAGE_SOURCE),
+    ("nosql", NOSQL_SOURCE),
+];
 
 /// Errors installing the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -47,11 +55,16 @@ pub fn install(root: &Path, base: &Base, sandboxes: &Sandboxes) -> Result<PathBu
         move |source| RuntimeError::Io { path, source }
     };
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let mount_dir = dir.join(layout::STORAGE_SOCKET_DIR);
-    std::fs::create_dir_all(&mount_dir).map_err(io_err(&mount_dir))?;
-    let mount_point = mount_dir.join(layout::STORAGE_SOCKET_NAME);
-    if !mount_point.is_file() {
-        std::fs::write(&mount_point, b"").map_err(io_err(&mount_point))?;
+    for (socket_dir, socket) in [
+        (layout::STORAGE_SOCKET_DIR, layout::STORAGE_SOCKET_NAME),
+        (layout::NOSQL_SOCKET_DIR, layout::NOSQL_SOCKET_NAME),
+    ] {
+        let mount_dir = dir.join(socket_dir);
+        std::fs::create_dir_all(&mount_dir).map_err(io_err(&mount_dir))?;
+        let mount_point = mount_dir.join(socket);
+        if !mount_point.is_file() {
+            std::fs::write(&mount_point, b"").map_err(io_err(&mount_point))?;
+        }
     }
     let pyc = |module: &str| {
         dir.join("__pycache__")

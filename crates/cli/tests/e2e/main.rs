@@ -9,6 +9,7 @@ mod harness;
 mod isolation;
 mod lifecycle;
 mod network;
+mod nosql;
 mod package_security;
 mod packages;
 mod sebs;

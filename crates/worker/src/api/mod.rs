@@ -8,6 +8,7 @@
 mod body;
 mod deploy;
 mod logs;
+mod nosql;
 mod reply;
 mod run;
 
@@ -52,6 +53,16 @@ enum Route<'a> {
     RemovePackage(&'a str),
     /// `GET /logs/<name>`
     Logs(&'a str),
+    /// `GET /nosql/<name>`
+    NosqlTables(&'a str),
+    /// `PUT /nosql/<name>/<table>`
+    NosqlDeclare(&'a str, &'a str),
+    /// `DELETE /nosql/<name>/<table>`
+    NosqlDrop(&'a str, &'a str),
+    /// `POST /nosql/<name>/<table>/items`
+    NosqlLoad(&'a str, &'a str),
+    /// `GET /nosql/<name>/<table>/items`
+    NosqlItems(&'a str, &'a str),
 }
 
 /// Why a request matches no route.
@@ -97,9 +108,15 @@ impl<'a> Route<'a> {
             (["packages", "gc"], &Method::POST) => Route::PackagesGc,
             (["packages", key], &Method::DELETE) => Route::RemovePackage(key),
             (["logs", name], &Method::GET) => Route::Logs(name),
-            (["registry" | "status" | "stats" | "metrics" | "packages" | "logs", ..], _) => {
-                return Err(NoRoute::Method)
-            }
+            (["nosql", name], &Method::GET) => Route::NosqlTables(name),
+            (["nosql", name, table], &Method::PUT) => Route::NosqlDeclare(name, table),
+            (["nosql", name, table], &Method::DELETE) => Route::NosqlDrop(name, table),
+            (["nosql", name, table, "items"], &Method::POST) => Route::NosqlLoad(name, table),
+            (["nosql", name, table, "items"], &Method::GET) => Route::NosqlItems(name, table),
+            (
+                ["registry" | "status" | "stats" | "metrics" | "packages" | "logs" | "nosql", ..],
+                _,
+            ) => return Err(NoRoute::Method),
             _ => return Err(NoRoute::NotFound),
         })
     }
@@ -118,6 +135,9 @@ impl<'a> Route<'a> {
             Route::PackagesGc => "/packages/gc",
             Route::RemovePackage(_) => "/packages/{package}",
             Route::Logs(_) => "/logs/{name}",
+            Route::NosqlTables(_) => "/nosql/{name}",
+            Route::NosqlDeclare(..) | Route::NosqlDrop(..) => "/nosql/{name}/{table}",
+            Route::NosqlLoad(..) | Route::NosqlItems(..) => "/nosql/{name}/{table}/items",
         }
     }
 
@@ -138,7 +158,13 @@ impl<'a> Route<'a> {
             | Route::PackagesGc
             | Route::RemovePackage(_)
             // A function's output may hold what it prints of its secrets.
-            | Route::Logs(_) => Access::Admin,
+            | Route::Logs(_)
+            // A function's tables are its data.
+            | Route::NosqlTables(_)
+            | Route::NosqlDeclare(..)
+            | Route::NosqlDrop(..)
+            | Route::NosqlLoad(..)
+            | Route::NosqlItems(..) => Access::Admin,
         }
     }
 }
@@ -201,6 +227,30 @@ pub async fn handle(
             Err(e) => reply::error(&e),
         },
         Route::Logs(name) => logs::logs(&worker, name, req.uri().query()),
+        Route::NosqlTables(name) => {
+            nosql::nosql(&worker, name, None, Ok(nosql::Call::Tables)).await
+        }
+        Route::NosqlDeclare(name, table) => {
+            let call = match nosql::body_of(&worker, req).await {
+                Ok(body) => nosql::parse_keys(&body).map(nosql::Call::Declare),
+                Err(e) => Err(e),
+            };
+            nosql::nosql(&worker, name, Some(table), call).await
+        }
+        Route::NosqlDrop(name, table) => {
+            nosql::nosql(&worker, name, Some(table), Ok(nosql::Call::Drop)).await
+        }
+        Route::NosqlLoad(name, table) => {
+            let call = match nosql::body_of(&worker, req).await {
+                Ok(body) => nosql::parse_items(&body).map(nosql::Call::Load),
+                Err(e) => Err(e),
+            };
+            nosql::nosql(&worker, name, Some(table), call).await
+        }
+        Route::NosqlItems(name, table) => {
+            let call = nosql::parse_primary(req.uri().query()).map(nosql::Call::Items);
+            nosql::nosql(&worker, name, Some(table), call).await
+        }
     };
     Ok(reply)
 }

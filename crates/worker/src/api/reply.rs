@@ -160,6 +160,9 @@ impl From<&DeployError> for ErrorKind {
             | DeployError::Packages(
                 PackageError::Io { .. } | PackageError::Job(_) | PackageError::NoUv,
             ) => ErrorKind::DeployFailed,
+            DeployError::Nosql(e) if e.kind() == crate::nosql::ErrorKind::Internal => {
+                ErrorKind::DeployFailed
+            }
             _ => ErrorKind::DeployRejected,
         }
     }

@@ -30,6 +30,41 @@ fn routes() {
         Ok(Route::RemovePackage("six==1.16.0"))
     );
     assert_eq!(route("GET", "/nowhere"), Err(NoRoute::NotFound));
+    assert_eq!(route("POST", "/nosql/f/t"), Err(NoRoute::Method));
+    assert_eq!(route("GET", "/nosql/f/t/x"), Err(NoRoute::Method));
+    assert_eq!(
+        route("GET", "/nosql/f/t/items/"),
+        Ok(Route::NosqlItems("f", "t"))
+    );
+}
+
+#[test]
+fn nosql_queries_and_bodies() {
+    use super::nosql::{parse_items, parse_keys, parse_primary};
+    use crate::nosql::table::KeyValue;
+    assert_eq!(parse_primary(None).unwrap(), None);
+    assert_eq!(
+        parse_primary(Some("primary=c%201")).unwrap(),
+        Some(KeyValue::Str("c 1".into()))
+    );
+    assert_eq!(
+        parse_primary(Some("primary_int=-7")).unwrap(),
+        Some(KeyValue::Int(-7))
+    );
+    for bad in [
+        "primary_int=1.5",
+        "primary=a&primary_int=1",
+        "primary=a&primary=b",
+    ] {
+        let e = parse_primary(Some(bad)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NosqlInvalid, "{bad}");
+    }
+    let keys = parse_keys(br#"{"primary_key": "cart_id", "secondary_key": "product_id"}"#).unwrap();
+    assert_eq!(keys.primary_key, "cart_id");
+    assert!(parse_keys(br#"{"primary_key": "a"}"#).is_err());
+    assert_eq!(parse_items(br#"[{"a": 1}, {}]"#).unwrap().len(), 2);
+    let e = parse_items(br#"{"a": 1}"#).unwrap_err();
+    assert!(e.message.contains("JSON list of items"), "{e}");
 }
 
 #[test]
@@ -153,6 +188,11 @@ fn every_route() -> Vec<(&'static str, &'static str, Route<'static>)> {
             Route::RemovePackage("six==1.16.0"),
         ),
         ("GET", "/logs/f", Route::Logs("f")),
+        ("GET", "/nosql/f", Route::NosqlTables("f")),
+        ("PUT", "/nosql/f/t", Route::NosqlDeclare("f", "t")),
+        ("DELETE", "/nosql/f/t", Route::NosqlDrop("f", "t")),
+        ("POST", "/nosql/f/t/items", Route::NosqlLoad("f", "t")),
+        ("GET", "/nosql/f/t/items", Route::NosqlItems("f", "t")),
     ];
     for (_, _, r) in &all {
         match r {
@@ -167,7 +207,12 @@ fn every_route() -> Vec<(&'static str, &'static str, Route<'static>)> {
             | Route::Packages
             | Route::PackagesGc
             | Route::RemovePackage(_)
-            | Route::Logs(_) => {}
+            | Route::Logs(_)
+            | Route::NosqlTables(_)
+            | Route::NosqlDeclare(..)
+            | Route::NosqlDrop(..)
+            | Route::NosqlLoad(..)
+            | Route::NosqlItems(..) => {}
         }
     }
     all.to_vec()
@@ -211,7 +256,8 @@ fn openapi_matches_the_routes() {
     for (method, template) in &ops {
         let concrete = template
             .replace("{name}", "f")
-            .replace("{package}", "six==1.16.0");
+            .replace("{package}", "six==1.16.0")
+            .replace("{table}", "t");
         let concrete: &'static str = Box::leak(concrete.into_boxed_str());
         let r = route(method, concrete).unwrap_or_else(|e| panic!("{method} {template}: {e:?}"));
         assert_eq!(r.template(), template);

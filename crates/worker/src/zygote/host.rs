@@ -196,8 +196,8 @@ impl SandboxHost {
                 *size_bytes = self.spare_tmp_mb << 20;
             }
         }
-        // Function sandboxes reach object storage (see Instances::function_mounts).
-        mounts.extend(self.instances.storage_mount());
+        // Function sandboxes reach object storage and NoSQL (see Instances::function_mounts).
+        mounts.extend(self.instances.service_mounts());
         mounts
     }
 
