@@ -32,7 +32,7 @@ pub struct Options {
     pub timeout: Duration,
     pub max_retry: u32,
     pub seed: u64,
-    /// Extra headers on every request (tests may force a start method).
+    /// The worker's admin token (`/stats` needs it; runs send it too).
     pub token: Option<String>,
 }
 

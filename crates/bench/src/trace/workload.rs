@@ -155,7 +155,7 @@ impl Workload {
         }
     }
 
-    /// The distinct benchmarks the workload's functions run.
+    /// The deployed names of the workload's functions, in order.
     pub fn functions(&self) -> Vec<&str> {
         self.loads.iter().map(|l| l.function.as_str()).collect()
     }
