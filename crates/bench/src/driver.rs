@@ -180,7 +180,11 @@ pub async fn measure(plan: &Plan, progress: Arc<Progress>) -> Vec<Invocation> {
 /// Deploys the benchmark in `dir` as `function`, printing the worker's progress; returns
 /// the final reply (hash, changed, ...).
 pub async fn deploy(c: &mut Client, function: &str, dir: &Path) -> Result<Value> {
-    let packed = pack_benchmark(dir)?;
+    deploy_packed(c, function, pack_benchmark(dir)?).await
+}
+
+/// Deploys the upload `packed` as `function`, as [`deploy`].
+pub async fn deploy_packed(c: &mut Client, function: &str, packed: Vec<u8>) -> Result<Value> {
     let mut last = Value::Null;
     let status = c
         .request_lines(

@@ -2,8 +2,9 @@
 //!
 //! The commands, one module each: [`startup`] (start methods against the chroot and runc
 //! baselines of [`baseline`]), [`fork`], [`packages`], [`run`] (SeBS's perf-cost experiment),
-//! [`web`] (a Flask app against a plain function) and [`report`]. They share one results model ([`results`]), one statistics module
-//! ([`stats`]: one percentile definition for every command), the benchmark suite
+//! [`web`] (a Flask app against a plain function), [`trace`] (trace workloads against a fresh
+//! worker per start policy) and [`report`]. They share one results model ([`results`]), one
+//! statistics module ([`stats`]: one percentile definition for every command), the benchmark suite
 //! ([`suite`]: discovery, packing, `input.py`) and the driver of a worker ([`driver`]).
 
 pub mod baseline;
@@ -17,6 +18,7 @@ pub mod run;
 pub mod startup;
 pub mod stats;
 pub mod suite;
+pub mod trace;
 pub mod web;
 
 use anyhow::Result;
@@ -37,11 +39,15 @@ pub enum BenchCommand {
     /// SeBS's perf-cost experiment: deploy benchmarks of benchmarks/, invoke each N times from
     /// C clients with a start method, validate the outputs, write JSON and CSV results.
     Run(run::RunArgs),
-    /// Markdown report with tables and SVG/PNG plots of the results of `bench run`.
+    /// Markdown report with tables and SVG/PNG plots of the results of `bench run` (and of
+    /// `bench trace`).
     Report(report::ReportArgs),
     /// A Flask app (WSGI) against a plain `f(event)` function in one run: warm latency,
     /// requests per second from concurrent clients, and fork starts of the app.
     Web(web::WebArgs),
+    /// Replay TrEnv's W1/W2 or an Azure/Huawei trace against a fresh worker per start policy
+    /// (full, keepalive, nofork, noswitch) and compare latency and memory in one run.
+    Trace(Box<trace::TraceArgs>),
 }
 
 /// Runs one `kindling bench` command against the worker at `addr` (`report` reads files only).
@@ -53,6 +59,8 @@ pub async fn run(addr: SocketAddr, command: BenchCommand) -> Result<()> {
         BenchCommand::Run(args) => run::run(addr, args).await,
         BenchCommand::Report(args) => report::run(args),
         BenchCommand::Web(args) => web::run(addr, args).await,
+        // Every policy gets a worker of its own; the worker at `addr` is not used.
+        BenchCommand::Trace(args) => trace::run(*args).await,
     }
 }
 
@@ -96,5 +104,6 @@ mod tests {
         assert!(Bench::try_parse_from(["bench", "startup", "gzip", "--size", "test"]).is_ok());
         assert!(Bench::try_parse_from(["bench", "report", "dir"]).is_ok());
         assert!(Bench::try_parse_from(["bench", "web", "--clients", "8"]).is_ok());
+        assert!(Bench::try_parse_from(["bench", "trace", "--workload", "w2"]).is_ok());
     }
 }

@@ -132,12 +132,32 @@ impl Packer {
 /// The function upload of a benchmark, as run_local.py packs it: the files of `python/` at the
 /// root (without `__pycache__` and `.pyc`), plus `config.json`.
 pub fn pack_benchmark(dir: &Path) -> Result<Vec<u8>> {
+    pack_benchmark_with_memory(dir, None)
+}
+
+/// [`pack_benchmark`] with config.json's `memory` set to `memory_mb` if given (a trace's copy
+/// of a benchmark with a limit of its own).
+pub fn pack_benchmark_with_memory(dir: &Path, memory_mb: Option<u64>) -> Result<Vec<u8>> {
     let mut packer = Packer::new();
     let code = dir.join("python");
     packer.tree(&code, &code)?;
     let config = dir.join("config.json");
-    if config.is_file() {
-        packer.file("config.json", &std::fs::read(&config)?)?;
+    let text = match config.is_file() {
+        true => Some(std::fs::read(&config)?),
+        false => None,
+    };
+    match (text, memory_mb) {
+        (Some(text), None) => packer.file("config.json", &text)?,
+        (text, Some(m)) => {
+            let mut json = match text {
+                Some(t) => serde_json::from_slice::<Value>(&t)
+                    .with_context(|| format!("{} is not JSON", config.display()))?,
+                None => serde_json::json!({}),
+            };
+            json["memory"] = m.into();
+            packer.file("config.json", &serde_json::to_vec(&json)?)?;
+        }
+        (None, None) => {}
     }
     packer.finish()
 }

@@ -1,7 +1,7 @@
 //! The Markdown of `bench report`: `report.md` with its tables (client latency, where the time
 //! goes, outcomes) and the plots it links, drawn by [`super::plot`].
 
-use super::plot::{bars, save, Plot};
+use super::plot::{bars, save, start_series, Plot};
 use super::png::{png_font, NO_FONT};
 use crate::results::{start_order, RunFile};
 use crate::stats::{fmt_ms, mean, median, Summary};
@@ -210,11 +210,11 @@ pub fn write_report(dir: &Path, runs: &[RunFile]) -> Result<Written> {
     }
     let _ = writeln!(md, "### Latency CDF per start method\n");
     for bench in &benches {
-        let series: Vec<(StartMethod, Vec<f64>)> = runs
+        let series: Vec<_> = runs
             .iter()
             .filter(|r| r.benchmark == *bench)
-            .map(|r| (r.start, client_ms(r)))
-            .filter(|(_, v)| !v.is_empty())
+            .map(|r| start_series(r.start, client_ms(r)))
+            .filter(|s| !s.values.is_empty())
             .collect();
         if series.is_empty() {
             continue;

@@ -1,5 +1,5 @@
 //! `kindling bench report DIR`: a Markdown report with tables and plots of the results that
-//! `kindling bench run` wrote to DIR.
+//! `kindling bench run` wrote to DIR, and [`trace`]'s report of those of `kindling bench trace`.
 //!
 //! Latency figures are the client's end-to-end times (`times.client`) of the invocations that
 //! succeeded with the start method asked for, summarized by [`crate::stats`] (percentiles as
@@ -11,37 +11,53 @@
 pub mod markdown;
 pub mod plot;
 pub mod png;
+pub mod trace;
 
 use crate::results::load_runs;
+use crate::trace::record::load_traces;
 use anyhow::Result;
 use std::path::PathBuf;
 
 /// The arguments of `kindling bench report`.
 #[derive(clap::Args)]
 pub struct ReportArgs {
-    /// Directory written by `kindling bench run --output-dir`.
+    /// Directory written by `kindling bench run --output-dir` or `kindling bench trace
+    /// --output-dir`.
     pub dir: PathBuf,
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
     let runs = load_runs(&args.dir)?;
-    if runs.is_empty() {
+    let traces = load_traces(&args.dir)?;
+    if runs.is_empty() && traces.is_empty() {
         anyhow::bail!(
-            "no results in {} (expected <dir>/<bench>/<start>.json from `kindling bench run --output-dir {}`)",
+            "no results in {} (expected <dir>/<bench>/<start>.json from `kindling bench run --output-dir {}`, or trace-<policy>.json from `kindling bench trace --output-dir {}`)",
+            args.dir.display(),
             args.dir.display(),
             args.dir.display()
         );
     }
-    let written = markdown::write_report(&args.dir, &runs)?;
     if png::png_font().is_none() {
         eprintln!("warning: {}", png::NO_FONT);
     }
-    println!(
-        "report: {} ({} plots in {})",
-        written.markdown.display(),
-        written.plots.len(),
-        args.dir.join("plots").display()
-    );
+    if !runs.is_empty() {
+        let written = markdown::write_report(&args.dir, &runs)?;
+        println!(
+            "report: {} ({} plots in {})",
+            written.markdown.display(),
+            written.plots.len(),
+            args.dir.join("plots").display()
+        );
+    }
+    if !traces.is_empty() {
+        let (md, plots) = trace::write_report(&args.dir, &traces)?;
+        println!(
+            "trace report: {} ({} plots in {})",
+            md.display(),
+            plots.len(),
+            args.dir.join("plots").display()
+        );
+    }
     Ok(())
 }
 

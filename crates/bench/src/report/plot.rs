@@ -52,11 +52,46 @@ pub fn bars(
         .collect()
 }
 
+/// One line of a plot: its legend, colour and values (latencies of a CDF, or `(x, y)` points
+/// flattened as x0, y0, x1, y1, ... for [`Plot::Lines`]).
+pub struct Series {
+    pub label: String,
+    pub color: RGBColor,
+    pub values: Vec<f64>,
+}
+
+/// The CDF series of one start method, in its colour.
+pub fn start_series(start: StartMethod, values: Vec<f64>) -> Series {
+    Series {
+        label: start.as_str().to_string(),
+        color: start_color(start),
+        values,
+    }
+}
+
+/// The colour of the `i`-th series that is not a start method (policies): a qualitative
+/// palette.
+pub fn palette(i: usize) -> RGBColor {
+    const COLORS: [RGBColor; 6] = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(255, 127, 14),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+    ];
+    COLORS[i % COLORS.len()]
+}
+
 pub enum Plot {
-    /// One step line per start method.
-    Cdf {
+    /// One step line per series (a start method, or a policy).
+    Cdf { title: String, series: Vec<Series> },
+    /// One line per series of `(x, y)` points (memory over time per policy).
+    Lines {
         title: String,
-        series: Vec<(StartMethod, Vec<f64>)>,
+        x_desc: String,
+        y_desc: String,
+        series: Vec<Series>,
     },
     /// Bars per group (benchmark) and series (start method): `(value, optional upper value
     /// drawn lighter on top)`.
@@ -81,7 +116,7 @@ fn start_color(s: StartMethod) -> RGBColor {
 impl Plot {
     fn size(&self) -> (u32, u32) {
         match self {
-            Plot::Cdf { .. } => (900, 560),
+            Plot::Cdf { .. } | Plot::Lines { .. } => (900, 560),
             Plot::Bars { groups, .. } => ((160 + 110 * groups.len() as u32).max(900), 560),
         }
     }
@@ -93,7 +128,7 @@ impl Plot {
         root.fill(&WHITE)?;
         match self {
             Plot::Cdf { title, series } => {
-                let all = series.iter().flat_map(|(_, v)| v.iter().copied());
+                let all = series.iter().flat_map(|s| s.values.iter().copied());
                 // Whole decades: plotters labels a log axis at powers of ten only.
                 let lo = all.clone().fold(f64::INFINITY, f64::min).max(1e-3);
                 let hi = all.fold(0.0, f64::max).max(lo * 1.01);
@@ -114,8 +149,13 @@ impl Plot {
                     .label_style(("sans-serif", 15))
                     .axis_desc_style(("sans-serif", 17))
                     .draw()?;
-                for (start, xs) in series {
-                    let color = start_color(*start);
+                for Series {
+                    label,
+                    color,
+                    values: xs,
+                } in series
+                {
+                    let color = *color;
                     let n = xs.len() as f64;
                     let mut points = Vec::with_capacity(xs.len() * 2);
                     for (i, x) in xs.iter().enumerate() {
@@ -124,11 +164,7 @@ impl Plot {
                     }
                     chart
                         .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-                        .label(legend_label(&format!(
-                            "{} (n={})",
-                            start.as_str(),
-                            xs.len()
-                        )))
+                        .label(legend_label(&format!("{label} (n={})", xs.len())))
                         .legend(move |(x, y)| {
                             PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(3))
                         });
@@ -136,6 +172,50 @@ impl Plot {
                 chart
                     .configure_series_labels()
                     .position(SeriesLabelPosition::LowerRight)
+                    .label_font(("sans-serif", 16))
+                    .background_style(WHITE.mix(0.9))
+                    .border_style(BLACK)
+                    .draw()?;
+            }
+            Plot::Lines {
+                title,
+                x_desc,
+                y_desc,
+                series,
+            } => {
+                let points = |s: &Series| -> Vec<(f64, f64)> {
+                    s.values.chunks_exact(2).map(|p| (p[0], p[1])).collect()
+                };
+                let all: Vec<(f64, f64)> = series.iter().flat_map(points).collect();
+                let x_hi = all.iter().map(|p| p.0).fold(1.0, f64::max);
+                let y_hi = all.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+                let mut chart = ChartBuilder::on(root)
+                    .caption(title, ("sans-serif", 24))
+                    .margin(18)
+                    .x_label_area_size(50)
+                    .y_label_area_size(64)
+                    .build_cartesian_2d(0.0..x_hi, 0.0..y_hi)?;
+                chart
+                    .configure_mesh()
+                    .x_desc(x_desc.as_str())
+                    .y_desc(y_desc.as_str())
+                    .x_label_formatter(&|v| format!("{v:.0}"))
+                    .y_label_formatter(&|v| format!("{v:.0}"))
+                    .label_style(("sans-serif", 15))
+                    .axis_desc_style(("sans-serif", 17))
+                    .draw()?;
+                for s in series {
+                    let color = s.color;
+                    chart
+                        .draw_series(LineSeries::new(points(s), color.stroke_width(2)))?
+                        .label(legend_label(&s.label))
+                        .legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(3))
+                        });
+                }
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::UpperRight)
                     .label_font(("sans-serif", 16))
                     .background_style(WHITE.mix(0.9))
                     .border_style(BLACK)
@@ -276,7 +356,7 @@ mod tests {
     fn png_without_a_font_draws_everything_but_text() {
         let plot = Plot::Cdf {
             title: "no font".into(),
-            series: vec![(StartMethod::Warm, vec![1.0, 2.0, 3.0])],
+            series: vec![start_series(StartMethod::Warm, vec![1.0, 2.0, 3.0])],
         };
         let (w, h) = plot.size();
         let mut pixels = vec![0u8; w as usize * h as usize * 3];
