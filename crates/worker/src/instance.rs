@@ -11,7 +11,9 @@ use crate::frame::{self, FrameError};
 use crate::layout;
 use crate::logs::{InstanceOutput, Logs};
 use crate::registry::FunctionVersion;
-use crate::sandboxes::{FunctionLimits, Nesting, SandboxHandle, Sandboxes, StartError, ZYGOTE_LOG};
+use crate::sandboxes::{
+    FunctionLimits, Nesting, SandboxHandle, Sandboxes, StartError, USERNS_INSTANCE_ID, ZYGOTE_LOG,
+};
 use crate::tenants::{Assignment, Assignments};
 use kindling_sandbox::cgroup::Limits as CgroupLimits;
 use kindling_sandbox::spec::{InstanceSpec, MountSpec, Privilege};
@@ -198,6 +200,58 @@ impl Instances {
         }
     }
 
+    /// Switch start: the sandbox of `previous`, an idle instance of another function, made
+    /// clean and given to `function` (see [`SandboxHandle::repurpose`]: its processes killed,
+    /// its writable state purged, a fresh cgroup with this function's limits, a fresh id and
+    /// hostname), its code and package closure attached, then a fresh interpreter started in
+    /// it by the sandbox's init. The caller keeps the network setting (a sandbox's network
+    /// namespace stays) and checks that the sandbox's usage fits this function's memory limit.
+    pub fn switch_start(
+        &self,
+        previous: Instance,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<Instance, StartError> {
+        let mut sandbox = previous.into_sandbox().ok_or(StartError::InitExited)?;
+        let id = self.sandboxes.next_id();
+        let assignment = self.assign(&id, function);
+        let keys: Vec<String> = function.lock.packages.iter().map(|p| p.key()).collect();
+        let started = (|| {
+            let kept = sandbox.repurpose(
+                &self.sandboxes.cgroups,
+                &id,
+                &limits.cgroup(),
+                limits.tmp_mb.saturating_mul(1024 * 1024),
+                keys.clone(),
+            )?;
+            sandbox.attach(&function.dir, layout::HANDLER, false)?;
+            for key in keys.iter().filter(|k| !kept.contains(k)) {
+                sandbox.attach(
+                    &self.packages_dir.join(key),
+                    &layout::package_dir(key),
+                    true,
+                )?;
+            }
+            let mut spec = self.instance_spec(function, &id);
+            if sandbox.is_within_zygote() {
+                // The ids function code has in a zygote's user namespace.
+                spec.uid = USERNS_INSTANCE_ID;
+                spec.gid = USERNS_INSTANCE_ID;
+            }
+            let (sock, pipes) = sandbox.spawn(spec)?;
+            Ok::<_, StartError>((sock, self.collect_output(function, &id, pipes)?))
+        })();
+        match started {
+            Ok((sock, output)) => {
+                Instance::new(id, function, limits, sandbox, sock, assignment, output)
+            }
+            Err(e) => {
+                sandbox.destroy();
+                Err(e)
+            }
+        }
+    }
+
     fn instance_spec(&self, function: &FunctionVersion, id: &str) -> InstanceSpec {
         let mut argv = self.sandboxes.interpreter();
         argv.extend([
@@ -317,6 +371,7 @@ pub struct Instance {
     pub id: String,
     pub function: Arc<FunctionVersion>,
     memory_mb: u64,
+    network: bool,
     sandbox: Option<SandboxHandle>,
     stream: UnixStream,
     pub created: Instant,
@@ -350,6 +405,7 @@ impl Instance {
             id,
             function: function.clone(),
             memory_mb: limits.memory_mb,
+            network: limits.network,
             sandbox: Some(sandbox),
             stream: UnixStream::from_std(stream)?,
             created: Instant::now(),
@@ -425,6 +481,16 @@ impl Instance {
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+
+    /// Its sandbox, the instance gone (its socket, output and assignment closed).
+    fn into_sandbox(mut self) -> Option<SandboxHandle> {
+        self.sandbox.take()
+    }
+
+    /// Whether its sandbox has a network.
+    pub fn network(&self) -> bool {
+        self.network
     }
 
     /// Destroys the sandbox (blocking: call from a blocking context).

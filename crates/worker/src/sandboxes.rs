@@ -51,6 +51,8 @@ pub enum StartError {
     MountFailed(String),
     #[error("the sandbox started no instance")]
     NoInstance,
+    #[error("purging the sandbox failed: {0}")]
+    PurgeFailed(String),
 }
 
 /// The uid and gid function code runs as inside a zygote's user namespace (mapped to the
@@ -435,6 +437,101 @@ impl SandboxHandle {
                 None => return Err(StartError::InitExited),
             }
         }
+    }
+
+    /// Makes the sandbox clean for another function (`switch`): its init kills every other
+    /// process and purges what they could leave (see `kindling_sandbox::purge`), keeping only
+    /// `packages` of its package entries (returned: those it kept); then the sandbox moves to a
+    /// fresh cgroup `id` with `limits`, so that its memory accounting starts from the next
+    /// function's own usage (what the previous one was charged, its page cache included, stays
+    /// with the old cgroup, removed here).
+    pub(crate) fn repurpose(
+        &mut self,
+        cgroups: &CgroupManager,
+        id: &str,
+        limits: &CgroupLimits,
+        tmp_bytes: u64,
+        packages: Vec<String>,
+    ) -> Result<Vec<String>, StartError> {
+        // An idle instance's channel is nonblocking; requests here wait for their answers.
+        self.control.set_blocking()?;
+        // Frozen processes take a SIGKILL only once thawed (v1).
+        self.cgroup.thaw()?;
+        let req = ControlRequest::Purge {
+            hostname: id.to_string(),
+            tmp_bytes,
+            packages_dir: layout::PACKAGES.into(),
+            packages,
+        };
+        self.control.send(&req, &[])?;
+        let kept = loop {
+            match self.control.recv::<ControlEvent>(false)? {
+                Some((ControlEvent::Purged { packages }, _)) => break packages,
+                Some((ControlEvent::Failed { message }, _)) => {
+                    return Err(StartError::PurgeFailed(message))
+                }
+                // Exits of the processes it killed, and older events.
+                Some(_) => continue,
+                None => return Err(StartError::InitExited),
+            }
+        };
+        let fresh = cgroups.create(id, limits)?;
+        let moved = self
+            .init
+            .pid()
+            .map_err(StartError::from)
+            .and_then(|pid| pid.ok_or(StartError::InitExited))
+            .and_then(|pid| Ok(fresh.adopt(pid)?));
+        if let Err(e) = moved {
+            let _ = fresh.remove();
+            return Err(e);
+        }
+        let old = std::mem::replace(&mut self.cgroup, fresh);
+        if let Err(e) = old.remove() {
+            tracing::warn!(
+                cgroup = old.name(),
+                "removing a switched sandbox's cgroup: {e}"
+            );
+        }
+        Ok(kept)
+    }
+
+    /// Starts an instance in the live sandbox (its init forks and execs `spec`): the worker's
+    /// end of its socket, and the read ends of its output pipes if the spec asks for them.
+    pub(crate) fn spawn(
+        &self,
+        spec: InstanceSpec,
+    ) -> Result<(OwnedFd, Option<OutputPipes>), StartError> {
+        let (ours, theirs) = kindling_sandbox::channel::pair_with_credentials()?;
+        let pipes = if spec.output_pipes {
+            Some(OutputPipes::new()?)
+        } else {
+            None
+        };
+        let mut fds = vec![theirs.as_raw_fd()];
+        if let Some((_, write)) = &pipes {
+            fds.extend([write.stdout.as_raw_fd(), write.stderr.as_raw_fd()]);
+        }
+        self.control
+            .send(&ControlRequest::Spawn { instance: spec }, &fds)?;
+        // The instance holds the only other ends.
+        drop(theirs);
+        let read = pipes.map(|(read, _write)| read);
+        loop {
+            match self.control.recv::<ControlEvent>(false)? {
+                Some((ControlEvent::Spawned { .. }, _)) => return Ok((ours.into(), read)),
+                Some((ControlEvent::Failed { message }, _)) => {
+                    return Err(StartError::SetupFailed(message))
+                }
+                Some(_) => continue,
+                None => return Err(StartError::InitExited),
+            }
+        }
+    }
+
+    /// Whether the sandbox was made within a zygote's namespaces.
+    pub(crate) fn is_within_zygote(&self) -> bool {
+        self._within.is_some()
     }
 
     /// Sets the cgroup's limits (a spare sandbox or a seed's taking on a function).

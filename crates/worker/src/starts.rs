@@ -1,4 +1,4 @@
-//! The worker's start methods behind the pool's [`Starter`] seam: cold starts from
+//! The worker's start methods behind the pool's [`Starter`] seam: cold and switch starts from
 //! [`Instances`], fork starts from [`Zygotes`] (a zygote that cannot fork is discarded, and
 //! recreated on the next need), and the refills of seeds and spare sandboxes that follow.
 
@@ -23,6 +23,23 @@ impl Starter for Starts {
 
     fn forks(&self) -> bool {
         self.zygotes.config.enabled
+    }
+
+    fn switch(
+        &self,
+        previous: Instance,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<Instance, StartError> {
+        self.instances.switch_start(previous, function, limits)
+    }
+
+    fn memory_usage(&self) -> u64 {
+        self.zygotes.memory_usage()
+    }
+
+    fn shed(&self) -> bool {
+        self.zygotes.shed()
     }
 
     fn cold(
@@ -86,6 +103,10 @@ impl PooledInstance for Instance {
 
     fn memory_usage(&self) -> Option<u64> {
         Instance::memory_usage(self)
+    }
+
+    fn network(&self) -> bool {
+        Instance::network(self)
     }
 
     fn is_frozen(&self) -> bool {

@@ -12,6 +12,7 @@ mod network;
 mod package_security;
 mod packages;
 mod storage;
+mod switch;
 mod tenancy;
 mod zygote_security;
 mod zygotes;

@@ -104,6 +104,9 @@ pub trait ZygoteHost: Send + Sync + 'static {
     ) -> Result<(Self::Instance, i32), ForkError>;
     fn destroy_sandbox(&self, sandbox: Self::Sandbox);
     fn destroy_child(&self, child: Self::Child);
+    /// Memory charged to a spare sandbox, or to a child's.
+    fn sandbox_memory(&self, sandbox: &Self::Sandbox) -> Option<u64>;
+    fn child_memory(&self, child: &Self::Child) -> Option<u64>;
     /// The pages process `pid` wrote since it was forked (at most `max`).
     fn written_pages(&self, pid: i32, max: usize) -> std::io::Result<Vec<u64>>;
     /// MemAvailable, in MB.
@@ -580,6 +583,14 @@ impl ZygoteHost for SandboxHost {
 
     fn destroy_child(&self, child: Child) {
         child.sandbox.destroy();
+    }
+
+    fn sandbox_memory(&self, within: &Within) -> Option<u64> {
+        within.sandbox.memory_usage()
+    }
+
+    fn child_memory(&self, child: &Child) -> Option<u64> {
+        child.sandbox.memory_usage()
     }
 
     fn written_pages(&self, pid: i32, max: usize) -> std::io::Result<Vec<u64>> {

@@ -184,6 +184,12 @@ impl ZygoteHost for FakeHost {
     fn destroy_child(&self, child: FakeChild) {
         self.event(format!("destroy {}", child.sandbox.id));
     }
+    fn sandbox_memory(&self, _sandbox: &FakeSandbox) -> Option<u64> {
+        Some(1 << 20)
+    }
+    fn child_memory(&self, _child: &FakeChild) -> Option<u64> {
+        Some(2 << 20)
+    }
     fn written_pages(&self, _pid: i32, _max: usize) -> std::io::Result<Vec<u64>> {
         Ok(vec![0x1000, 0x2000])
     }
