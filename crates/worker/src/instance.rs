@@ -200,37 +200,56 @@ impl Instances {
         }
     }
 
-    /// Switch start: the sandbox of `previous`, an idle instance of another function, made
-    /// clean and given to `function` (see [`SandboxHandle::repurpose`]: its processes killed,
-    /// its writable state purged, a fresh cgroup with this function's limits, a fresh id and
-    /// hostname), its code and package closure attached, then a fresh interpreter started in
-    /// it by the sandbox's init. The caller keeps the network setting (a sandbox's network
-    /// namespace stays) and checks that the sandbox's usage fits this function's memory limit.
-    pub fn switch_start(
+    /// The sandbox of `previous`, an idle instance of another function, made clean for
+    /// `function` under a fresh id (see [`SandboxHandle::repurpose`]: its processes killed, its
+    /// writable state purged, a fresh cgroup with this function's limits, a fresh hostname),
+    /// keeping the entries of its package closure already there (returned). The caller keeps
+    /// the network setting (a sandbox's network namespace stays) and checks that the sandbox's
+    /// usage fits this function's memory limit. Destroys the sandbox on failure.
+    pub(crate) fn repurpose(
         &self,
         previous: Instance,
+        function: &FunctionVersion,
+        limits: &FunctionLimits,
+    ) -> Result<(String, SandboxHandle, Vec<String>), StartError> {
+        let mut sandbox = previous.into_sandbox().ok_or(StartError::InitExited)?;
+        let id = self.sandboxes.next_id();
+        let keys: Vec<String> = function.lock.packages.iter().map(|p| p.key()).collect();
+        match sandbox.repurpose(
+            &self.sandboxes.cgroups,
+            &id,
+            &limits.cgroup(),
+            limits.tmp_mb.saturating_mul(1024 * 1024),
+            keys,
+        ) {
+            Ok(kept) => Ok((id, sandbox, kept)),
+            Err(e) => {
+                sandbox.destroy();
+                Err(e)
+            }
+        }
+    }
+
+    /// Switch start without a zygote: `function`'s code and the rest of its package closure
+    /// attached to a sandbox made clean for it ([`Instances::repurpose`]), then a fresh
+    /// interpreter started in it by the sandbox's init.
+    pub(crate) fn exec_in(
+        &self,
+        (id, sandbox, kept): (String, SandboxHandle, Vec<String>),
         function: &Arc<FunctionVersion>,
         limits: &FunctionLimits,
     ) -> Result<Instance, StartError> {
-        let mut sandbox = previous.into_sandbox().ok_or(StartError::InitExited)?;
-        let id = self.sandboxes.next_id();
         let assignment = self.assign(&id, function);
-        let keys: Vec<String> = function.lock.packages.iter().map(|p| p.key()).collect();
         let started = (|| {
-            let kept = sandbox.repurpose(
-                &self.sandboxes.cgroups,
-                &id,
-                &limits.cgroup(),
-                limits.tmp_mb.saturating_mul(1024 * 1024),
-                keys.clone(),
-            )?;
             sandbox.attach(&function.dir, layout::HANDLER, false)?;
-            for key in keys.iter().filter(|k| !kept.contains(k)) {
-                sandbox.attach(
-                    &self.packages_dir.join(key),
-                    &layout::package_dir(key),
-                    true,
-                )?;
+            for key in function.lock.packages.iter().map(|p| p.key()) {
+                if !kept.contains(&key) {
+                    sandbox.attach(
+                        &self.packages_dir.join(&key),
+                        &layout::package_dir(&key),
+                        true,
+                    )?;
+                }
             }
             let mut spec = self.instance_spec(function, &id);
             if sandbox.is_within_zygote() {
@@ -486,6 +505,11 @@ impl Instance {
     /// Its sandbox, the instance gone (its socket, output and assignment closed).
     fn into_sandbox(mut self) -> Option<SandboxHandle> {
         self.sandbox.take()
+    }
+
+    /// Its sandbox.
+    pub(crate) fn sandbox(&self) -> Option<&SandboxHandle> {
+        self.sandbox.as_ref()
     }
 
     /// Whether its sandbox has a network.

@@ -53,6 +53,8 @@ pub enum StartError {
     NoInstance,
     #[error("purging the sandbox failed: {0}")]
     PurgeFailed(String),
+    #[error("forking into the switched sandbox failed: {0}")]
+    SwitchFork(String),
 }
 
 /// The uid and gid function code runs as inside a zygote's user namespace (mapped to the
@@ -263,7 +265,7 @@ impl Sandboxes {
             control: s.control,
             cgroup,
             namespaces: HashMap::new(),
-            _within: within,
+            within,
             output: s.output,
             network: None,
         };
@@ -317,7 +319,7 @@ pub(crate) struct SandboxHandle {
     /// zygote's user namespace).
     namespaces: HashMap<String, OwnedFd>,
     /// The zygote sandbox whose pid namespace holds this one's.
-    _within: Option<Arc<SharedSandbox>>,
+    within: Option<Arc<SharedSandbox>>,
     /// Read ends of its first instance's output pipes, until that instance takes them.
     output: Option<OutputPipes>,
     /// A networked sandbox's subnet, freed when the sandbox goes.
@@ -531,7 +533,21 @@ impl SandboxHandle {
 
     /// Whether the sandbox was made within a zygote's namespaces.
     pub(crate) fn is_within_zygote(&self) -> bool {
-        self._within.is_some()
+        self.within.is_some()
+    }
+
+    /// Whether the sandbox's pid namespace lies below that of the zygote sandbox `zygote` (it
+    /// was made within it, or within a zygote made within it): only then can that zygote's
+    /// children be born in it.
+    pub(crate) fn lies_within(&self, zygote: &Arc<SharedSandbox>) -> bool {
+        let mut current = self.within.clone();
+        while let Some(s) = current {
+            if Arc::ptr_eq(&s, zygote) {
+                return true;
+            }
+            current = s.with(|h| h.within.clone()).flatten();
+        }
+        false
     }
 
     /// Sets the cgroup's limits (a spare sandbox or a seed's taking on a function).

@@ -6,6 +6,7 @@ use crate::instance::{Instance, Instances, InvokeError, Reply};
 use crate::pool::{PooledInstance, Starter};
 use crate::registry::FunctionVersion;
 use crate::sandboxes::{FunctionLimits, StartError};
+use crate::zygote::host::Within;
 use crate::zygote::{ForkError, Forked, Zygotes};
 use kindling_sandbox::cgroup::CgroupError;
 use std::future::Future;
@@ -25,13 +26,37 @@ impl Starter for Starts {
         self.zygotes.config.enabled
     }
 
+    /// Forked from the function's zygote when the sandbox lies within its pid namespace (made
+    /// within it or a zygote below it: functions sharing packages), else exec'd in it.
     fn switch(
         &self,
         previous: Instance,
         function: &Arc<FunctionVersion>,
         limits: &FunctionLimits,
     ) -> Result<Instance, StartError> {
-        self.instances.switch_start(previous, function, limits)
+        let zygote = self
+            .forks()
+            .then(|| self.zygotes.acquire(function).ok())
+            .flatten()
+            .filter(|z| self.zygotes.reaches(z, &previous));
+        let clean = self.instances.repurpose(previous, function, limits)?;
+        match zygote {
+            Some(z) => {
+                let (id, sandbox, _) = clean;
+                self.zygotes
+                    .fork_into(&z, Within::new(id, sandbox), function, limits)
+                    .map_err(|e| {
+                        if matches!(e, ForkError::Io(_) | ForkError::Zygote(_)) {
+                            self.zygotes.discard(&z);
+                        }
+                        match e {
+                            ForkError::Create(e) => e,
+                            other => StartError::SwitchFork(crate::error_chain(&other)),
+                        }
+                    })
+            }
+            None => self.instances.exec_in(clean, function, limits),
+        }
     }
 
     fn memory_usage(&self) -> u64 {

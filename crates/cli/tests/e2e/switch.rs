@@ -124,6 +124,7 @@ def f(event):
         "tmp": sorted(os.listdir("/tmp")),
         "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "me": os.getpid(),
+        "ppid": os.getppid(),
         "shm": table("shm"), "sem": table("sem"), "msg": table("msg"),
         "abstract": unix,
         "env": sorted(os.environ),
@@ -184,8 +185,13 @@ fn b_finds_nothing_of_a(start: StartMethod) {
     );
     assert_eq!(b["hostname"], b["sandbox"], "the hostname is not B's: {b}");
 
-    // B in a sandbox of its own, cold: the same descriptors, environment and domain name.
-    let (c, _) = run(&w, "b_cold", StartMethod::Cold, &json!({}));
+    // In a sandbox made within the zygote B forks from, B is forked (its parent, the zygote,
+    // is outside the sandbox's pid namespace); in a cold one, the sandbox's init execs it.
+    let parent = if start == StartMethod::Fork { 0 } else { 1 };
+    assert_eq!(b["ppid"], parent, "{b}");
+    // B in a sandbox of its own, started as A was: the same descriptors, environment and
+    // domain name.
+    let (c, _) = run(&w, "b_cold", start, &json!({}));
     for key in ["fds", "fd_targets", "domainname"] {
         assert_eq!(
             b[key], c[key],
@@ -202,6 +208,7 @@ fn b_finds_nothing_of_a(start: StartMethod) {
             .collect()
     };
     assert_eq!(names(&b), names(&c), "{b} vs {c}");
+    assert_eq!(b["ppid"], c["ppid"], "{b} vs {c}");
     assert_eq!(w.stats()["start.switch"], 1, "{}", w.stats());
     // The switched instance serves warm afterwards, and A starts anew.
     let (again, info) = run(&w, "b", StartMethod::Warm, &json!({}));

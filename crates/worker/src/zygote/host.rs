@@ -133,6 +133,22 @@ pub struct Within {
     sandbox: SandboxHandle,
 }
 
+impl Within {
+    /// A sandbox made within a zygote's namespaces, under id `id` (a switched one).
+    pub(crate) fn new(id: String, sandbox: SandboxHandle) -> Self {
+        Self { id, sandbox }
+    }
+}
+
+impl super::Zygotes<SandboxHost> {
+    /// Whether `zygote` can fork into `instance`'s sandbox (see [`SandboxHandle::lies_within`]).
+    pub(crate) fn reaches(&self, zygote: &Zygote<ZygoteProc>, instance: &Instance) -> bool {
+        instance
+            .sandbox()
+            .is_some_and(|s| s.lies_within(&zygote.process.sandbox))
+    }
+}
+
 /// The payload of the frame a forked child sends once it is entered and unprivileged.
 const READY: &[u8] = b"ready";
 

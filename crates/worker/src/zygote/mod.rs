@@ -26,7 +26,7 @@
 //! unit tests (`tests.rs`). See docs/adr/0006-worker-layering.md.
 
 mod eviction;
-mod host;
+pub(crate) mod host;
 mod learning;
 mod policy;
 mod process;
@@ -398,6 +398,23 @@ impl<H: ZygoteHost> Zygotes<H> {
             .host
             .assign(child, &zygote.packages, function, limits, clean)?;
         Ok((instance, forked(pid, false)))
+    }
+
+    /// Switch start from a zygote: an instance of `function` forked from `zygote` into
+    /// `sandbox`, another function's sandbox made clean for it, within the zygote's pid
+    /// namespace; its code and the packages of its closure the zygote lacks are attached.
+    pub fn fork_into(
+        &self,
+        zygote: &Zygote<H::Process>,
+        sandbox: H::Sandbox,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<H::Instance, ForkError> {
+        let child = self.fork_child(zygote, sandbox, &[])?;
+        let (instance, _) = self
+            .host
+            .assign(child, &zygote.packages, function, limits, true)?;
+        Ok(instance)
     }
 
     /// Forks a child of `zygote` into `sandbox`, counting the fork. Destroys the sandbox on
