@@ -104,7 +104,7 @@ impl Default for ZygoteConfig {
             min_available_mb: 1024,
             spare_sandboxes: 4,
             seeds: 1,
-            max_seeds: 16,
+            max_seeds: 32,
         }
     }
 }
