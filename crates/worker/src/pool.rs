@@ -344,7 +344,10 @@ impl<S: Starter> Pool<S> {
         let mut reserved = false;
         let mut budgeted = false;
         for method in self.order(policy) {
-            if method != StartMethod::Warm && !budgeted {
+            // A new sandbox must fit the budget; a switch makes room once it holds its victim
+            // (whose usage it replaces).
+            let adds_sandbox = matches!(method, StartMethod::Fork | StartMethod::Cold);
+            if adds_sandbox && !budgeted {
                 self.make_room(need).await;
                 budgeted = true;
             }
@@ -417,6 +420,7 @@ impl<S: Starter> Pool<S> {
             }
             return None;
         };
+        self.make_room(limits.memory_mb << 20).await;
         let starter = self.starter.clone();
         let (f, l) = (function.clone(), limits.clone());
         let result = tokio::task::spawn_blocking(move || starter.switch(victim, &f, &l)).await;
@@ -1553,6 +1557,37 @@ mod tests {
         assert!(busy.await.unwrap().is_ok());
         assert!(second.await.unwrap().is_ok());
         assert_eq!(p2.metrics.stats(&[]).count("budget.over"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_switch_under_the_budget_replaces_its_victim_instead_of_evicting_it() {
+        let p = pool(
+            FakeStarter {
+                instance_memory: Some(50 << 20),
+                ..Default::default()
+            },
+            PoolConfig {
+                memory_budget: Some(150 << 20),
+                ..config()
+            },
+        );
+        let oa = run(&p, &function("a", "1"), "{}", StartPolicy::Cold)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        run(&p, &function("b", "1"), "{}", StartPolicy::Cold)
+            .await
+            .unwrap();
+        // 100 MB idle; c needs 64: counted before the switch, a would be evicted and c would
+        // take b's sandbox. The switch takes a's, whose usage it replaces: 50 + 64 fits.
+        let oc = run(&p, &function("c", "1"), "{}", StartPolicy::Switch)
+            .await
+            .unwrap();
+        assert_eq!(oc.start, StartMethod::Switch);
+        assert_eq!(oc.instance_id, oa.instance_id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(p.starter.log.destroyed().is_empty());
+        assert_eq!(p.used_memory(), 100 << 20);
     }
 
     #[tokio::test]
