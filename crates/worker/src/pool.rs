@@ -87,6 +87,10 @@ pub trait Starter: Send + Sync + 'static {
         limits: &FunctionLimits,
     ) -> Result<Self::Instance, StartError>;
 
+    /// Whether a switch of `previous`'s sandbox to `function` would fork the new instance from
+    /// a ready zygote (fast) rather than start an interpreter (as slow as a cold one).
+    fn forks_into(&self, function: &FunctionVersion, previous: &Self::Instance) -> bool;
+
     /// Memory charged now to what it keeps ahead of need (zygotes, seeds, spare sandboxes).
     fn memory_usage(&self) -> u64;
 
@@ -414,7 +418,7 @@ impl<S: Starter> Pool<S> {
         limits: &FunctionLimits,
         forced: bool,
     ) -> Option<S::Instance> {
-        let Some(victim) = self.switch_victim(&function.name, limits) else {
+        let Some(victim) = self.switch_victim(function, limits) else {
             if forced {
                 self.metrics.add("switch.fallback", 1);
             }
@@ -441,13 +445,17 @@ impl<S: Starter> Pool<S> {
         }
     }
 
-    /// Takes the idle instance a switch start of `name` would repurpose (see
+    /// Takes the idle instance a switch start of `function` would repurpose (see
     /// [`choose_switch_victim`]).
-    fn switch_victim(&self, name: &str, limits: &FunctionLimits) -> Option<S::Instance> {
+    fn switch_victim(
+        &self,
+        function: &FunctionVersion,
+        limits: &FunctionLimits,
+    ) -> Option<S::Instance> {
         let map = self.functions.lock();
         let candidates = map
             .iter()
-            .filter(|(n, _)| n.as_str() != name)
+            .filter(|(n, _)| **n != function.name)
             .flat_map(|(_, fp)| {
                 let idle = fp.idle.lock();
                 idle.iter()
@@ -457,6 +465,7 @@ impl<S: Starter> Pool<S> {
                         last_used: i.last_used(),
                         network: i.network(),
                         memory_bytes: i.memory_usage(),
+                        forks: self.starter.forks_into(function, i),
                         pool: fp.clone(),
                     })
                     .collect::<Vec<_>>()
@@ -765,13 +774,16 @@ struct Candidate<I> {
     last_used: Instant,
     network: bool,
     memory_bytes: Option<u64>,
+    /// The new instance would be forked into it (see [`Starter::forks_into`]).
+    forks: bool,
     pool: Arc<FunctionPool<I>>,
 }
 
-/// Which of `candidates` (idle instances of other functions) a switch start repurposes: the
-/// least recently used of those with the same network setting (a sandbox's network namespace
-/// stays) whose usage is known and fits the new function's memory limit (else it would be
-/// killed at once).
+/// Which of `candidates` (idle instances of other functions) a switch start repurposes: of
+/// those with the same network setting (a sandbox's network namespace stays) whose usage is
+/// known and fits the new function's memory limit (else it would be killed at once), one the
+/// new instance can be forked into if any (a switch that must start an interpreter costs what a
+/// cold start does), the least recently used first.
 fn choose_switch_victim<I>(
     candidates: &[Candidate<I>],
     network: bool,
@@ -782,7 +794,7 @@ fn choose_switch_victim<I>(
         .enumerate()
         .filter(|(_, c)| c.network == network)
         .filter(|(_, c)| c.memory_bytes.is_some_and(|m| m <= memory_limit))
-        .min_by_key(|(_, c)| c.last_used)
+        .min_by_key(|(_, c)| (!c.forks, c.last_used))
         .map(|(n, _)| n)
 }
 
@@ -998,6 +1010,9 @@ mod tests {
                 memory: self.instance_memory.unwrap_or(1 << 20),
                 ..previous
             })
+        }
+        fn forks_into(&self, _function: &FunctionVersion, previous: &FakeInstance) -> bool {
+            previous.id.starts_with("forkable")
         }
         fn memory_usage(&self) -> u64 {
             self.kept_memory.load(Ordering::SeqCst)
@@ -1358,6 +1373,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn switch_prefers_a_sandbox_it_can_fork_into() {
+        let p = pool(FakeStarter::default(), config());
+        run(&p, &function("plain", "1"), "{}", StartPolicy::Cold)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let f = run(&p, &function("forkable", "1"), "{}", StartPolicy::Cold)
+            .await
+            .unwrap();
+        let o = run(&p, &function("c", "1"), "{}", StartPolicy::Switch)
+            .await
+            .unwrap();
+        assert_eq!(
+            o.instance_id, f.instance_id,
+            "not the older one it would exec in"
+        );
+    }
+
+    #[tokio::test]
     async fn switch_never_into_a_sandbox_using_more_than_the_new_limit() {
         let p = pool(
             FakeStarter {
@@ -1408,6 +1442,7 @@ mod tests {
             last_used: now - Duration::from_millis(age_ms),
             network,
             memory_bytes: memory,
+            forks: false,
             pool: pool.clone(),
         };
         let mb = |n: u64| Some(n << 20);
@@ -1424,6 +1459,10 @@ mod tests {
         assert_eq!(choose_switch_victim(&list, true, 64 << 20), Some(1));
         assert_eq!(choose_switch_victim(&list, true, 1 << 20), None);
         assert_eq!(choose_switch_victim(&list[..1], true, 64 << 20), None);
+        // One the new instance can be forked into goes first, however recently used.
+        let mut list = list;
+        list[0].forks = true;
+        assert_eq!(choose_switch_victim(&list, false, 64 << 20), Some(0));
     }
 
     #[tokio::test]

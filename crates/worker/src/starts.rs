@@ -59,6 +59,12 @@ impl Starter for Starts {
         }
     }
 
+    fn forks_into(&self, function: &FunctionVersion, previous: &Instance) -> bool {
+        self.zygotes
+            .ready_for(function)
+            .is_some_and(|z| self.zygotes.reaches(&z, previous))
+    }
+
     fn memory_usage(&self) -> u64 {
         self.zygotes.memory_usage()
     }

@@ -326,6 +326,19 @@ impl<H: ZygoteHost> Zygotes<H> {
         parent.ok_or_else(|| ForkError::NotReady("no zygote".into()))
     }
 
+    /// The zygote `function` forks from, if it is alive now (never made here).
+    pub fn ready_for(&self, function: &FunctionVersion) -> Option<Arc<Zygote<H::Process>>> {
+        if !self.config.enabled {
+            return None;
+        }
+        let target = self.candidates(&function.lock).pop().unwrap_or_default();
+        self.nodes
+            .lock()
+            .get(&target)
+            .filter(|z| !z.is_dead())
+            .cloned()
+    }
+
     fn live(&self, set: &PackageSet) -> Option<Arc<Zygote<H::Process>>> {
         let dead = {
             let mut nodes = self.nodes.lock();
