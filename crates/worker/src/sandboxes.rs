@@ -446,7 +446,7 @@ impl SandboxHandle {
     /// `packages` of its package entries (returned: those it kept); then the sandbox moves to a
     /// fresh cgroup `id` with `limits`, so that its memory accounting starts from the next
     /// function's own usage (what the previous one was charged, its page cache included, stays
-    /// with the old cgroup, removed here).
+    /// with the old cgroup, removed in the background).
     pub(crate) fn repurpose(
         &mut self,
         cgroups: &CgroupManager,
@@ -489,12 +489,16 @@ impl SandboxHandle {
             return Err(e);
         }
         let old = std::mem::replace(&mut self.cgroup, fresh);
-        if let Err(e) = old.remove() {
-            tracing::warn!(
-                cgroup = old.name(),
-                "removing a switched sandbox's cgroup: {e}"
-            );
-        }
+        // An rmdir per hierarchy (a memory cgroup's takes milliseconds): off the start's path.
+        // One left behind by a crash meanwhile is removed at the next start, like any other.
+        std::thread::spawn(move || {
+            if let Err(e) = old.remove() {
+                tracing::warn!(
+                    cgroup = old.name(),
+                    "removing a switched sandbox's cgroup: {e}"
+                );
+            }
+        });
         Ok(kept)
     }
 
