@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 pub enum StartMethod {
     /// An idle instance of the same function version.
     Warm,
+    /// An idle sandbox of another function, purged and given to this one.
+    Switch,
     /// A new sandbox whose instance is forked from a zygote.
     Fork,
     /// A new sandbox and a fresh interpreter.
@@ -29,13 +31,19 @@ pub enum StartMethod {
 }
 
 impl StartMethod {
-    /// Every start method, in the default policy's order.
-    pub const ALL: [StartMethod; 3] = [StartMethod::Warm, StartMethod::Fork, StartMethod::Cold];
+    /// Every start method.
+    pub const ALL: [StartMethod; 4] = [
+        StartMethod::Warm,
+        StartMethod::Switch,
+        StartMethod::Fork,
+        StartMethod::Cold,
+    ];
 
     /// The name on the wire (`X-Kindling-Start`, `/stats` keys, reports).
     pub fn as_str(self) -> &'static str {
         match self {
             StartMethod::Warm => "warm",
+            StartMethod::Switch => "switch",
             StartMethod::Fork => "fork",
             StartMethod::Cold => "cold",
         }
@@ -67,7 +75,7 @@ impl std::fmt::Display for UnknownStartMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "unknown start method {:?} (expected warm, fork or cold)",
+            "unknown start method {:?} (expected warm, switch, fork or cold)",
             self.0
         )
     }

@@ -1,5 +1,6 @@
-//! `kindling bench fork`: cold, fork and warm starts of hello, numpy and pandas functions, and
-//! the memory of forked against cold-started instances (the sandboxes' cgroup usage).
+//! `kindling bench fork`: cold, fork, warm and switch starts of hello, numpy and pandas
+//! functions, bursts of concurrent fork starts of pandas, and the memory of forked against
+//! cold-started instances (the sandboxes' cgroup usage).
 
 use crate::driver::timed_start;
 use crate::stats::Samples;
@@ -10,6 +11,8 @@ use kindling_api::client::Client;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// The arguments of `kindling bench fork`.
 #[derive(clap::Args)]
@@ -23,6 +26,14 @@ pub struct ForkArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Concurrent forced fork starts of the pandas function per burst (0: no bursts). A
+    /// worker serves them at once only with `max_instances_per_function` at least this.
+    #[arg(long, default_value_t = 20)]
+    pub burst: usize,
+    /// Bursts, each on a worker done with the last one's refills (the first teaches the
+    /// zygote the burst's size).
+    #[arg(long, default_value_t = 2)]
+    pub bursts: usize,
 }
 
 /// Runs `bench fork` against the worker at `addr`.
@@ -31,8 +42,46 @@ pub async fn run(addr: SocketAddr, args: ForkArgs) -> Result<()> {
         repetitions,
         memory_instances,
         output,
+        burst,
+        bursts,
     } = args;
-    fork(addr, repetitions, memory_instances, output).await
+    fork(addr, repetitions, memory_instances, output, (burst, bursts)).await
+}
+
+/// `n` concurrent forced fork starts of `name`, each from a client whose connection is open
+/// before they all start; their client latencies.
+async fn burst(addr: SocketAddr, name: &str, n: usize) -> Result<Samples> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (barrier, name) = (barrier.clone(), name.to_string());
+        tasks.spawn(async move {
+            let mut c = Client::new(addr);
+            let opened = c.get("/status").await.map(|_| ());
+            barrier.wait().await;
+            opened?;
+            let t = Instant::now();
+            let r = c
+                .request(
+                    Method::POST,
+                    &format!("/run/{name}"),
+                    &[("x-kindling-start", "fork")],
+                    "{}",
+                )
+                .await?
+                .ok()?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            match r.header("x-kindling-start") {
+                Some("fork") => Ok(ms),
+                other => bail!("{name}: a burst's fork start came back as {other:?}"),
+            }
+        });
+    }
+    let mut samples = Samples::default();
+    while let Some(done) = tasks.join_next().await {
+        samples.0.push(done??);
+    }
+    Ok(samples)
 }
 
 /// The functions of `bench fork`: name, code, requirements.
@@ -69,6 +118,7 @@ async fn fork(
     reps: usize,
     memory_instances: usize,
     output: Option<PathBuf>,
+    (burst_size, bursts): (usize, usize),
 ) -> Result<()> {
     let mut c = Client::new(addr);
     let mut results = serde_json::Map::new();
@@ -95,13 +145,32 @@ async fn fork(
         if how != "fork" {
             bail!("{name}: a forced fork start came back as `{how}` (are zygotes enabled?)");
         }
+        // Switch starts alternate between the function and a twin (the same code and
+        // packages), each taking the other's idle sandbox.
+        let twin = format!("{name}-twin");
+        c.request(
+            Method::POST,
+            &format!("/registry/{twin}"),
+            &[],
+            pack_files(&files)?,
+        )
+        .await?
+        .ok()?;
         let mut entry = serde_json::Map::new();
-        for method in ["cold", "fork", "warm"] {
+        for method in ["cold", "fork", "warm", "switch"] {
             eprintln!("{name}: {method} x{reps}");
+            if method == "switch" {
+                start_once(&mut c, &twin, None).await?;
+            }
             let mut samples = Samples::default();
-            for _ in 0..reps {
+            for i in 0..reps {
                 let forced = (method != "warm").then_some(method);
-                let (ms, how, _) = start_once(&mut c, name, forced).await?;
+                let target = if method == "switch" && i % 2 == 1 {
+                    twin.as_str()
+                } else {
+                    name
+                };
+                let (ms, how, _) = start_once(&mut c, target, forced).await?;
                 if how != method {
                     bail!("{name}: expected a {method} start, got `{how}`");
                 }
@@ -117,11 +186,43 @@ async fn fork(
             );
             entry.insert(method.to_string(), samples.json());
         }
+        let _ = c
+            .request(
+                Method::DELETE,
+                &format!("/registry/{twin}"),
+                &[],
+                Vec::new(),
+            )
+            .await;
         let cold = entry["cold"]["p50_ms"].as_f64().unwrap_or(f64::NAN);
         let fork = entry["fork"]["p50_ms"].as_f64().unwrap_or(f64::NAN);
         entry.insert("cold_over_fork_p50".into(), json!(cold / fork));
         results.insert(name.to_string(), serde_json::Value::Object(entry));
     }
+    let name = "bench-fork-pandas";
+    let mut burst_results = Vec::new();
+    let bursts = if burst_size == 0 { 0 } else { bursts };
+    for b in 0..bursts {
+        c.settle().await?;
+        eprintln!(
+            "{name}: burst {} of {burst_size} concurrent fork starts",
+            b + 1
+        );
+        let samples = burst(addr, name, burst_size).await?;
+        println!(
+            "{:<20} {:>6} {:>10.3} {:>10.3} {:>10}",
+            name,
+            format!("burst{}", b + 1),
+            samples.pct(50.0),
+            samples.pct(99.0),
+            samples.0.len()
+        );
+        burst_results.push(samples.json());
+    }
+    results.insert(
+        "bursts".into(),
+        json!({"function": name, "concurrent_fork_starts": burst_size, "bursts": burst_results}),
+    );
     // Memory: instances started by fork against instances started cold, measured by the cgroup
     // of each sandbox right after its first invocation (memory.usage_in_bytes / memory.current).
     let name = "bench-fork-pandas";

@@ -98,7 +98,10 @@ mod tests {
             .err()
             .expect("names are exact")
             .to_string();
-        assert!(err.contains("[possible values: cold, fork, warm]"), "{err}");
+        assert!(
+            err.contains("[possible values: cold, fork, switch, warm]"),
+            "{err}"
+        );
         assert!(Bench::try_parse_from(["bench", "fork", "--memory-instances", "3"]).is_ok());
         assert!(Bench::try_parse_from(["bench", "packages", "--requirements", "numpy"]).is_ok());
         assert!(Bench::try_parse_from(["bench", "startup", "gzip", "--size", "test"]).is_ok());

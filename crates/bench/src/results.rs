@@ -32,11 +32,11 @@ impl Size {
     }
 }
 
-/// The `X-Kindling-Start` value that forces `start` on every invocation, if any: cold and fork
-/// are forced, warm is what the worker's policy gives an idle instance.
+/// The `X-Kindling-Start` value that forces `start` on every invocation, if any: cold, fork and
+/// switch are forced, warm is what the worker's policy gives an idle instance.
 pub fn forced(start: StartMethod) -> Option<&'static str> {
     match start {
-        StartMethod::Cold | StartMethod::Fork => Some(start.as_str()),
+        StartMethod::Cold | StartMethod::Fork | StartMethod::Switch => Some(start.as_str()),
         StartMethod::Warm => None,
     }
 }

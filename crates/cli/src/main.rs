@@ -58,7 +58,7 @@ enum Command {
         /// JSON event.
         #[arg(long, default_value = "{}")]
         data: String,
-        /// Force a start method: cold or fork (warm: the default policy).
+        /// Force a start method: cold, fork or switch (warm: the default policy).
         #[arg(long)]
         start: Option<StartMethod>,
         /// Print the start method and timing breakdown to stderr.

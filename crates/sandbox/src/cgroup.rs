@@ -763,6 +763,24 @@ impl Cgroup {
         })
     }
 
+    /// Moves process `pid` into this cgroup in every hierarchy, a separate freezer's included
+    /// (a sandbox's init, when its sandbox changes cgroups). What it was charged so far stays
+    /// with its old cgroup: v1 moves charges only with `memory.move_charge_at_immigrate`, which
+    /// Kindling never sets, and v2 never moves them.
+    pub fn adopt(&self, pid: i32) -> Result<(), CgroupError> {
+        for node in self.nodes() {
+            append_pid(&node.dir.join("cgroup.procs"), pid)?;
+        }
+        if let Some(f) = self.freezer.as_ref().filter(|_| self.freezer_is_separate()) {
+            fs::create_dir_all(&f.dir).map_err(|source| CgroupError::Create {
+                path: f.dir.clone(),
+                source,
+            })?;
+            append_pid(&f.dir.join("cgroup.procs"), pid)?;
+        }
+        Ok(())
+    }
+
     /// The processes in the cgroup, sorted; empty once its directories are gone.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         let mut pids = BTreeSet::new();

@@ -28,6 +28,16 @@ pub enum ControlRequest {
     },
     /// Kill every process of the sandbox except init.
     KillInstances,
+    /// Make the sandbox clean for another function (see [`crate::purge`]): kill every process
+    /// but init, remove every System V IPC object, replace `/tmp` with an empty tmpfs of
+    /// `tmp_bytes`, set the hostname to `hostname` and the domain name back to the sandbox's
+    /// first, and remove every entry of `packages_dir` (a `Packages` mount) not in `packages`.
+    Purge {
+        hostname: String,
+        tmp_bytes: u64,
+        packages_dir: PathBuf,
+        packages: Vec<String>,
+    },
     /// The sandbox's network is configured: a networked sandbox's init starts its first
     /// instance (and reports `Ready`) only after this.
     NetworkReady,
@@ -53,6 +63,8 @@ pub enum ControlEvent {
     Mounted { target: PathBuf },
     /// `KillInstances` was carried out.
     Killed,
+    /// `Purge` was carried out; `packages` are the entries of `/packages` it kept.
+    Purged { packages: Vec<String> },
     /// A request failed; the sandbox lives on.
     Failed { message: String },
     /// Setting the sandbox up failed; init exits after sending this.
@@ -103,6 +115,11 @@ impl ControlChannel {
     /// Marks the socket nonblocking (for use with an async reactor).
     pub fn set_nonblocking(&self) -> io::Result<()> {
         sys::set_nonblocking(self.fd.as_raw_fd())
+    }
+
+    /// Marks the socket blocking again.
+    pub fn set_blocking(&self) -> io::Result<()> {
+        sys::set_blocking(self.fd.as_raw_fd())
     }
 }
 

@@ -77,7 +77,9 @@ pub fn run(
             sys::exit_now(1);
         }
     }
-    serve(&control)
+    // What a purge restores (see `purge`): read once the sandbox's /proc is mounted.
+    let domainname = crate::purge::domainname();
+    serve(&control, &domainname)
 }
 
 /// Joins the cgroup, builds the root and the rest of the sandbox; returns descriptors of the
@@ -287,7 +289,7 @@ impl<'a> Prepared<'a> {
 }
 
 /// The init's main loop: control requests in, events out, zombies reaped.
-fn serve(control: &ControlChannel) -> ! {
+fn serve(control: &ControlChannel, domainname: &str) -> ! {
     let sigfd = match sys::signalfd(&[libc::SIGCHLD]) {
         Ok(fd) => fd,
         Err(_) => sys::exit_now(1),
@@ -304,7 +306,7 @@ fn serve(control: &ControlChannel) -> ! {
         if ready[0] {
             match control.recv::<ControlRequest>(true) {
                 Ok(Some((req, fds))) => {
-                    let event = handle(req, fds);
+                    let event = handle(req, fds, domainname);
                     let _ = control.send(&event, &[]);
                 }
                 Ok(None) => sys::exit_now(0),
@@ -329,7 +331,7 @@ fn reap(control: &ControlChannel) {
     }
 }
 
-fn handle(req: ControlRequest, mut fds: Vec<OwnedFd>) -> ControlEvent {
+fn handle(req: ControlRequest, mut fds: Vec<OwnedFd>, domainname: &str) -> ControlEvent {
     let failed = |message: String| ControlEvent::Failed { message };
     match req {
         // Later instances never keep privileges (a zygote is only ever the first).
@@ -360,6 +362,24 @@ fn handle(req: ControlRequest, mut fds: Vec<OwnedFd>) -> ControlEvent {
                 Err(e) => failed(format!("mounting on {}: {e}", target.display())),
             },
         },
+        ControlRequest::Purge {
+            hostname,
+            tmp_bytes,
+            packages_dir,
+            packages,
+        } => {
+            let clean = crate::purge::Clean {
+                hostname: &hostname,
+                domainname,
+                tmp_bytes,
+                packages: &packages,
+                packages_dir: &packages_dir,
+            };
+            match crate::purge::purge(&clean) {
+                Ok(packages) => ControlEvent::Purged { packages },
+                Err(e) => failed(e),
+            }
+        }
         ControlRequest::NetworkReady => {
             failed("the sandbox's network is already configured".into())
         }

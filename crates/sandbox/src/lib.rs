@@ -14,6 +14,7 @@ pub mod mount;
 pub mod net;
 pub mod peer;
 pub mod process;
+pub mod purge;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spawner;

@@ -63,6 +63,29 @@ pub fn add_package_entry(entry: &Path) -> io::Result<()> {
     made
 }
 
+/// Removes the (unmounted) directories `entries` of a live sandbox's read-only `Packages`
+/// tmpfs (their parent).
+pub fn remove_package_entries(entries: &[PathBuf]) -> io::Result<()> {
+    let Some(parent) = entries.first().and_then(|e| e.parent()) else {
+        return Ok(());
+    };
+    sys::mount(None, parent, None, PACKAGES_RO & !libc::MS_RDONLY, None)?;
+    let removed = entries.iter().try_for_each(std::fs::remove_dir);
+    sys::mount(None, parent, None, PACKAGES_RO, None)?;
+    removed
+}
+
+/// Replaces whatever is mounted at `dst` with an empty `/tmp` tmpfs of `size_bytes`.
+pub fn fresh_tmp(dst: &Path, size_bytes: u64) -> Result<(), RootfsError> {
+    crate::purge::unmount_all(dst).map_err(at("unmounting", dst))?;
+    tmp(dst, size_bytes)
+}
+
+fn tmp(dst: &Path, size_bytes: u64) -> Result<(), RootfsError> {
+    let opts = format!("size={size_bytes},mode=1777");
+    tmpfs(dst, libc::MS_NOSUID | libc::MS_NODEV, &opts)
+}
+
 /// Character devices of a minimal `/dev`: name, major, minor.
 const DEVICES: &[(&str, u32, u32)] = &[
     ("null", 1, 3),
@@ -251,11 +274,7 @@ fn apply(root: &Path, m: &MountSpec, trees: Option<Trees<'_>>) -> Result<(), Roo
             target,
             writable,
         } => bind(source, tree(0), &host_path(root, target), *writable)?,
-        MountSpec::Tmpfs { target, size_bytes } => {
-            let dst = host_path(root, target);
-            let opts = format!("size={size_bytes},mode=1777");
-            tmpfs(&dst, libc::MS_NOSUID | libc::MS_NODEV, &opts)?;
-        }
+        MountSpec::Tmpfs { target, size_bytes } => tmp(&host_path(root, target), *size_bytes)?,
         MountSpec::Proc { target } => {
             let dst = host_path(root, target);
             sys::mount(

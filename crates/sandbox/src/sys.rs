@@ -115,6 +115,34 @@ pub fn sethostname(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// `setdomainname(2)` in the current UTS namespace.
+pub fn setdomainname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe the bytes of `name`, which outlives the call.
+    check(unsafe { libc::setdomainname(name.as_ptr() as *const libc::c_char, name.len()) })?;
+    Ok(())
+}
+
+/// A System V IPC object kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpcKind {
+    SharedMemory,
+    Semaphores,
+    MessageQueue,
+}
+
+/// Removes the System V IPC object `id` of `kind` (`IPC_RMID`) in the current IPC namespace.
+pub fn ipc_remove(kind: IpcKind, id: libc::c_int) -> io::Result<()> {
+    // SAFETY: IPC_RMID takes no buffer (a null pointer is allowed); integer arguments only.
+    check(unsafe {
+        match kind {
+            IpcKind::SharedMemory => libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()),
+            IpcKind::Semaphores => libc::semctl(id, 0, libc::IPC_RMID),
+            IpcKind::MessageQueue => libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()),
+        }
+    })?;
+    Ok(())
+}
+
 /// Brings the loopback interface of the current network namespace up.
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: socket(2) with constant arguments; the result is checked before use.
@@ -588,6 +616,15 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     // SAFETY: fcntl with integer arguments.
     check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// Marks a descriptor blocking.
+pub fn set_blocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: fcntl with integer arguments.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) })?;
     Ok(())
 }
 

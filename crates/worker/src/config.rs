@@ -10,7 +10,7 @@ use crate::logs::LogConfig;
 use crate::network::NetworkConfig;
 use crate::nosql::NosqlConfig;
 use crate::packages::{InstallerLimits, InstallerSettings};
-use crate::pool::PoolConfig;
+use crate::pool::{PoolConfig, StartMethod};
 use crate::s3::S3Config;
 use crate::storage::StorageConfig;
 use crate::zygote::ZygoteConfig;
@@ -18,6 +18,14 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The default policy's order of start methods (the reasoning: docs/adr/0009).
+pub const DEFAULT_START_ORDER: [StartMethod; 4] = [
+    StartMethod::Warm,
+    StartMethod::Fork,
+    StartMethod::Switch,
+    StartMethod::Cold,
+];
 
 /// Largest `max_memory_mb` (4 TiB): its byte count stays far inside a u64.
 pub const MAX_MEMORY_MB: u64 = 4 << 20;
@@ -61,6 +69,16 @@ pub struct Config {
     pub max_upload_bytes: usize,
     /// How long an idle instance stays warm, in seconds.
     pub keep_alive_secs: u64,
+    /// The start methods the default policy tries, in order: any of `warm`, `switch`, `fork`
+    /// and `cold`, each at most once, ending with `cold`. Requests forcing a method
+    /// (`X-Kindling-Start`) are not held to it.
+    pub start_order: Vec<String>,
+    /// Worker-wide memory budget in MB for sandboxes, instances, zygotes, seeds and spare
+    /// sandboxes together (their cgroups' charges; a busy instance counts at its memory limit).
+    /// A start that would exceed it first evicts idle instances, least recently used first,
+    /// then seeds and spare sandboxes, then idle zygotes. 0: no budget. At least
+    /// `max_memory_mb`.
+    pub memory_budget_mb: u64,
     /// Freeze an idle instance's processes (cgroup freezer) until its next invocation, so that
     /// background work it left gets no CPU.
     pub freeze_idle: bool,
@@ -195,6 +213,8 @@ impl Default for Config {
             max_body_bytes: 6 * 1024 * 1024,
             max_upload_bytes: 256 * 1024 * 1024,
             keep_alive_secs: 600,
+            start_order: DEFAULT_START_ORDER.iter().map(|m| m.to_string()).collect(),
+            memory_budget_mb: 0,
             freeze_idle: true,
             freeze_idle_after_ms: 2,
             max_instances_per_function: 8,
@@ -385,6 +405,14 @@ impl Config {
         if d.network && !self.allow_network {
             return invalid("defaults.network = true needs allow_network = true".into());
         }
+        if self.memory_budget_mb != 0 && self.memory_budget_mb < self.max_memory_mb {
+            return invalid(format!(
+                "memory_budget_mb ({}) is smaller than max_memory_mb ({}), the largest memory \
+                 limit a function may have: raise the budget or lower max_memory_mb",
+                self.memory_budget_mb, self.max_memory_mb
+            ));
+        }
+        self.start_order()?;
         if let Err(e) = self.network.pool.parse::<kindling_sandbox::net::Pool>() {
             return invalid(format!("network.pool: {e}"));
         }
@@ -410,6 +438,29 @@ impl Config {
                 .map(|d| d.join("uv"))
                 .find(|p| is_elf(p))
         })
+    }
+
+    /// `start_order` as start methods, checked: known names, each once, ending with cold.
+    pub fn start_order(&self) -> Result<Vec<StartMethod>, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let mut order = Vec::new();
+        for name in &self.start_order {
+            let m: StartMethod = name
+                .parse()
+                .map_err(|e: kindling_api::UnknownStartMethod| {
+                    invalid(format!("start_order: {e}"))
+                })?;
+            if order.contains(&m) {
+                return Err(invalid(format!("start_order names `{m}` twice")));
+            }
+            order.push(m);
+        }
+        if order.last() != Some(&StartMethod::Cold) {
+            return Err(invalid(
+                "start_order must end with `cold` (the method that always serves)".into(),
+            ));
+        }
+        Ok(order)
     }
 
     /// The operator's bounds on tenant settings.
@@ -444,6 +495,10 @@ impl Config {
             max_instances_per_function: self.max_instances_per_function,
             max_queue_per_function: self.max_queue_per_function,
             max_sandboxes: self.max_sandboxes,
+            start_order: self
+                .start_order()
+                .unwrap_or_else(|_| DEFAULT_START_ORDER.to_vec()),
+            memory_budget: (self.memory_budget_mb > 0).then_some(self.memory_budget_mb << 20),
         }
     }
 
@@ -530,6 +585,38 @@ mod tests {
         assert_eq!(
             cfg.package_index.as_deref(),
             Some("https://mirror.example/simple")
+        );
+    }
+
+    #[test]
+    fn start_order_and_memory_budget() {
+        let cfg = |text: &str| toml::from_str::<Config>(text).unwrap();
+        let ok = cfg("start_order = [\"warm\", \"switch\", \"cold\"]\nmemory_budget_mb = 8192\n");
+        assert!(ok.validate().is_ok(), "{:?}", ok.validate());
+        let pool = ok.pool();
+        assert_eq!(
+            pool.start_order,
+            [StartMethod::Warm, StartMethod::Switch, StartMethod::Cold]
+        );
+        assert_eq!(pool.memory_budget, Some(8192 << 20));
+        assert_eq!(Config::default().pool().memory_budget, None);
+        assert_eq!(Config::default().pool().start_order, DEFAULT_START_ORDER);
+        let refused = |text: &str| match cfg(text).validate() {
+            Err(ConfigError::Invalid(m)) => m,
+            other => panic!("{text}: {other:?}"),
+        };
+        let m = refused("start_order = [\"warm\", \"teleport\", \"cold\"]\n");
+        assert!(
+            m.contains("teleport") && m.contains("warm, switch, fork or cold"),
+            "{m}"
+        );
+        assert!(refused("start_order = [\"warm\", \"fork\"]\n").contains("end with `cold`"));
+        assert!(refused("start_order = []\n").contains("end with `cold`"));
+        assert!(refused("start_order = [\"cold\", \"cold\"]\n").contains("twice"));
+        let m = refused("max_memory_mb = 1024\nmemory_budget_mb = 512\n");
+        assert!(
+            m.contains("memory_budget_mb (512)") && m.contains("max_memory_mb (1024)"),
+            "{m}"
         );
     }
 

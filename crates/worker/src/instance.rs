@@ -17,7 +17,9 @@ use crate::frame::{self, FrameError};
 use crate::layout;
 use crate::logs::{InstanceOutput, Logs};
 use crate::registry::FunctionVersion;
-use crate::sandboxes::{FunctionLimits, Nesting, SandboxHandle, Sandboxes, StartError, ZYGOTE_LOG};
+use crate::sandboxes::{
+    FunctionLimits, Nesting, SandboxHandle, Sandboxes, StartError, USERNS_INSTANCE_ID, ZYGOTE_LOG,
+};
 use crate::tenants::{Assignment, Assignments};
 use hyper::body::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
@@ -224,6 +226,77 @@ impl Instances {
         }
     }
 
+    /// The sandbox of `previous`, an idle instance of another function, made clean for
+    /// `function` under a fresh id (see [`SandboxHandle::repurpose`]: its processes killed, its
+    /// writable state purged, a fresh cgroup with this function's limits, a fresh hostname),
+    /// keeping the entries of its package closure already there (returned). The caller keeps
+    /// the network setting (a sandbox's network namespace stays) and checks that the sandbox's
+    /// usage fits this function's memory limit. Destroys the sandbox on failure.
+    pub(crate) fn repurpose(
+        &self,
+        previous: Instance,
+        function: &FunctionVersion,
+        limits: &FunctionLimits,
+    ) -> Result<(String, SandboxHandle, Vec<String>), StartError> {
+        let mut sandbox = previous.into_sandbox().ok_or(StartError::InitExited)?;
+        let id = self.sandboxes.next_id();
+        let keys: Vec<String> = function.lock.packages.iter().map(|p| p.key()).collect();
+        match sandbox.repurpose(
+            &self.sandboxes.cgroups,
+            &id,
+            &limits.cgroup(),
+            limits.tmp_mb.saturating_mul(1024 * 1024),
+            keys,
+        ) {
+            Ok(kept) => Ok((id, sandbox, kept)),
+            Err(e) => {
+                sandbox.destroy();
+                Err(e)
+            }
+        }
+    }
+
+    /// Switch start without a zygote: `function`'s code and the rest of its package closure
+    /// attached to a sandbox made clean for it ([`Instances::repurpose`]), then a fresh
+    /// interpreter started in it by the sandbox's init.
+    pub(crate) fn exec_in(
+        &self,
+        (id, sandbox, kept): (String, SandboxHandle, Vec<String>),
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<Instance, StartError> {
+        let assignment = self.assign(&id, function);
+        let started = (|| {
+            sandbox.attach(&function.dir, layout::HANDLER, false)?;
+            for key in function.lock.packages.iter().map(|p| p.key()) {
+                if !kept.contains(&key) {
+                    sandbox.attach(
+                        &self.packages_dir.join(&key),
+                        &layout::package_dir(&key),
+                        true,
+                    )?;
+                }
+            }
+            let mut spec = self.instance_spec(function, &id);
+            if sandbox.is_within_zygote() {
+                // The ids function code has in a zygote's user namespace.
+                spec.uid = USERNS_INSTANCE_ID;
+                spec.gid = USERNS_INSTANCE_ID;
+            }
+            let (sock, pipes) = sandbox.spawn(spec)?;
+            Ok::<_, StartError>((sock, self.collect_output(function, &id, pipes)?))
+        })();
+        match started {
+            Ok((sock, output)) => {
+                Instance::new(id, function, limits, sandbox, sock, assignment, output)
+            }
+            Err(e) => {
+                sandbox.destroy();
+                Err(e)
+            }
+        }
+    }
+
     fn instance_spec(&self, function: &FunctionVersion, id: &str) -> InstanceSpec {
         let mut argv = self.sandboxes.interpreter();
         argv.extend([
@@ -416,6 +489,7 @@ pub struct Instance {
     pub id: String,
     pub function: Arc<FunctionVersion>,
     memory_mb: u64,
+    network: bool,
     sandbox: Option<SandboxHandle>,
     stream: UnixStream,
     pub created: Instant,
@@ -449,6 +523,7 @@ impl Instance {
             id,
             function: function.clone(),
             memory_mb: limits.memory_mb,
+            network: limits.network,
             sandbox: Some(sandbox),
             stream: UnixStream::from_std(stream)?,
             created: Instant::now(),
@@ -532,6 +607,21 @@ impl Instance {
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+
+    /// Its sandbox, the instance gone (its socket, output and assignment closed).
+    fn into_sandbox(mut self) -> Option<SandboxHandle> {
+        self.sandbox.take()
+    }
+
+    /// Its sandbox.
+    pub(crate) fn sandbox(&self) -> Option<&SandboxHandle> {
+        self.sandbox.as_ref()
+    }
+
+    /// Whether its sandbox has a network.
+    pub fn network(&self) -> bool {
+        self.network
     }
 
     /// Destroys the sandbox (blocking: call from a blocking context).

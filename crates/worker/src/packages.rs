@@ -843,7 +843,13 @@ impl PackageStore {
                 pkg.version = direct_version(source, function);
             }
         }
-        let tmp = cached.with_extension("tmp");
+        // Concurrent deploys of the same requirements each write a file of their own, and the
+        // last rename wins (the locks are equal); one shared temporary name made the loser's
+        // rename fail.
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .locks
+            .join(format!(".{key}.{}.{n}.tmp", std::process::id()));
         let text = serde_json::to_string(&lock).map_err(|e| io_at(&tmp)(io::Error::other(e)))?;
         std::fs::write(&tmp, text).map_err(io_at(&tmp))?;
         std::fs::rename(&tmp, &cached).map_err(io_at(&cached))?;

@@ -19,7 +19,7 @@ use kindling_sandbox::cgroup::CgroupError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -36,6 +36,9 @@ pub enum StartPolicy {
     Fork,
     /// Always a new sandbox and a fresh interpreter (benchmarks).
     Cold,
+    /// An idle sandbox of another function, purged and given to this one (cold if none can
+    /// serve).
+    Switch,
 }
 
 /// Milliseconds spent in each phase of an invocation (`X-Kindling-Timing`).
@@ -74,6 +77,26 @@ pub trait Starter: Send + Sync + 'static {
 
     /// Whether fork starts may be tried at all (zygotes are enabled).
     fn forks(&self) -> bool;
+
+    /// Switch start: the sandbox of `previous`, an idle instance of another function, made
+    /// clean and given to `function`. Destroys the sandbox on failure.
+    fn switch(
+        &self,
+        previous: Self::Instance,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<Self::Instance, StartError>;
+
+    /// Whether a switch of `previous`'s sandbox to `function` would fork the new instance from
+    /// a ready zygote (fast) rather than start an interpreter (as slow as a cold one).
+    fn forks_into(&self, function: &FunctionVersion, previous: &Self::Instance) -> bool;
+
+    /// Memory charged now to what it keeps ahead of need (zygotes, seeds, spare sandboxes).
+    fn memory_usage(&self) -> u64;
+
+    /// Frees memory for the budget: drops seeds and spare sandboxes, or else evicts an idle
+    /// zygote. False when nothing was left to free.
+    fn shed(&self) -> bool;
 
     /// Cold start: a new sandbox and a fresh interpreter.
     fn cold(
@@ -117,6 +140,8 @@ pub trait PooledInstance: Send + 'static {
     fn take_loaded_modules(&mut self) -> Vec<String>;
     /// Memory its sandbox is charged now.
     fn memory_usage(&self) -> Option<u64>;
+    /// Whether its sandbox has a network.
+    fn network(&self) -> bool;
     /// Whether its sandbox is frozen.
     fn is_frozen(&self) -> bool;
     /// Freezes or thaws its sandbox.
@@ -134,6 +159,10 @@ pub struct PoolConfig {
     pub max_instances_per_function: usize,
     pub max_queue_per_function: usize,
     pub max_sandboxes: usize,
+    /// The methods the default policy tries, in order (ends with cold).
+    pub start_order: Vec<StartMethod>,
+    /// Worker-wide memory budget in bytes (None: none).
+    pub memory_budget: Option<u64>,
 }
 
 struct FunctionPool<I> {
@@ -153,6 +182,8 @@ pub struct Pool<S: Starter> {
     live: Arc<AtomicUsize>,
     /// Sandboxes being destroyed in the background.
     destroying: Arc<AtomicUsize>,
+    /// Memory limits of the instances busy now (charged against the budget).
+    busy_memory: AtomicU64,
     /// False once freezing failed (a kernel without the freezer file): idle instances then
     /// stay unfrozen.
     freezing: Arc<AtomicBool>,
@@ -167,6 +198,7 @@ impl<S: Starter> Pool<S> {
             functions: Mutex::new(HashMap::new()),
             live: Arc::new(AtomicUsize::new(0)),
             destroying: Arc::new(AtomicUsize::new(0)),
+            busy_memory: AtomicU64::new(0),
             freezing: Arc::new(AtomicBool::new(true)),
         })
     }
@@ -230,43 +262,12 @@ impl<S: Starter> Pool<S> {
             queue_ms: ms(t0.elapsed()),
             ..Timing::default()
         };
-        let warm = match policy {
-            StartPolicy::Cold | StartPolicy::Fork => None,
-            StartPolicy::Any => self.take_idle(&fp, function),
-        };
-        let (mut instance, start, forked) = match warm {
-            Some(i) => (i, StartMethod::Warm, None),
-            None => {
-                let t = Instant::now();
-                self.reserve_sandbox().await?;
-                let forked = match policy {
-                    StartPolicy::Cold => None,
-                    StartPolicy::Any | StartPolicy::Fork => self.fork_start(function, limits).await,
-                };
-                let made = match forked {
-                    Some((i, f)) => Ok((i, StartMethod::Fork, Some(f))),
-                    None => {
-                        let starter = self.starter.clone();
-                        let (f, l) = (function.clone(), limits.clone());
-                        tokio::task::spawn_blocking(move || starter.cold(&f, &l))
-                            .await
-                            .map_err(|e| StartError::Io(std::io::Error::other(e)))
-                            .and_then(|r| r)
-                            .map(|i| (i, StartMethod::Cold, None))
-                    }
-                };
-                match made {
-                    Ok((i, how, f)) => {
-                        timing.sandbox_ms = ms(t.elapsed());
-                        (i, how, f)
-                    }
-                    Err(e) => {
-                        self.live.fetch_sub(1, Ordering::SeqCst);
-                        return Err(e.into());
-                    }
-                }
-            }
-        };
+        let t = Instant::now();
+        let (mut instance, start, forked) = self.start(&fp, function, limits, policy).await?;
+        if start != StartMethod::Warm {
+            timing.sandbox_ms = ms(t.elapsed());
+        }
+        let charge = Charge::new(&self.busy_memory, limits.memory_mb << 20);
         let t = Instant::now();
         let result = instance.invoke(request_id, event, limits.timeout).await;
         let in_instance = ms(t.elapsed());
@@ -306,6 +307,7 @@ impl<S: Starter> Pool<S> {
         } else {
             self.destroy(instance);
         }
+        drop(charge);
         drop(permit);
         self.metrics.add("invocations", 1);
         self.metrics.add(&format!("start.{}", start.as_str()), 1);
@@ -318,6 +320,212 @@ impl<S: Starter> Pool<S> {
             memory_bytes,
             result,
         })
+    }
+
+    /// The methods tried for `policy`, in order: the configured order, or a forced method and
+    /// its fallback.
+    fn order(&self, policy: StartPolicy) -> Vec<StartMethod> {
+        match policy {
+            StartPolicy::Any => self.config.start_order.clone(),
+            StartPolicy::Switch => vec![StartMethod::Switch, StartMethod::Cold],
+            StartPolicy::Fork => vec![StartMethod::Fork, StartMethod::Cold],
+            StartPolicy::Cold => vec![StartMethod::Cold],
+        }
+    }
+
+    /// Gets an instance of `function` by the first method of the policy's order that can
+    /// serve; every method but warm first makes room within the memory budget.
+    async fn start(
+        &self,
+        fp: &FunctionPool<S::Instance>,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+        policy: StartPolicy,
+    ) -> Result<(S::Instance, StartMethod, Option<Forked>), PoolError> {
+        let need = limits.memory_mb << 20;
+        // A sandbox counted for this start (fork and cold make one; a failed fork's goes to
+        // the cold start after it).
+        let mut reserved = false;
+        let mut budgeted = false;
+        for method in self.order(policy) {
+            // A new sandbox must fit the budget; a switch makes room once it holds its victim
+            // (whose usage it replaces).
+            let adds_sandbox = matches!(method, StartMethod::Fork | StartMethod::Cold);
+            if adds_sandbox && !budgeted {
+                self.make_room(need).await;
+                budgeted = true;
+            }
+            match method {
+                StartMethod::Warm => {
+                    if let Some(i) = self.take_idle(fp, function) {
+                        return Ok((i, StartMethod::Warm, None));
+                    }
+                }
+                StartMethod::Switch => {
+                    let forced = policy == StartPolicy::Switch;
+                    if let Some(i) = self.switch_start(function, limits, forced).await {
+                        if reserved {
+                            self.live.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        return Ok((i, StartMethod::Switch, None));
+                    }
+                }
+                StartMethod::Fork if !self.starter.forks() => {}
+                StartMethod::Fork => {
+                    if !reserved {
+                        self.reserve_sandbox().await?;
+                        reserved = true;
+                    }
+                    if let Some((i, f)) = self.fork_start(function, limits).await {
+                        return Ok((i, StartMethod::Fork, Some(f)));
+                    }
+                }
+                StartMethod::Cold => {
+                    if !reserved {
+                        self.reserve_sandbox().await?;
+                    }
+                    let starter = self.starter.clone();
+                    let (f, l) = (function.clone(), limits.clone());
+                    let made = tokio::task::spawn_blocking(move || starter.cold(&f, &l))
+                        .await
+                        .map_err(|e| StartError::Io(std::io::Error::other(e)))
+                        .and_then(|r| r);
+                    return match made {
+                        Ok(i) => Ok((i, StartMethod::Cold, None)),
+                        Err(e) => {
+                            self.live.fetch_sub(1, Ordering::SeqCst);
+                            Err(e.into())
+                        }
+                    };
+                }
+            }
+        }
+        // Orders end with cold (checked in the configuration).
+        if reserved {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
+        Err(PoolError::NoCapacity(self.config.max_sandboxes))
+    }
+
+    /// Tries a switch start: the least recently used idle instance of another function with
+    /// the same network setting whose sandbox's usage fits `function`'s memory limit, purged
+    /// and given to `function`. `None` sends the caller on, counted as `switch.fallback` when
+    /// the switch failed or was `forced` (for the default policy, no idle sandbox to switch is
+    /// the common case, not a fallback).
+    async fn switch_start(
+        &self,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+        forced: bool,
+    ) -> Option<S::Instance> {
+        let Some(victim) = self.switch_victim(function, limits) else {
+            if forced {
+                self.metrics.add("switch.fallback", 1);
+            }
+            return None;
+        };
+        self.make_room(limits.memory_mb << 20).await;
+        let starter = self.starter.clone();
+        let (f, l) = (function.clone(), limits.clone());
+        let result = tokio::task::spawn_blocking(move || starter.switch(victim, &f, &l)).await;
+        match result {
+            Ok(Ok(i)) => Some(i),
+            failed => {
+                // The starter destroyed the sandbox it could not switch.
+                self.live.fetch_sub(1, Ordering::SeqCst);
+                let why = match failed {
+                    Ok(Err(e)) => crate::error_chain(&e),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => String::new(),
+                };
+                tracing::warn!(function = %function.name, "switch start failed: {why}");
+                self.metrics.add("switch.fallback", 1);
+                None
+            }
+        }
+    }
+
+    /// Takes the idle instance a switch start of `function` would repurpose (see
+    /// [`choose_switch_victim`]).
+    fn switch_victim(
+        &self,
+        function: &FunctionVersion,
+        limits: &FunctionLimits,
+    ) -> Option<S::Instance> {
+        let map = self.functions.lock();
+        let candidates = map
+            .iter()
+            .filter(|(n, _)| **n != function.name)
+            .flat_map(|(_, fp)| {
+                let idle = fp.idle.lock();
+                idle.iter()
+                    .enumerate()
+                    .map(|(pos, i)| Candidate {
+                        pos,
+                        last_used: i.last_used(),
+                        network: i.network(),
+                        memory_bytes: i.memory_usage(),
+                        forks: self.starter.forks_into(function, i),
+                        pool: fp.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>();
+        let chosen = choose_switch_victim(&candidates, limits.network, limits.memory_mb << 20)?;
+        let c = &candidates[chosen];
+        let mut idle = c.pool.idle.lock();
+        // Under the map's lock, no other start took from this list meanwhile.
+        (c.pos < idle.len()).then(|| idle.remove(c.pos))
+    }
+
+    /// Evicts idle instances (least recently used first), then what the starter keeps ahead of
+    /// need (seeds, spare sandboxes, then idle zygotes), until a start of `need` bytes fits the
+    /// memory budget; beyond that, the start goes ahead (counted as `budget.over`).
+    async fn make_room(&self, need: u64) {
+        let Some(budget) = self.config.memory_budget else {
+            return;
+        };
+        loop {
+            let used = self.used_memory();
+            if used.saturating_add(need) <= budget {
+                return;
+            }
+            match self.evict_lru() {
+                Some(Some(destroyed)) => {
+                    let _ = destroyed.await;
+                    continue;
+                }
+                Some(None) => continue,
+                None => {}
+            }
+            let starter = self.starter.clone();
+            let shed = tokio::task::spawn_blocking(move || starter.shed())
+                .await
+                .unwrap_or(false);
+            if !shed {
+                self.metrics.add("budget.over", 1);
+                return;
+            }
+        }
+    }
+
+    /// Memory charged against the budget: every busy instance at its limit (what it may grow
+    /// to while it runs), every idle instance at its sandbox's usage, and what the starter
+    /// keeps (zygotes, seeds, spare sandboxes).
+    pub fn used_memory(&self) -> u64 {
+        let idle: u64 = {
+            let map = self.functions.lock();
+            map.values()
+                .map(|fp| {
+                    fp.idle
+                        .lock()
+                        .iter()
+                        .filter_map(|i| i.memory_usage())
+                        .sum::<u64>()
+                })
+                .sum()
+        };
+        self.busy_memory.load(Ordering::SeqCst) + idle + self.starter.memory_usage()
     }
 
     /// Tries a fork start; `None` (counted as `fork.fallback`) sends the caller to a cold start.
@@ -559,6 +767,56 @@ impl<S: Starter> Pool<S> {
     }
 }
 
+/// An idle instance a switch start could repurpose.
+struct Candidate<I> {
+    /// Its place in its function's idle list.
+    pos: usize,
+    last_used: Instant,
+    network: bool,
+    memory_bytes: Option<u64>,
+    /// The new instance would be forked into it (see [`Starter::forks_into`]).
+    forks: bool,
+    pool: Arc<FunctionPool<I>>,
+}
+
+/// Which of `candidates` (idle instances of other functions) a switch start repurposes: of
+/// those with the same network setting (a sandbox's network namespace stays) whose usage is
+/// known and fits the new function's memory limit (else it would be killed at once), one the
+/// new instance can be forked into if any (a switch that must start an interpreter costs what a
+/// cold start does), the least recently used first.
+fn choose_switch_victim<I>(
+    candidates: &[Candidate<I>],
+    network: bool,
+    memory_limit: u64,
+) -> Option<usize> {
+    candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.network == network)
+        .filter(|(_, c)| c.memory_bytes.is_some_and(|m| m <= memory_limit))
+        .min_by_key(|(_, c)| (!c.forks, c.last_used))
+        .map(|(n, _)| n)
+}
+
+/// Memory a busy instance holds against the budget, given back on drop.
+struct Charge<'a> {
+    counter: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl<'a> Charge<'a> {
+    fn new(counter: &'a AtomicU64, bytes: u64) -> Self {
+        counter.fetch_add(bytes, Ordering::SeqCst);
+        Self { counter, bytes }
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
 /// One place in a function's wait queue, given back on drop.
 struct Queued<'a> {
     counter: &'a AtomicUsize,
@@ -599,6 +857,9 @@ mod tests {
     struct Log {
         cold: AtomicUsize,
         fork_tries: AtomicUsize,
+        /// Sandboxes switched: (previous instance's id, function it went to).
+        switched: Mutex<Vec<(String, String)>>,
+        shed: AtomicUsize,
         replenished: AtomicUsize,
         destroyed: Mutex<Vec<String>>,
     }
@@ -612,6 +873,8 @@ mod tests {
     struct FakeInstance {
         id: String,
         version: String,
+        network: bool,
+        memory: u64,
         last_used: Instant,
         frozen: bool,
         /// Invocations wait for a permit of this (held until released by the test).
@@ -653,7 +916,10 @@ mod tests {
             Vec::new()
         }
         fn memory_usage(&self) -> Option<u64> {
-            Some(1 << 20)
+            Some(self.memory)
+        }
+        fn network(&self) -> bool {
+            self.network
         }
         fn is_frozen(&self) -> bool {
             self.frozen
@@ -677,6 +943,12 @@ mod tests {
         fork_fails: bool,
         gate: Option<Arc<Semaphore>>,
         next: AtomicUsize,
+        /// Memory of each instance it makes (default 1 MB).
+        instance_memory: Option<u64>,
+        /// Memory of what it keeps ahead of need.
+        kept_memory: AtomicU64,
+        /// How many times `shed` frees something (each frees `kept_memory / left`).
+        sheddable: AtomicUsize,
     }
 
     impl FakeStarter {
@@ -685,6 +957,8 @@ mod tests {
             FakeInstance {
                 id: format!("{}-{n}", function.name),
                 version: function.hash.clone(),
+                network: function.config.network.unwrap_or(false),
+                memory: self.instance_memory.unwrap_or(1 << 20),
                 last_used: Instant::now(),
                 frozen: false,
                 gate: self.gate.clone(),
@@ -721,6 +995,40 @@ mod tests {
                 seeded: false,
             };
             Ok((self.make(function), forked))
+        }
+        fn switch(
+            &self,
+            previous: FakeInstance,
+            function: &Arc<FunctionVersion>,
+            _limits: &FunctionLimits,
+        ) -> Result<FakeInstance, StartError> {
+            self.log
+                .switched
+                .lock()
+                .push((previous.id.clone(), function.name.clone()));
+            Ok(FakeInstance {
+                version: function.hash.clone(),
+                memory: self.instance_memory.unwrap_or(1 << 20),
+                ..previous
+            })
+        }
+        fn forks_into(&self, _function: &FunctionVersion, previous: &FakeInstance) -> bool {
+            previous.id.starts_with("forkable")
+        }
+        fn memory_usage(&self) -> u64 {
+            self.kept_memory.load(Ordering::SeqCst)
+        }
+        fn shed(&self) -> bool {
+            let left = self.sheddable.load(Ordering::SeqCst);
+            if left == 0 {
+                return false;
+            }
+            let kept = self.kept_memory.load(Ordering::SeqCst);
+            self.kept_memory
+                .fetch_sub(kept / left as u64, Ordering::SeqCst);
+            self.sheddable.fetch_sub(1, Ordering::SeqCst);
+            self.log.shed.fetch_add(1, Ordering::SeqCst);
+            true
         }
         fn replenish(&self, _learned: Option<(Forked, Vec<String>)>) {
             self.log.replenished.fetch_add(1, Ordering::SeqCst);
@@ -761,6 +1069,8 @@ mod tests {
             max_instances_per_function: 2,
             max_queue_per_function: 1,
             max_sandboxes: 8,
+            start_order: crate::config::DEFAULT_START_ORDER.to_vec(),
+            memory_budget: None,
         }
     }
 
@@ -867,7 +1177,11 @@ mod tests {
                 gate: Some(gate.clone()),
                 ..Default::default()
             },
-            config(),
+            PoolConfig {
+                // g must make a sandbox of its own, not take f's idle one.
+                start_order: vec![StartMethod::Warm, StartMethod::Cold],
+                ..config()
+            },
         );
         let f = function("f", "v1");
         let calls: Vec<_> = (0..3)
@@ -934,6 +1248,7 @@ mod tests {
             FakeStarter::default(),
             PoolConfig {
                 max_sandboxes: 2,
+                start_order: vec![StartMethod::Warm, StartMethod::Cold],
                 ..config()
             },
         );
@@ -1003,5 +1318,350 @@ mod tests {
         assert_eq!(p.idle_instances(), 2);
         let log = p.starter.log.clone();
         eventually(|| log.destroyed() == vec!["f-0".to_string()]).await;
+    }
+
+    fn networked(name: &str) -> Arc<FunctionVersion> {
+        let mut f = (*function(name, "1")).clone();
+        f.config.network = Some(true);
+        Arc::new(f)
+    }
+
+    fn limits_of(memory_mb: u64, network: bool) -> FunctionLimits {
+        FunctionLimits {
+            memory_mb,
+            network,
+            ..limits()
+        }
+    }
+
+    #[tokio::test]
+    async fn switch_takes_the_lru_idle_sandbox_of_another_function_with_the_same_network() {
+        let p = pool(FakeStarter::default(), config());
+        let (a, b, n) = (function("a", "1"), function("b", "1"), networked("n"));
+        let on = limits_of(64, true);
+        let na = p
+            .invoke(&n, &on, "r", b"{}", StartPolicy::Cold)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let oa = run(&p, &a, "{}", StartPolicy::Cold).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        run(&p, &b, "{}", StartPolicy::Cold).await.unwrap();
+        // The default order tries switch before cold: c takes a's sandbox (the least recently
+        // used without network; n's is older but networked), b's stays warm.
+        let c = function("c", "1");
+        let oc = run(&p, &c, "{}", StartPolicy::Any).await.unwrap();
+        assert_eq!(oc.start, StartMethod::Switch);
+        assert_eq!(oc.instance_id, oa.instance_id);
+        assert_eq!(
+            p.starter.log.switched.lock().clone(),
+            vec![(oa.instance_id.clone(), "c".to_string())]
+        );
+        assert_eq!(p.live_sandboxes(), 3, "a switch makes no sandbox");
+        // A networked function takes the networked sandbox only.
+        let m = networked("m");
+        let om = p
+            .invoke(&m, &on, "r", b"{}", StartPolicy::Switch)
+            .await
+            .unwrap();
+        assert_eq!(om.start, StartMethod::Switch);
+        assert_eq!(om.instance_id, na.instance_id);
+        // Never its own function's idle instance: that is a warm start.
+        let only = pool(FakeStarter::default(), config());
+        run(&only, &a, "{}", StartPolicy::Any).await.unwrap();
+        let o = run(&only, &a, "{}", StartPolicy::Switch).await.unwrap();
+        assert_eq!(o.start, StartMethod::Cold);
+        assert_eq!(only.metrics.stats(&[]).count("switch.fallback"), 1);
+    }
+
+    #[tokio::test]
+    async fn switch_prefers_a_sandbox_it_can_fork_into() {
+        let p = pool(FakeStarter::default(), config());
+        run(&p, &function("plain", "1"), "{}", StartPolicy::Cold)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let f = run(&p, &function("forkable", "1"), "{}", StartPolicy::Cold)
+            .await
+            .unwrap();
+        let o = run(&p, &function("c", "1"), "{}", StartPolicy::Switch)
+            .await
+            .unwrap();
+        assert_eq!(
+            o.instance_id, f.instance_id,
+            "not the older one it would exec in"
+        );
+    }
+
+    #[tokio::test]
+    async fn switch_never_into_a_sandbox_using_more_than_the_new_limit() {
+        let p = pool(
+            FakeStarter {
+                instance_memory: Some(100 << 20),
+                ..Default::default()
+            },
+            config(),
+        );
+        run(&p, &function("big", "1"), "{}", StartPolicy::Any)
+            .await
+            .unwrap();
+        let small = function("small", "1");
+        let o = p
+            .invoke(
+                &small,
+                &limits_of(64, false),
+                "r",
+                b"{}",
+                StartPolicy::Switch,
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.start, StartMethod::Cold);
+        let o = p
+            .invoke(
+                &function("fits", "1"),
+                &limits_of(128, false),
+                "r",
+                b"{}",
+                StartPolicy::Switch,
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.start, StartMethod::Switch);
+    }
+
+    #[test]
+    fn the_switch_victim() {
+        let now = Instant::now();
+        let pool = Arc::new(FunctionPool::<FakeInstance> {
+            busy: Arc::new(Semaphore::new(1)),
+            waiting: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
+            freeze_armed: AtomicBool::new(false),
+        });
+        let c = |age_ms: u64, network: bool, memory: Option<u64>| Candidate {
+            pos: 0,
+            last_used: now - Duration::from_millis(age_ms),
+            network,
+            memory_bytes: memory,
+            forks: false,
+            pool: pool.clone(),
+        };
+        let mb = |n: u64| Some(n << 20);
+        let list = [
+            c(10, false, mb(10)),
+            c(50, true, mb(10)),
+            c(40, false, mb(200)),
+            c(30, false, None),
+            c(20, false, mb(64)),
+        ];
+        // The oldest without network whose usage is known and fits 64 MB.
+        assert_eq!(choose_switch_victim(&list, false, 64 << 20), Some(4));
+        assert_eq!(choose_switch_victim(&list, false, 256 << 20), Some(2));
+        assert_eq!(choose_switch_victim(&list, true, 64 << 20), Some(1));
+        assert_eq!(choose_switch_victim(&list, true, 1 << 20), None);
+        assert_eq!(choose_switch_victim(&list[..1], true, 64 << 20), None);
+        // One the new instance can be forked into goes first, however recently used.
+        let mut list = list;
+        list[0].forks = true;
+        assert_eq!(choose_switch_victim(&list, false, 64 << 20), Some(0));
+    }
+
+    #[tokio::test]
+    async fn the_configured_order_is_followed() {
+        let order = |o: &[StartMethod]| PoolConfig {
+            start_order: o.to_vec(),
+            ..config()
+        };
+        use StartMethod::*;
+        let forks = || FakeStarter {
+            forks: true,
+            ..Default::default()
+        };
+        let (a, b) = (function("a", "1"), function("b", "1"));
+        // Switch before fork: b takes a's idle sandbox.
+        let p = pool(forks(), order(&[Warm, Switch, Fork, Cold]));
+        run(&p, &a, "{}", StartPolicy::Any).await.unwrap();
+        let o = run(&p, &b, "{}", StartPolicy::Any).await.unwrap();
+        assert_eq!(o.start, Switch);
+        // Fork before switch: b forks, a stays idle.
+        let p = pool(forks(), order(&[Warm, Fork, Switch, Cold]));
+        assert_eq!(
+            run(&p, &a, "{}", StartPolicy::Any).await.unwrap().start,
+            Fork
+        );
+        assert_eq!(
+            run(&p, &b, "{}", StartPolicy::Any).await.unwrap().start,
+            Fork
+        );
+        assert_eq!(p.idle_instances(), 2);
+        // Cold only: never warm, never a zygote (the keepalive baseline without warm).
+        let p = pool(forks(), order(&[Cold]));
+        run(&p, &a, "{}", StartPolicy::Any).await.unwrap();
+        assert_eq!(
+            run(&p, &a, "{}", StartPolicy::Any).await.unwrap().start,
+            Cold
+        );
+        assert_eq!(p.starter.log.fork_tries.load(Ordering::SeqCst), 0);
+        // Warm then cold (the keepalive baseline).
+        let p = pool(forks(), order(&[Warm, Cold]));
+        run(&p, &a, "{}", StartPolicy::Any).await.unwrap();
+        assert_eq!(
+            run(&p, &a, "{}", StartPolicy::Any).await.unwrap().start,
+            Warm
+        );
+        assert_eq!(
+            run(&p, &b, "{}", StartPolicy::Any).await.unwrap().start,
+            Cold
+        );
+        // A forced method is tried whatever the order.
+        assert_eq!(
+            run(&p, &function("c", "1"), "{}", StartPolicy::Fork)
+                .await
+                .unwrap()
+                .start,
+            Fork
+        );
+    }
+
+    #[tokio::test]
+    async fn the_budget_evicts_idle_instances_lru_then_sheds_what_the_starter_keeps() {
+        let budget = PoolConfig {
+            memory_budget: Some(210 << 20),
+            start_order: vec![StartMethod::Warm, StartMethod::Cold],
+            ..config()
+        };
+        let p = pool(
+            FakeStarter {
+                instance_memory: Some(50 << 20),
+                kept_memory: AtomicU64::new(40 << 20),
+                sheddable: AtomicUsize::new(2),
+                ..Default::default()
+            },
+            budget,
+        );
+        // 40 MB kept by the starter; each instance is charged its 64 MB limit while busy and
+        // its 50 MB usage once idle.
+        let names = ["a", "b", "c"];
+        let mut ids = Vec::new();
+        for n in names {
+            let o = run(&p, &function(n, "1"), "{}", StartPolicy::Any)
+                .await
+                .unwrap();
+            ids.push(o.instance_id);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // 40 + 3 × 50 = 190 MB: a start of 110 MB must free 90: a and b go, oldest first,
+        // before anything the starter keeps.
+        assert_eq!(p.used_memory(), 190 << 20);
+        p.invoke(
+            &function("d", "1"),
+            &limits_of(110, false),
+            "r",
+            b"{}",
+            StartPolicy::Any,
+        )
+        .await
+        .unwrap();
+        let log = p.starter.log.clone();
+        eventually(|| log.destroyed().len() == 2).await;
+        assert_eq!(log.destroyed(), ids[..2].to_vec());
+        assert_eq!(log.shed.load(Ordering::SeqCst), 0);
+        assert_eq!(p.used_memory(), 140 << 20);
+        // A start that idle instances alone cannot make room for sheds the starter's too.
+        let gate = Arc::new(Semaphore::new(0));
+        let p2 = pool(
+            FakeStarter {
+                instance_memory: Some(50 << 20),
+                kept_memory: AtomicU64::new(100 << 20),
+                sheddable: AtomicUsize::new(2),
+                gate: Some(gate.clone()),
+                ..Default::default()
+            },
+            PoolConfig {
+                memory_budget: Some(200 << 20),
+                ..config()
+            },
+        );
+        let busy = tokio::spawn({
+            let p2 = p2.clone();
+            async move { run(&p2, &function("a", "1"), "{}", StartPolicy::Any).await }
+        });
+        eventually(|| p2.used_memory() == 164 << 20).await;
+        let second = tokio::spawn({
+            let p2 = p2.clone();
+            async move { run(&p2, &function("b", "1"), "{}", StartPolicy::Any).await }
+        });
+        // 164 + 64 > 200: nothing idle, so the starter sheds (100 → 50 MB kept).
+        eventually(|| p2.starter.log.shed.load(Ordering::SeqCst) == 1).await;
+        gate.add_permits(10);
+        assert!(busy.await.unwrap().is_ok());
+        assert!(second.await.unwrap().is_ok());
+        assert_eq!(p2.metrics.stats(&[]).count("budget.over"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_switch_under_the_budget_replaces_its_victim_instead_of_evicting_it() {
+        let p = pool(
+            FakeStarter {
+                instance_memory: Some(50 << 20),
+                ..Default::default()
+            },
+            PoolConfig {
+                memory_budget: Some(150 << 20),
+                ..config()
+            },
+        );
+        let oa = run(&p, &function("a", "1"), "{}", StartPolicy::Cold)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        run(&p, &function("b", "1"), "{}", StartPolicy::Cold)
+            .await
+            .unwrap();
+        // 100 MB idle; c needs 64: counted before the switch, a would be evicted and c would
+        // take b's sandbox. The switch takes a's, whose usage it replaces: 50 + 64 fits.
+        let oc = run(&p, &function("c", "1"), "{}", StartPolicy::Switch)
+            .await
+            .unwrap();
+        assert_eq!(oc.start, StartMethod::Switch);
+        assert_eq!(oc.instance_id, oa.instance_id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(p.starter.log.destroyed().is_empty());
+        assert_eq!(p.used_memory(), 100 << 20);
+    }
+
+    #[tokio::test]
+    async fn a_burst_starts_in_parallel() {
+        // N concurrent starts of one function each get their own instance at once: none waits
+        // for another's start (the starter is called N times concurrently).
+        let gate = Arc::new(Semaphore::new(0));
+        let p = pool(
+            FakeStarter {
+                forks: true,
+                gate: Some(gate.clone()),
+                ..Default::default()
+            },
+            PoolConfig {
+                max_instances_per_function: 20,
+                max_queue_per_function: 20,
+                max_sandboxes: 32,
+                ..config()
+            },
+        );
+        let f = function("f", "1");
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let (p, f) = (p.clone(), f.clone());
+                tokio::spawn(async move { run(&p, &f, "{}", StartPolicy::Fork).await })
+            })
+            .collect();
+        let log = p.starter.log.clone();
+        eventually(|| log.fork_tries.load(Ordering::SeqCst) == 20).await;
+        gate.add_permits(20);
+        for c in calls {
+            assert_eq!(c.await.unwrap().unwrap().start, StartMethod::Fork);
+        }
+        assert_eq!(log.replenished.load(Ordering::SeqCst), 20);
     }
 }

@@ -51,6 +51,10 @@ pub enum StartError {
     MountFailed(String),
     #[error("the sandbox started no instance")]
     NoInstance,
+    #[error("purging the sandbox failed: {0}")]
+    PurgeFailed(String),
+    #[error("forking into the switched sandbox failed: {0}")]
+    SwitchFork(String),
 }
 
 /// The uid and gid function code runs as inside a zygote's user namespace (mapped to the
@@ -261,7 +265,7 @@ impl Sandboxes {
             control: s.control,
             cgroup,
             namespaces: HashMap::new(),
-            _within: within,
+            within,
             output: s.output,
             network: None,
         };
@@ -315,7 +319,7 @@ pub(crate) struct SandboxHandle {
     /// zygote's user namespace).
     namespaces: HashMap<String, OwnedFd>,
     /// The zygote sandbox whose pid namespace holds this one's.
-    _within: Option<Arc<SharedSandbox>>,
+    within: Option<Arc<SharedSandbox>>,
     /// Read ends of its first instance's output pipes, until that instance takes them.
     output: Option<OutputPipes>,
     /// A networked sandbox's subnet, freed when the sandbox goes.
@@ -435,6 +439,119 @@ impl SandboxHandle {
                 None => return Err(StartError::InitExited),
             }
         }
+    }
+
+    /// Makes the sandbox clean for another function (`switch`): its init kills every other
+    /// process and purges what they could leave (see `kindling_sandbox::purge`), keeping only
+    /// `packages` of its package entries (returned: those it kept); then the sandbox moves to a
+    /// fresh cgroup `id` with `limits`, so that its memory accounting starts from the next
+    /// function's own usage (what the previous one was charged, its page cache included, stays
+    /// with the old cgroup, removed in the background).
+    pub(crate) fn repurpose(
+        &mut self,
+        cgroups: &CgroupManager,
+        id: &str,
+        limits: &CgroupLimits,
+        tmp_bytes: u64,
+        packages: Vec<String>,
+    ) -> Result<Vec<String>, StartError> {
+        // An idle instance's channel is nonblocking; requests here wait for their answers.
+        self.control.set_blocking()?;
+        // Frozen processes take a SIGKILL only once thawed (v1).
+        self.cgroup.thaw()?;
+        let req = ControlRequest::Purge {
+            hostname: id.to_string(),
+            tmp_bytes,
+            packages_dir: layout::PACKAGES.into(),
+            packages,
+        };
+        self.control.send(&req, &[])?;
+        let kept = loop {
+            match self.control.recv::<ControlEvent>(false)? {
+                Some((ControlEvent::Purged { packages }, _)) => break packages,
+                Some((ControlEvent::Failed { message }, _)) => {
+                    return Err(StartError::PurgeFailed(message))
+                }
+                // Exits of the processes it killed, and older events.
+                Some(_) => continue,
+                None => return Err(StartError::InitExited),
+            }
+        };
+        let fresh = cgroups.create(id, limits)?;
+        let moved = self
+            .init
+            .pid()
+            .map_err(StartError::from)
+            .and_then(|pid| pid.ok_or(StartError::InitExited))
+            .and_then(|pid| Ok(fresh.adopt(pid)?));
+        if let Err(e) = moved {
+            let _ = fresh.remove();
+            return Err(e);
+        }
+        let old = std::mem::replace(&mut self.cgroup, fresh);
+        // An rmdir per hierarchy (a memory cgroup's takes milliseconds): off the start's path.
+        // One left behind by a crash meanwhile is removed at the next start, like any other.
+        std::thread::spawn(move || {
+            if let Err(e) = old.remove() {
+                tracing::warn!(
+                    cgroup = old.name(),
+                    "removing a switched sandbox's cgroup: {e}"
+                );
+            }
+        });
+        Ok(kept)
+    }
+
+    /// Starts an instance in the live sandbox (its init forks and execs `spec`): the worker's
+    /// end of its socket, and the read ends of its output pipes if the spec asks for them.
+    pub(crate) fn spawn(
+        &self,
+        spec: InstanceSpec,
+    ) -> Result<(OwnedFd, Option<OutputPipes>), StartError> {
+        let (ours, theirs) = kindling_sandbox::channel::pair_with_credentials()?;
+        let pipes = if spec.output_pipes {
+            Some(OutputPipes::new()?)
+        } else {
+            None
+        };
+        let mut fds = vec![theirs.as_raw_fd()];
+        if let Some((_, write)) = &pipes {
+            fds.extend([write.stdout.as_raw_fd(), write.stderr.as_raw_fd()]);
+        }
+        self.control
+            .send(&ControlRequest::Spawn { instance: spec }, &fds)?;
+        // The instance holds the only other ends.
+        drop(theirs);
+        let read = pipes.map(|(read, _write)| read);
+        loop {
+            match self.control.recv::<ControlEvent>(false)? {
+                Some((ControlEvent::Spawned { .. }, _)) => return Ok((ours.into(), read)),
+                Some((ControlEvent::Failed { message }, _)) => {
+                    return Err(StartError::SetupFailed(message))
+                }
+                Some(_) => continue,
+                None => return Err(StartError::InitExited),
+            }
+        }
+    }
+
+    /// Whether the sandbox was made within a zygote's namespaces.
+    pub(crate) fn is_within_zygote(&self) -> bool {
+        self.within.is_some()
+    }
+
+    /// Whether the sandbox's pid namespace lies below that of the zygote sandbox `zygote` (it
+    /// was made within it, or within a zygote made within it): only then can that zygote's
+    /// children be born in it.
+    pub(crate) fn lies_within(&self, zygote: &Arc<SharedSandbox>) -> bool {
+        let mut current = self.within.clone();
+        while let Some(s) = current {
+            if Arc::ptr_eq(&s, zygote) {
+                return true;
+            }
+            current = s.with(|h| h.within.clone()).flatten();
+        }
+        false
     }
 
     /// Sets the cgroup's limits (a spare sandbox or a seed's taking on a function).

@@ -44,6 +44,11 @@ impl<K: Eq + Hash + Clone, T> Reserve<K, T> {
         self.by_key.lock().values().map(Vec::len).sum()
     }
 
+    /// The sum of `f` over every item kept.
+    pub(crate) fn sum(&self, f: impl Fn(&T) -> u64) -> u64 {
+        self.by_key.lock().values().flatten().map(f).sum()
+    }
+
     /// Items kept for each key.
     pub(crate) fn counts(&self) -> HashMap<K, usize> {
         self.by_key

@@ -1,4 +1,4 @@
-//! The worker's start methods behind the pool's [`Starter`] seam: cold starts from
+//! The worker's start methods behind the pool's [`Starter`] seam: cold and switch starts from
 //! [`Instances`], fork starts from [`Zygotes`] (a zygote that cannot fork is discarded, and
 //! recreated on the next need), and the refills of seeds and spare sandboxes that follow.
 
@@ -6,6 +6,7 @@ use crate::instance::{Instance, Instances, InvokeError, Reply};
 use crate::pool::{PooledInstance, Starter};
 use crate::registry::FunctionVersion;
 use crate::sandboxes::{FunctionLimits, StartError};
+use crate::zygote::host::Within;
 use crate::zygote::{ForkError, Forked, Zygotes};
 use kindling_sandbox::cgroup::CgroupError;
 use std::future::Future;
@@ -23,6 +24,53 @@ impl Starter for Starts {
 
     fn forks(&self) -> bool {
         self.zygotes.config.enabled
+    }
+
+    /// Forked from the function's zygote when the sandbox lies within its pid namespace (made
+    /// within it or a zygote below it: functions sharing packages), else exec'd in it.
+    fn switch(
+        &self,
+        previous: Instance,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<Instance, StartError> {
+        let zygote = self
+            .forks()
+            .then(|| self.zygotes.acquire(function).ok())
+            .flatten()
+            .filter(|z| self.zygotes.reaches(z, &previous));
+        let clean = self.instances.repurpose(previous, function, limits)?;
+        match zygote {
+            Some(z) => {
+                let (id, sandbox, _) = clean;
+                self.zygotes
+                    .fork_into(&z, Within::new(id, sandbox), function, limits)
+                    .map_err(|e| {
+                        if matches!(e, ForkError::Io(_) | ForkError::Zygote(_)) {
+                            self.zygotes.discard(&z);
+                        }
+                        match e {
+                            ForkError::Create(e) => e,
+                            other => StartError::SwitchFork(crate::error_chain(&other)),
+                        }
+                    })
+            }
+            None => self.instances.exec_in(clean, function, limits),
+        }
+    }
+
+    fn forks_into(&self, function: &FunctionVersion, previous: &Instance) -> bool {
+        self.zygotes
+            .ready_for(function)
+            .is_some_and(|z| self.zygotes.reaches(&z, previous))
+    }
+
+    fn memory_usage(&self) -> u64 {
+        self.zygotes.memory_usage()
+    }
+
+    fn shed(&self) -> bool {
+        self.zygotes.shed()
     }
 
     fn cold(
@@ -86,6 +134,10 @@ impl PooledInstance for Instance {
 
     fn memory_usage(&self) -> Option<u64> {
         Instance::memory_usage(self)
+    }
+
+    fn network(&self) -> bool {
+        Instance::network(self)
     }
 
     fn is_frozen(&self) -> bool {

@@ -110,6 +110,7 @@ fn start_color(s: StartMethod) -> RGBColor {
         StartMethod::Cold => RGBColor(214, 39, 40),
         StartMethod::Fork => RGBColor(31, 119, 180),
         StartMethod::Warm => RGBColor(44, 160, 44),
+        StartMethod::Switch => RGBColor(148, 103, 189),
     }
 }
 

@@ -253,6 +253,54 @@ async fn startup_benchmark(
         methods.push(MethodResult::of(key, label, &invocations));
     }
 
+    {
+        // Switch: the function and a twin of it (the same code and packages, so the same
+        // zygote) alternate, each forced to switch into the other's idle sandbox.
+        let twin = format!("{function}-twin");
+        deploy(c, &twin, &dir).await?;
+        c.request(
+            hyper::Method::POST,
+            &format!("/run/{twin}"),
+            &[],
+            body.clone(),
+        )
+        .await?
+        .ok()?;
+        let progress = Progress::new(format!("{bench} kindling switch"), reps);
+        let mut invocations = Vec::new();
+        for i in 0..reps {
+            let plan = Plan {
+                addr: run.addr,
+                function: if i % 2 == 0 {
+                    function.clone()
+                } else {
+                    twin.clone()
+                },
+                event: body.clone(),
+                start: StartMethod::Switch,
+                repetitions: 1,
+                clients: 1,
+                limit,
+            };
+            invocations.extend(measure(&plan, progress.clone()).await);
+        }
+        progress.finish();
+        let _ = c
+            .request(
+                hyper::Method::DELETE,
+                &format!("/registry/{twin}"),
+                &[],
+                Vec::new(),
+            )
+            .await;
+        validate(&args.python, &input_py, &event, &mut invocations).await?;
+        methods.push(MethodResult::of(
+            "kindling_switch",
+            "kindling switch",
+            &invocations,
+        ));
+    }
+
     let argv = baseline::driver_argv(&layout);
     let input = serde_json::to_vec(&event)?;
     {

@@ -1,5 +1,5 @@
-//! `bench startup` of the built-in hello function (OpenLambda format): Kindling cold, fork and
-//! warm, a bare `chroot ROOTFS python3` and `runc run` of the same handler.
+//! `bench startup` of the built-in hello function (OpenLambda format): Kindling cold, fork,
+//! warm and switch, a bare `chroot ROOTFS python3` and `runc run` of the same handler.
 
 use super::args::{status_rootfs, StartupArgs};
 use crate::baseline::{self, RuncBundle};
@@ -160,6 +160,21 @@ pub(super) async fn run(addr: SocketAddr, args: StartupArgs) -> Result<()> {
     for _ in 0..reps {
         warm.0.push(hello_once(&mut c, None, "warm").await?.0);
     }
+    eprintln!("kindling switch x{reps} (alternating with a twin, each taking the other's sandbox)");
+    let packed = pack_files(&[("f.py", HANDLER)])?;
+    c.request(Method::POST, "/registry/bench-hello-twin", &[], packed)
+        .await?
+        .ok()?;
+    c.request(Method::POST, "/run/bench-hello-twin", &[], event)
+        .await?
+        .ok()?;
+    let mut switch = Samples::default();
+    for i in 0..reps {
+        let name = ["bench-hello", "bench-hello-twin"][i % 2];
+        switch
+            .0
+            .push(hello_start(&mut c, name, Some("switch"), "switch").await?.0);
+    }
     let code = format!("{HANDLER}{DRIVER}");
     eprintln!("chroot python3 x{reps}");
     let mut chroot = Samples::default();
@@ -222,6 +237,7 @@ pub(super) async fn run(addr: SocketAddr, args: StartupArgs) -> Result<()> {
         "kindling_cold_networked_inside_worker": if network { networked_server.json() } else { serde_json::Value::Null },
         "kindling_fork": fork.json(),
         "kindling_warm": warm.json(),
+        "kindling_switch": switch.json(),
         "chroot_python3": chroot.json(),
         "runc_run": if no_runc { serde_json::Value::Null } else { runc.json() },
         "ratios": {
@@ -241,6 +257,7 @@ pub(super) async fn run(addr: SocketAddr, args: StartupArgs) -> Result<()> {
         ("  (in worker)", &networked_server),
         ("kindling fork", &fork),
         ("kindling warm", &warm),
+        ("kindling switch", &switch),
         ("chroot python3", &chroot),
         ("runc run", &runc),
     ] {
@@ -275,9 +292,16 @@ pub(super) async fn run(addr: SocketAddr, args: StartupArgs) -> Result<()> {
             .request(Method::DELETE, "/registry/bench-hello-net", &[], Vec::new())
             .await;
     }
-    let _ = c
-        .request(Method::DELETE, "/registry/bench-hello", &[], Vec::new())
-        .await;
+    for name in ["bench-hello", "bench-hello-twin"] {
+        let _ = c
+            .request(
+                Method::DELETE,
+                &format!("/registry/{name}"),
+                &[],
+                Vec::new(),
+            )
+            .await;
+    }
     Ok(())
 }
 

@@ -39,7 +39,7 @@ for_cold_and_fork!(
 fn worker(start: StartMethod) -> Worker {
     match start {
         StartMethod::Fork => Worker::start("[zygotes]\nenabled = true\nauto = false\ntree = []\n"),
-        StartMethod::Cold | StartMethod::Warm => Worker::start(""),
+        _ => Worker::start(""),
     }
 }
 

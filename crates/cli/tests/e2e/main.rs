@@ -15,6 +15,7 @@ mod packages;
 mod s3;
 mod sebs;
 mod storage;
+mod switch;
 mod tenancy;
 mod web;
 mod zygote_security;

@@ -658,7 +658,10 @@ except OSError as e:
 #[test]
 fn networked_sandboxes_cannot_reach_each_other() {
     let peer = Peer::start();
-    let w = Worker::start(NETWORKED);
+    // Two sandboxes at once: the prober must not switch into the listener's idle sandbox.
+    let w = Worker::start(&format!(
+        "{NETWORKED}start_order = [\"warm\", \"fork\", \"cold\"]\n"
+    ));
     let networked = ("ol.yaml", "network: true\n");
     w.deploy_ok("listener", &[("f.py", LISTENER), networked]);
     w.deploy_ok("prober", &[("f.py", NET_PROBE), networked]);

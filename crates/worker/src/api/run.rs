@@ -37,11 +37,12 @@ pub(super) fn parse_start(value: Option<&HeaderValue>) -> Result<StartPolicy, Ap
     match value.trim().to_ascii_lowercase().as_str() {
         "" | "any" | "warm" => Ok(StartPolicy::Any),
         "fork" => Ok(StartPolicy::Fork),
+        "switch" => Ok(StartPolicy::Switch),
         "cold" => Ok(StartPolicy::Cold),
         other => Err(ApiError::new(
             ErrorKind::StartMethod,
             format!(
-                "unknown start method `{}` in X-Kindling-Start; valid: cold, fork, warm, any",
+                "unknown start method `{}` in X-Kindling-Start; valid: warm, switch, fork, cold, any",
                 echo(other)
             ),
         )),

@@ -132,9 +132,11 @@ fn start_header() {
     assert_eq!(h("any"), Ok(StartPolicy::Any));
     assert_eq!(h(" FORK "), Ok(StartPolicy::Fork));
     assert_eq!(h("cold"), Ok(StartPolicy::Cold));
-    let e = h("switch").unwrap_err();
+    assert_eq!(h("Switch"), Ok(StartPolicy::Switch));
+    let e = h("teleport").unwrap_err();
     assert_eq!(e.kind, ErrorKind::StartMethod);
-    assert!(e.message.contains("`switch`"), "{}", e.message);
+    assert!(e.message.contains("`teleport`"), "{}", e.message);
+    assert!(e.message.contains("switch"), "{}", e.message);
     let e = parse_start(Some(&HeaderValue::from_bytes(b"\xff").unwrap())).unwrap_err();
     assert_eq!(e.status(), StatusCode::BAD_REQUEST);
 }

@@ -104,6 +104,9 @@ pub trait ZygoteHost: Send + Sync + 'static {
     ) -> Result<(Self::Instance, i32), ForkError>;
     fn destroy_sandbox(&self, sandbox: Self::Sandbox);
     fn destroy_child(&self, child: Self::Child);
+    /// Memory charged to a spare sandbox, or to a child's.
+    fn sandbox_memory(&self, sandbox: &Self::Sandbox) -> Option<u64>;
+    fn child_memory(&self, child: &Self::Child) -> Option<u64>;
     /// The pages process `pid` wrote since it was forked (at most `max`).
     fn written_pages(&self, pid: i32, max: usize) -> std::io::Result<Vec<u64>>;
     /// MemAvailable, in MB.
@@ -128,6 +131,22 @@ pub struct Child {
 pub struct Within {
     id: String,
     sandbox: SandboxHandle,
+}
+
+impl Within {
+    /// A sandbox made within a zygote's namespaces, under id `id` (a switched one).
+    pub(crate) fn new(id: String, sandbox: SandboxHandle) -> Self {
+        Self { id, sandbox }
+    }
+}
+
+impl super::Zygotes<SandboxHost> {
+    /// Whether `zygote` can fork into `instance`'s sandbox (see [`SandboxHandle::lies_within`]).
+    pub(crate) fn reaches(&self, zygote: &Zygote<ZygoteProc>, instance: &Instance) -> bool {
+        instance
+            .sandbox()
+            .is_some_and(|s| s.lies_within(&zygote.process.sandbox))
+    }
 }
 
 /// The payload of the frame a forked child sends once it is entered and unprivileged.
@@ -580,6 +599,14 @@ impl ZygoteHost for SandboxHost {
 
     fn destroy_child(&self, child: Child) {
         child.sandbox.destroy();
+    }
+
+    fn sandbox_memory(&self, within: &Within) -> Option<u64> {
+        within.sandbox.memory_usage()
+    }
+
+    fn child_memory(&self, child: &Child) -> Option<u64> {
+        child.sandbox.memory_usage()
     }
 
     fn written_pages(&self, pid: i32, max: usize) -> std::io::Result<Vec<u64>> {

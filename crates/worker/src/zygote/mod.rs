@@ -26,7 +26,7 @@
 //! unit tests (`tests.rs`). See docs/adr/0006-worker-layering.md.
 
 mod eviction;
-mod host;
+pub(crate) mod host;
 mod learning;
 mod policy;
 mod process;
@@ -83,6 +83,10 @@ pub struct ZygoteConfig {
     /// and unprivileged in a spare sandbox to become the next forked instance (0: fork on
     /// request only).
     pub seeds: usize,
+    /// Seeds a zygote keeps at most after a burst: one that lately had N fork starts in flight
+    /// at once keeps min(N, max_seeds) seeds (at least `seeds`), so that the next burst does
+    /// not wait on the zygote's forks one after another.
+    pub max_seeds: usize,
 }
 
 impl Default for ZygoteConfig {
@@ -104,6 +108,7 @@ impl Default for ZygoteConfig {
             min_available_mb: 1024,
             spare_sandboxes: 4,
             seeds: 1,
+            max_seeds: 32,
         }
     }
 }
@@ -148,6 +153,10 @@ pub struct Zygote<P: ZygoteProcess> {
     pub forks: AtomicU64,
     /// Whether it has started an instance (then it keeps seeds).
     serves_instances: AtomicBool,
+    /// Fork starts in flight now.
+    starting: AtomicUsize,
+    /// The most fork starts it had in flight at once, and when.
+    burst: Mutex<(usize, Instant)>,
     /// Modules that failed to preload (they are imported by the instance instead).
     pub failed_imports: Vec<String>,
 }
@@ -186,7 +195,45 @@ impl<P: ZygoteProcess> Zygote<P> {
     pub fn memory_usage(&self) -> Option<u64> {
         self.process.memory_usage()
     }
+
+    /// The most fork starts it had in flight at once within the last [`BURST_MEMORY`] (0: none
+    /// that long).
+    fn recent_burst(&self) -> usize {
+        let (peak, at) = *self.burst.lock();
+        if at.elapsed() <= BURST_MEMORY {
+            peak
+        } else {
+            0
+        }
+    }
+
+    /// Counts a fork start in flight until the returned guard drops.
+    fn start_counted(&self) -> Starting<'_> {
+        let now = self.starting.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut burst = self.burst.lock();
+        let peak = if burst.1.elapsed() > BURST_MEMORY {
+            0
+        } else {
+            burst.0
+        };
+        if now >= peak {
+            *burst = (now, Instant::now());
+        }
+        Starting(&self.starting)
+    }
 }
+
+/// A fork start in flight (see `Zygote::start_counted`).
+struct Starting<'a>(&'a AtomicUsize);
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long a burst of fork starts keeps its zygote's seeds topped up to its size.
+const BURST_MEMORY: Duration = Duration::from_secs(600);
 
 impl<P: ZygoteProcess> Drop for Zygote<P> {
     fn drop(&mut self) {
@@ -283,6 +330,19 @@ impl<H: ZygoteHost> Zygotes<H> {
         parent.ok_or_else(|| ForkError::NotReady("no zygote".into()))
     }
 
+    /// The zygote `function` forks from, if it is alive now (never made here).
+    pub fn ready_for(&self, function: &FunctionVersion) -> Option<Arc<Zygote<H::Process>>> {
+        if !self.config.enabled {
+            return None;
+        }
+        let target = self.candidates(&function.lock).pop().unwrap_or_default();
+        self.nodes
+            .lock()
+            .get(&target)
+            .filter(|z| !z.is_dead())
+            .cloned()
+    }
+
     fn live(&self, set: &PackageSet) -> Option<Arc<Zygote<H::Process>>> {
         let dead = {
             let mut nodes = self.nodes.lock();
@@ -356,6 +416,8 @@ impl<H: ZygoteHost> Zygotes<H> {
             dead: AtomicBool::new(false),
             forks: AtomicU64::new(0),
             serves_instances: AtomicBool::new(false),
+            starting: AtomicUsize::new(0),
+            burst: Mutex::new((0, Instant::now())),
             failed_imports: started.failed_imports,
         })
     }
@@ -371,6 +433,7 @@ impl<H: ZygoteHost> Zygotes<H> {
         limits: &FunctionLimits,
     ) -> Result<(H::Instance, Forked), ForkError> {
         zygote.serves_instances.store(true, Ordering::SeqCst);
+        let _starting = zygote.start_counted();
         let forked = |pid, seeded| Forked {
             zygote: zygote.packages.clone(),
             pid,
@@ -402,6 +465,23 @@ impl<H: ZygoteHost> Zygotes<H> {
             .host
             .assign(child, &zygote.packages, function, limits, clean)?;
         Ok((instance, forked(pid, false)))
+    }
+
+    /// Switch start from a zygote: an instance of `function` forked from `zygote` into
+    /// `sandbox`, another function's sandbox made clean for it, within the zygote's pid
+    /// namespace; its code and the packages of its closure the zygote lacks are attached.
+    pub fn fork_into(
+        &self,
+        zygote: &Zygote<H::Process>,
+        sandbox: H::Sandbox,
+        function: &Arc<FunctionVersion>,
+        limits: &FunctionLimits,
+    ) -> Result<H::Instance, ForkError> {
+        let child = self.fork_child(zygote, sandbox, &[])?;
+        let (instance, _) = self
+            .host
+            .assign(child, &zygote.packages, function, limits, true)?;
+        Ok(instance)
     }
 
     /// Forks a child of `zygote` into `sandbox`, counting the fork. Destroys the sandbox on

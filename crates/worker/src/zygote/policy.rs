@@ -43,20 +43,26 @@ pub(crate) struct Standing<'a> {
     /// It has started an instance (only those get seeds and spares).
     pub serves_instances: bool,
     pub last_used: Instant,
+    /// The most fork starts it had in flight at once lately (see `Zygote::recent_burst`).
+    pub burst: usize,
 }
 
 /// The zygote (an index into `zygotes`) that should get the next seed: one that serves
-/// instances and has fewer than `per_zygote` seeds (`seeds`, by package set).
+/// instances and has fewer seeds (`seeds`, by package set) than its target, `per_zygote` or,
+/// when it saw a larger burst of fork starts lately, that burst's size up to `max_per_zygote`
+/// (so that the next burst finds a seed per start instead of waiting on the zygote's forks).
 pub(crate) fn next_seed(
     zygotes: &[Standing<'_>],
     seeds: &HashMap<PackageSet, usize>,
     per_zygote: usize,
+    max_per_zygote: usize,
 ) -> Option<usize> {
     if per_zygote == 0 {
         return None;
     }
     zygotes.iter().position(|z| {
-        z.serves_instances && seeds.get(z.packages).copied().unwrap_or(0) < per_zygote
+        let target = per_zygote.max(z.burst.min(max_per_zygote));
+        z.serves_instances && seeds.get(z.packages).copied().unwrap_or(0) < target
     })
 }
 
@@ -171,29 +177,49 @@ mod tests {
                 packages: &a,
                 serves_instances: true,
                 last_used: now,
+                burst: 0,
             },
             Standing {
                 id: "zy-b",
                 packages: &b,
                 serves_instances: true,
                 last_used: now + Duration::from_secs(1),
+                burst: 0,
             },
             Standing {
                 id: "zy-c",
                 packages: &c,
                 serves_instances: false,
                 last_used: now + Duration::from_secs(2),
+                burst: 0,
             },
         ];
         // Seeds: the first zygote short of them; none when seeds are off.
         let mut seeds = HashMap::new();
-        assert_eq!(next_seed(&zygotes, &seeds, 1), Some(0));
+        assert_eq!(next_seed(&zygotes, &seeds, 1, 16), Some(0));
         seeds.insert(a.clone(), 1);
-        assert_eq!(next_seed(&zygotes, &seeds, 1), Some(1));
+        assert_eq!(next_seed(&zygotes, &seeds, 1, 16), Some(1));
         seeds.insert(b.clone(), 1);
-        assert_eq!(next_seed(&zygotes, &seeds, 1), None, "c serves no instance");
-        assert_eq!(next_seed(&zygotes, &seeds, 2), Some(0));
-        assert_eq!(next_seed(&zygotes, &HashMap::new(), 0), None);
+        assert_eq!(
+            next_seed(&zygotes, &seeds, 1, 16),
+            None,
+            "c serves no instance"
+        );
+        assert_eq!(next_seed(&zygotes, &seeds, 2, 16), Some(0));
+        assert_eq!(next_seed(&zygotes, &HashMap::new(), 0, 16), None);
+        // After a burst of 20 fork starts, a zygote keeps a seed per start, up to the bound.
+        let mut bursty = zygotes.clone();
+        bursty[1].burst = 20;
+        assert_eq!(next_seed(&bursty, &seeds, 1, 16), Some(1));
+        seeds.insert(b.clone(), 15);
+        assert_eq!(next_seed(&bursty, &seeds, 1, 16), Some(1));
+        seeds.insert(b.clone(), 16);
+        assert_eq!(next_seed(&bursty, &seeds, 1, 16), None);
+        assert_eq!(
+            next_seed(&bursty, &seeds, 0, 16),
+            None,
+            "seeds off stay off"
+        );
         // Spares: spread over the serving zygotes, most recently used first, up to `wanted`.
         let mut spares = HashMap::new();
         assert_eq!(next_spare(&zygotes, &spares, 4), Some(1));

@@ -17,7 +17,9 @@ impl<H: ZygoteHost> Zygotes<H> {
     /// A live zygote that started instances and has fewer than `seeds` seeds.
     fn short_of_seeds(&self) -> Option<Arc<Zygote<H::Process>>> {
         let seeds = self.seeds.counts();
-        self.choose(|standing| policy::next_seed(standing, &seeds, self.config.seeds))
+        self.choose(|standing| {
+            policy::next_seed(standing, &seeds, self.config.seeds, self.config.max_seeds)
+        })
     }
 
     /// The live zygote `pick` chooses among those alive now, in a stable order.
@@ -40,6 +42,7 @@ impl<H: ZygoteHost> Zygotes<H> {
                 packages: &z.packages,
                 serves_instances: z.serves_instances.load(Ordering::SeqCst),
                 last_used: z.last_used(),
+                burst: z.recent_burst(),
             })
             .collect();
         let chosen = pick(&standing)?;

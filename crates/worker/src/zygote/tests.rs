@@ -184,6 +184,12 @@ impl ZygoteHost for FakeHost {
     fn destroy_child(&self, child: FakeChild) {
         self.event(format!("destroy {}", child.sandbox.id));
     }
+    fn sandbox_memory(&self, _sandbox: &FakeSandbox) -> Option<u64> {
+        Some(1 << 20)
+    }
+    fn child_memory(&self, _child: &FakeChild) -> Option<u64> {
+        Some(2 << 20)
+    }
     fn written_pages(&self, _pid: i32, _max: usize) -> std::io::Result<Vec<u64>> {
         Ok(vec![0x1000, 0x2000])
     }
@@ -426,4 +432,46 @@ fn housekeeping_pauses_idle_zygotes_and_evicts_the_least_recently_used_leaf() {
     z.shutdown();
     assert_eq!(z.count(), 0);
     assert_eq!((z.seeded(), z.spares()), (0, 0));
+}
+
+#[test]
+fn after_a_burst_of_fork_starts_a_zygote_keeps_a_seed_per_start_up_to_the_bound() {
+    let z = zygotes(ZygoteConfig {
+        max_seeds: 3,
+        ..config(1, 0)
+    });
+    let f = function("f", &["numpy==1.26.4"]);
+    let numpy = z.acquire(&f).unwrap();
+    z.fork_start(&numpy, &f, &limits(false, 64)).unwrap();
+    z.refill();
+    assert_eq!(z.seeded(), 1, "one seed while starts come one at a time");
+    // Five fork starts in flight at once (held as the pool holds them while they start).
+    let burst: Vec<_> = (0..5).map(|_| numpy.start_counted()).collect();
+    assert_eq!(numpy.recent_burst(), 5);
+    drop(burst);
+    assert_eq!(numpy.starting.load(Ordering::SeqCst), 0);
+    z.host.events();
+    z.refill();
+    // Seeds up to min(5, max_seeds): the next burst takes three without waiting on forks.
+    assert_eq!(z.seeded(), 3);
+    let events = z.host.events();
+    assert_eq!(
+        events.iter().filter(|e| e.starts_with("fork zy1")).count(),
+        2,
+        "{events:?}"
+    );
+    for _ in 0..3 {
+        let (_, forked) = z.fork_start(&numpy, &f, &limits(false, 64)).unwrap();
+        assert!(forked.seeded);
+    }
+    // The bound holds after later bursts too, and seeds off stay off.
+    let off = zygotes(ZygoteConfig {
+        max_seeds: 3,
+        ..config(0, 0)
+    });
+    let numpy = off.acquire(&f).unwrap();
+    let _burst: Vec<_> = (0..5).map(|_| numpy.start_counted()).collect();
+    off.fork_start(&numpy, &f, &limits(false, 64)).unwrap();
+    off.refill();
+    assert_eq!(off.seeded(), 0);
 }
