@@ -257,6 +257,12 @@ async fn startup_benchmark(
         // Switch: the function and a twin of it (the same code and packages, so the same
         // zygote) alternate, each forced to switch into the other's idle sandbox.
         let twin = format!("{function}-twin");
+        // The twin is a function of its own, with buckets of its own: its inputs go there too.
+        if let Some(d) = &run.storage_dir {
+            generate_event(&args.python, &input_py, args.size, Some(&d.join(&twin)))
+                .await
+                .context("cannot prepare the twin's input")?;
+        }
         deploy(c, &twin, &dir).await?;
         c.request(
             hyper::Method::POST,
