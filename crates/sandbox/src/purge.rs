@@ -1,7 +1,7 @@
 //! Making a live sandbox clean for another function (the `switch` start method): run by the
 //! sandbox's init, pid 1 of its pid namespace, which survives so that the namespace stays
 //! usable. Everything the previous function could leave behind goes: its processes (daemons,
-//! fork bombs), System V IPC objects, `/tmp` (POSIX shared memory lives there too, `/dev/shm`
+//! fork bombs), System V IPC objects and POSIX message queues, `/tmp` (POSIX shared memory lives there too, `/dev/shm`
 //! points at it), the hostname and domain name, and the package entries of `/packages` the next
 //! function does not name. The root, `/dev` and every other mount are read-only; abstract Unix
 //! sockets die with the processes holding them, and init holds no descriptor of theirs.
@@ -33,6 +33,7 @@ pub fn purge(clean: &Clean<'_>) -> Result<Vec<String>, String> {
     kill_all().map_err(|e| format!("killing processes: {e}"))?;
     remove_ipc_objects().map_err(|e| format!("removing System V IPC objects: {e}"))?;
     rootfs::fresh_tmp(Path::new("/tmp"), clean.tmp_bytes).map_err(|e| e.to_string())?;
+    remove_posix_message_queues().map_err(|e| format!("removing POSIX message queues: {e}"))?;
     sys::sethostname(clean.hostname).map_err(|e| format!("setting hostname: {e}"))?;
     sys::setdomainname(clean.domainname).map_err(|e| format!("setting domain name: {e}"))?;
     prune_packages(clean.packages_dir, clean.packages)
@@ -117,6 +118,28 @@ fn remove_ipc_objects() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// POSIX message queues (`mq_open`) belong to the IPC namespace as well, and no `/proc` table
+/// lists them: an mqueue filesystem, mounted for the purpose in the fresh `/tmp` (nothing of the
+/// previous function's is there, and none of its processes is left), lists them, and unlinking
+/// an entry there removes the queue.
+fn remove_posix_message_queues() -> io::Result<()> {
+    let dir = Path::new("/tmp/.kindling-mqueue");
+    std::fs::create_dir(dir)?;
+    sys::mount(
+        Some(Path::new("mqueue")),
+        dir,
+        Some("mqueue"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )?;
+    let removed = std::fs::read_dir(dir).and_then(|mut entries| {
+        entries.try_for_each(|e| e.and_then(|e| std::fs::remove_file(e.path())))
+    });
+    sys::umount2(dir, libc::MNT_DETACH)?;
+    std::fs::remove_dir(dir)?;
+    removed
 }
 
 /// The ids (second column) of a `/proc/sysvipc` table.

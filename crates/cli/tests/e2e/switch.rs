@@ -73,7 +73,7 @@ fn run(
 
 /// A leaves everything it can behind: a file in /tmp (and in /dev/shm, which is /tmp), a
 /// daemon holding an abstract Unix socket and an open file, System V shared memory, a
-/// semaphore set and a message queue; it tries to change the hostname.
+/// semaphore set, a message queue and a POSIX message queue; it tries to change the hostname.
 const LEAVER: &str = r#"import ctypes, os, socket, time
 
 def f(event):
@@ -85,6 +85,8 @@ def f(event):
     out["shm"] = libc.shmget(0, 4096, IPC_CREAT | 0o600)
     out["sem"] = libc.semget(0, 1, IPC_CREAT | 0o600)
     out["msg"] = libc.msgget(0, IPC_CREAT | 0o600)
+    O_CREAT, O_RDWR = 0o100, 2
+    out["mq"] = libc.mq_open(b"/kindling-a-mq", O_CREAT | O_RDWR, 0o600, None)
     try:
         socket.sethostname("a-was-here")
         out["hostname"] = "changed"
@@ -111,9 +113,10 @@ def f(event):
 "#;
 
 /// B reports what it finds.
-const FINDER: &str = r#"import os, socket
+const FINDER: &str = r#"import ctypes, os, socket
 
 def f(event):
+    libc = ctypes.CDLL(None, use_errno=True)
     def table(name):
         with open("/proc/sysvipc/" + name) as fh:
             return fh.read().splitlines()[1:]
@@ -126,6 +129,7 @@ def f(event):
         "me": os.getpid(),
         "ppid": os.getppid(),
         "shm": table("shm"), "sem": table("sem"), "msg": table("msg"),
+        "mq": libc.mq_open(b"/kindling-a-mq", 0),
         "abstract": unix,
         "env": sorted(os.environ),
         "fds": fds,
@@ -156,6 +160,10 @@ fn b_finds_nothing_of_a(start: StartMethod) {
             "A could not make its {kind}: {a}"
         );
     }
+    assert!(
+        a["mq"].as_i64().unwrap() >= 0,
+        "A could not make its POSIX message queue: {a}"
+    );
     assert_eq!(a["abstract"], true, "{a}");
     assert_eq!(a["env"], "hush", "{a}");
     assert!(
@@ -174,6 +182,7 @@ fn b_finds_nothing_of_a(start: StartMethod) {
     for kind in ["shm", "sem", "msg"] {
         assert_eq!(b[kind], json!([]), "A's System V {kind} reached B: {b}");
     }
+    assert_eq!(b["mq"], -1, "A's POSIX message queue reached B: {b}");
     assert_eq!(
         b["abstract"],
         json!([]),
