@@ -34,6 +34,7 @@ pub mod spares;
 pub mod starts;
 pub mod storage;
 pub mod tenants;
+pub mod unix_service;
 pub mod zygote;
 
 /// An error with its sources, `outer: inner: ...`, for logs and response bodies.

@@ -298,26 +298,33 @@ impl Bucket {
                 reason,
             })
         };
-        if name.is_empty() {
-            return bad("it is empty");
+        match name_problem(name) {
+            Some(reason) => bad(reason),
+            None => Ok(Self(name.to_string())),
         }
-        if name.len() > MAX_NAME_BYTES {
-            return bad("it is longer than 255 bytes");
-        }
-        if name.starts_with('.') {
-            return bad("it starts with `.`");
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return bad("only letters, digits, `.`, `_` and `-` are allowed");
-        }
-        Ok(Self(name.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// What is wrong with a bucket's (or a NoSQL table's) name, if anything: it must be 1 to 255
+/// bytes of `[A-Za-z0-9._-]`, not starting with `.`.
+pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_NAME_BYTES {
+        Some("it is longer than 255 bytes")
+    } else if name.starts_with('.') {
+        Some("it starts with `.`")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("only letters, digits, `.`, `_` and `-` are allowed")
+    } else {
+        None
     }
 }
 
@@ -1505,7 +1512,13 @@ impl StorageService {
         let thread = std::thread::Builder::new()
             .name("kindling-storage".into())
             .spawn(move || {
-                runtime.block_on(accept_loop(listener, server, max_connections, stop_rx));
+                runtime.block_on(crate::unix_service::accept_loop(
+                    listener,
+                    max_connections,
+                    stop_rx,
+                    "object storage",
+                    |stream| connection(server.clone(), stream),
+                ));
                 runtime.shutdown_timeout(Duration::from_secs(5));
             })
             .map_err(listen_err(&socket))?;
@@ -1577,49 +1590,6 @@ pub fn start_configured(
         "object storage ready"
     );
     Ok(Some(service))
-}
-
-async fn accept_loop(
-    listener: UnixListener,
-    server: Arc<Server>,
-    max_connections: usize,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let listener = match tokio::net::UnixListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("object storage cannot serve: {e}");
-            return;
-        }
-    };
-    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    loop {
-        // Beyond max_connections, callers wait in the listen backlog. A function past its own
-        // limit is refused at once, so one function cannot take every permit for long.
-        let permit = tokio::select! {
-            _ = &mut stop => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let stream = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("object storage accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let server = server.clone();
-        tokio::spawn(async move {
-            connection(server, stream).await;
-            drop(permit);
-        });
-    }
 }
 
 #[cfg(test)]

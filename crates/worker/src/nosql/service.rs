@@ -290,7 +290,16 @@ impl NosqlService {
         let thread = std::thread::Builder::new()
             .name("kindling-nosql".into())
             .spawn(move || {
-                runtime.block_on(accept_loop(listener, server, max_connections, stop_rx));
+                runtime.block_on(crate::unix_service::accept_loop(
+                    listener,
+                    max_connections,
+                    stop_rx,
+                    "NoSQL",
+                    |stream| {
+                        let server = server.clone();
+                        async move { server.connection(stream).await }
+                    },
+                ));
                 runtime.shutdown_timeout(Duration::from_secs(5));
             })
             .map_err(listen_err(&socket))?;
@@ -354,47 +363,6 @@ impl NosqlService {
 impl Drop for NosqlService {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-async fn accept_loop(
-    listener: UnixListener,
-    server: Arc<Server>,
-    max_connections: usize,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let listener = match tokio::net::UnixListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("NoSQL cannot serve: {e}");
-            return;
-        }
-    };
-    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    loop {
-        let permit = tokio::select! {
-            _ = &mut stop => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let stream = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("NoSQL accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let server = server.clone();
-        tokio::spawn(async move {
-            server.connection(stream).await;
-            drop(permit);
-        });
     }
 }
 

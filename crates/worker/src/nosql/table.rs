@@ -40,22 +40,10 @@ impl TableName {
                 reason,
             })
         };
-        if name.is_empty() {
-            return bad("it is empty");
+        match crate::storage::name_problem(name) {
+            Some(reason) => bad(reason),
+            None => Ok(Self(name.to_string())),
         }
-        if name.len() > MAX_NAME_BYTES {
-            return bad("it is longer than 255 bytes");
-        }
-        if name.starts_with('.') {
-            return bad("it starts with `.`");
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return bad("only letters, digits, `.`, `_` and `-` are allowed");
-        }
-        Ok(Self(name.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
